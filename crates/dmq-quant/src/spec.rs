@@ -1,0 +1,253 @@
+//! [`QuantSpec`]: what a quantizer does, independent of its parameters.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{QuantError, Result};
+
+/// Integer bit-width, or the float pass-through state (quantizer switched off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BitWidth {
+    /// Integer codes of this many bits, 1..=8.
+    Int(u8),
+    /// No quantization: the tensor passes through unchanged.
+    Float,
+}
+
+/// Which elements share one (Δ, z) pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Granularity {
+    /// One pair for the whole tensor.
+    PerTensor,
+    /// One pair per index of `axis` (axis 0 = output channel of conv/linear weights).
+    PerChannel {
+        /// The channel axis.
+        axis: usize,
+    },
+    /// The tensor is viewed with `axis` moved last and flattened to `[R, L]`; each row is cut
+    /// into groups of `size` consecutive elements along `axis`, one pair per (row, group),
+    /// `R·L/size` pairs in all. For a linear weight `[out, in]` with `axis = 1` this is the
+    /// usual per-output-channel, per-group-of-inputs layout.
+    PerGroup {
+        /// The grouped axis.
+        axis: usize,
+        /// Group size G; must divide the axis length.
+        size: usize,
+    },
+}
+
+/// How `x/Δ` is rounded to an integer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Rounding {
+    /// Round half to even, as `torch.round` (the reference code) does.
+    #[default]
+    HalfToEven,
+    /// Round half away from zero (C `round`).
+    HalfAwayFromZero,
+}
+
+/// Description of a uniform quantizer: bit-width, integer range, zero-point mode,
+/// granularity and rounding.
+///
+/// Integer ranges (ALGORITHMS.md §1.1):
+///
+/// | signed | range                    |
+/// |--------|--------------------------|
+/// | no     | `[0, 2^b − 1]`           |
+/// | yes    | `[−2^(b−1), 2^(b−1) − 1]` |
+///
+/// `symmetric` fixes z = 0. Symmetric + signed is the reference `--a_sym` mode
+/// (Δ = absmax/(2^(b−1) − 1)); symmetric + unsigned is the `always_zero` mode used for
+/// softmax probabilities; asymmetric + unsigned is the default for weights and activations.
+///
+/// ```
+/// use dmq_quant::{QuantSpec, Granularity};
+/// let spec = QuantSpec::int(4)?.per_channel(0);
+/// assert_eq!(spec.int_range(), Some((0, 15)));
+/// assert_eq!(spec.granularity(), Granularity::PerChannel { axis: 0 });
+/// assert!(QuantSpec::int(9).is_err());
+/// # Ok::<(), dmq_quant::QuantError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct QuantSpec {
+    bits: BitWidth,
+    signed: bool,
+    symmetric: bool,
+    granularity: Granularity,
+    rounding: Rounding,
+}
+
+impl QuantSpec {
+    /// Unsigned asymmetric per-tensor spec with `bits` ∈ 1..=8.
+    pub fn int(bits: u32) -> Result<Self> {
+        if !(1..=8).contains(&bits) {
+            return Err(QuantError::InvalidBits {
+                bits,
+                min: 1,
+                max: 8,
+                context: "QuantSpec::int".into(),
+            });
+        }
+        Ok(Self {
+            bits: BitWidth::Int(bits as u8),
+            signed: false,
+            symmetric: false,
+            granularity: Granularity::PerTensor,
+            rounding: Rounding::HalfToEven,
+        })
+    }
+
+    /// The float pass-through spec: quantizers with it return their input unchanged.
+    pub fn float() -> Self {
+        Self {
+            bits: BitWidth::Float,
+            signed: true,
+            symmetric: true,
+            granularity: Granularity::PerTensor,
+            rounding: Rounding::HalfToEven,
+        }
+    }
+
+    /// Signed symmetric spec (`[−2^(b−1), 2^(b−1)−1]`, z = 0).
+    pub fn signed_symmetric(bits: u32) -> Result<Self> {
+        Ok(Self::int(bits)?.with_signed(true).with_symmetric(true))
+    }
+
+    /// Sets signed/unsigned integer codes.
+    pub fn with_signed(mut self, signed: bool) -> Self {
+        self.signed = signed;
+        self
+    }
+
+    /// Sets symmetric (z = 0) or asymmetric (learned/initialised z).
+    pub fn with_symmetric(mut self, symmetric: bool) -> Self {
+        self.symmetric = symmetric;
+        self
+    }
+
+    /// One (Δ, z) per index of `axis`.
+    pub fn per_channel(mut self, axis: usize) -> Self {
+        self.granularity = Granularity::PerChannel { axis };
+        self
+    }
+
+    /// One (Δ, z) per group of `size` elements along `axis` (see [`Granularity::PerGroup`]).
+    pub fn per_group(mut self, axis: usize, size: usize) -> Self {
+        self.granularity = Granularity::PerGroup { axis, size };
+        self
+    }
+
+    /// Sets the granularity.
+    pub fn with_granularity(mut self, granularity: Granularity) -> Self {
+        self.granularity = granularity;
+        self
+    }
+
+    /// Sets the rounding mode.
+    pub fn with_rounding(mut self, rounding: Rounding) -> Self {
+        self.rounding = rounding;
+        self
+    }
+
+    /// Bit-width or float state.
+    pub fn bits(&self) -> BitWidth {
+        self.bits
+    }
+
+    /// Integer bit-width, `None` in the float state.
+    pub fn int_bits(&self) -> Option<u32> {
+        match self.bits {
+            BitWidth::Int(b) => Some(b as u32),
+            BitWidth::Float => None,
+        }
+    }
+
+    /// Bits per element for cost models: the integer width, or 32 for float.
+    pub fn cost_bits(&self) -> u32 {
+        self.int_bits().unwrap_or(32)
+    }
+
+    /// True in the float pass-through state.
+    pub fn is_float(&self) -> bool {
+        self.bits == BitWidth::Float
+    }
+
+    /// Signed integer codes.
+    pub fn is_signed(&self) -> bool {
+        self.signed
+    }
+
+    /// Zero point fixed at 0.
+    pub fn is_symmetric(&self) -> bool {
+        self.symmetric
+    }
+
+    /// Granularity of the (Δ, z) pairs.
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+
+    /// Rounding mode.
+    pub fn rounding(&self) -> Rounding {
+        self.rounding
+    }
+
+    /// Clamp range `(q_min, q_max)` of the integer codes; `None` in the float state.
+    pub fn int_range(&self) -> Option<(i32, i32)> {
+        let b = self.int_bits()?;
+        Some(if self.signed {
+            (-(1 << (b - 1)), (1 << (b - 1)) - 1)
+        } else {
+            (0, (1 << b) - 1)
+        })
+    }
+
+    /// Number of (Δ, z) pairs this spec needs for a tensor of `shape`, after checking that
+    /// the axis exists and the group size divides it.
+    pub fn num_params(&self, shape: &[usize]) -> Result<usize> {
+        match self.granularity {
+            Granularity::PerTensor => Ok(1),
+            Granularity::PerChannel { axis } => {
+                check_axis(axis, shape.len(), "per-channel quantization")?;
+                Ok(shape[axis])
+            }
+            Granularity::PerGroup { axis, size } => {
+                check_axis(axis, shape.len(), "per-group quantization")?;
+                let len = shape[axis];
+                if size == 0 || len % size != 0 {
+                    return Err(QuantError::BadGroupSize {
+                        group: size,
+                        axis,
+                        len,
+                        context: "per-group quantization".into(),
+                    });
+                }
+                Ok(shape.iter().product::<usize>() / size)
+            }
+        }
+    }
+}
+
+pub(crate) fn check_axis(axis: usize, rank: usize, context: &str) -> Result<()> {
+    if axis >= rank {
+        return Err(QuantError::AxisOutOfRange {
+            axis,
+            rank,
+            context: context.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a bit-width given as a plain number (1..=8).
+pub fn check_bits(bits: u32, context: &str) -> Result<u32> {
+    if (1..=8).contains(&bits) {
+        Ok(bits)
+    } else {
+        Err(QuantError::InvalidBits {
+            bits,
+            min: 1,
+            max: 8,
+            context: context.into(),
+        })
+    }
+}

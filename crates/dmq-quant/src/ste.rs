@@ -1,0 +1,153 @@
+//! Differentiable building blocks: straight-through rounding, gradient scaling, the
+//! clipped sign, and the affine fake-quantization core every uniform quantizer shares.
+//!
+//! All of them use the `x + (f(x) − x).detach()` pattern: the forward value is `f(x)`, the
+//! backward pass sees the identity. burn's own `quantize` detaches (no gradient at all),
+//! and `round`/`sign` have zero gradient, so quantization-aware training needs these.
+
+use burn::tensor::Tensor;
+
+use crate::error::{QuantError, Result};
+use crate::spec::{Granularity, QuantSpec, Rounding};
+
+/// `round(x)` forward, identity backward.
+pub fn round_ste<const D: usize>(x: Tensor<D>, rounding: Rounding) -> Tensor<D> {
+    let r = round_value(x.clone(), rounding);
+    x.clone() + (r - x).detach()
+}
+
+/// `floor(x)` forward, identity backward (QuEST's floor-STE for AdaRound, §1.3).
+pub fn floor_ste<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() + (x.clone().floor() - x).detach()
+}
+
+/// Rounds without any gradient bookkeeping.
+pub(crate) fn round_value<const D: usize>(x: Tensor<D>, rounding: Rounding) -> Tensor<D> {
+    match rounding {
+        Rounding::HalfToEven => x.round(),
+        Rounding::HalfAwayFromZero => {
+            let s = sign_pos(x.clone());
+            (x.abs() + 0.5).floor() * s
+        }
+    }
+}
+
+/// sign with sign(0) = +1 (the reference `torch.sign(0) = 0` leaves zeros unbinarised).
+pub fn sign_pos<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.greater_equal_elem(0.0).float() * 2.0 - 1.0
+}
+
+/// Binary sign with the clipped straight-through estimator (BinaryDM `BinaryQuantize`):
+/// forward `sign(x)` with sign(0) = +1, backward `1[|x| ≤ 1]`.
+pub fn sign_ste<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let clipped = x.clone().clamp(-1.0, 1.0);
+    clipped.clone() + (sign_pos(x) - clipped).detach()
+}
+
+/// Value `x`, gradient scaled by `g` (LSQ's step-size gradient scale).
+pub fn grad_scale<const D: usize>(x: Tensor<D>, g: f64) -> Tensor<D> {
+    let scaled = x.clone() * g;
+    (x - scaled.clone()).detach() + scaled
+}
+
+/// Uniform affine fake quantization with the straight-through estimator (§1.1):
+///
+/// ```text
+/// x_int = round(x/Δ) + z,  x_q = clamp(x_int, q_min, q_max),  x̂ = (x_q − z)·Δ
+/// ```
+///
+/// Gradients (through autodiff): ∂x̂/∂x = 1 inside the range, 0 when clipped;
+/// ∂x̂/∂Δ = round(x/Δ) − x/Δ inside, q_clip − z clipped; ∂x̂/∂z = 0 inside, −Δ clipped.
+///
+/// `delta` and `zero` hold one value per parameter of the spec's granularity (flat), and are
+/// broadcast against `x`. In the float state `x` is returned unchanged.
+///
+/// # Shapes
+/// - `x`: any rank `D`
+/// - `delta`, `zero`: `[spec.num_params(x.dims())]`
+pub fn fake_quant_affine<const D: usize>(
+    x: Tensor<D>,
+    delta: Tensor<1>,
+    zero: Tensor<1>,
+    spec: &QuantSpec,
+) -> Result<Tensor<D>> {
+    let Some((qmin, qmax)) = spec.int_range() else {
+        return Ok(x);
+    };
+    broadcast_apply(
+        x,
+        delta,
+        zero,
+        spec,
+        &AffineCore {
+            qmin: qmin as f64,
+            qmax: qmax as f64,
+            rounding: spec.rounding(),
+        },
+    )
+}
+
+/// An element-wise op `f(x, Δ, z)` usable at any rank (so per-group layouts can run at rank 3).
+pub(crate) trait BroadcastOp {
+    fn apply<const R: usize>(&self, x: Tensor<R>, delta: Tensor<R>, zero: Tensor<R>) -> Tensor<R>;
+}
+
+struct AffineCore {
+    qmin: f64,
+    qmax: f64,
+    rounding: Rounding,
+}
+
+impl BroadcastOp for AffineCore {
+    fn apply<const R: usize>(&self, x: Tensor<R>, d: Tensor<R>, z: Tensor<R>) -> Tensor<R> {
+        let v = round_ste(x / d.clone(), self.rounding) + z.clone();
+        (v.clamp(self.qmin, self.qmax) - z) * d
+    }
+}
+
+/// Reshapes the flat per-parameter vectors to broadcast against `x` under the spec's
+/// granularity, applies `op(x, Δ, z)`, and restores the layout of `x`.
+pub(crate) fn broadcast_apply<const D: usize>(
+    x: Tensor<D>,
+    delta: Tensor<1>,
+    zero: Tensor<1>,
+    spec: &QuantSpec,
+    op: &impl BroadcastOp,
+) -> Result<Tensor<D>> {
+    let dims = x.dims();
+    let n = spec.num_params(&dims)?;
+    for (name, t) in [("delta", &delta), ("zero point", &zero)] {
+        let [len] = t.dims();
+        if len != n {
+            return Err(QuantError::ShapeMismatch {
+                expected: format!(
+                    "{n} {name} values for input shape {dims:?} ({:?})",
+                    spec.granularity()
+                ),
+                got: format!("{len}"),
+                context: "fake quantization".into(),
+            });
+        }
+    }
+    match spec.granularity() {
+        Granularity::PerTensor => {
+            let s = [1usize; D];
+            Ok(op.apply(x, delta.reshape(s), zero.reshape(s)))
+        }
+        Granularity::PerChannel { axis } => {
+            let mut s = [1usize; D];
+            s[axis] = n;
+            Ok(op.apply(x, delta.reshape(s), zero.reshape(s)))
+        }
+        Granularity::PerGroup { axis, size } => {
+            let moved = x.movedim(axis, D - 1);
+            let moved_dims = moved.dims();
+            let groups = moved_dims[D - 1] / size;
+            let rows = n / groups;
+            let g3: Tensor<3> = moved.reshape([rows, groups, size]);
+            let p = [rows, groups, 1];
+            let out = op.apply(g3, delta.reshape(p), zero.reshape(p));
+            Ok(out.reshape(moved_dims).movedim(D - 1, axis))
+        }
+    }
+}

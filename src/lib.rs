@@ -1,0 +1,12 @@
+//! # dmq: low-bit quantization of diffusion models
+//!
+//! Facade crate: re-exports the workspace crates so an application can depend on `dmq` alone.
+//! Backends are Cargo features: `flex` (default, fast portable CPU), `ndarray` (CPU) and
+//! `wgpu` (GPU; runs on CPU through Mesa lavapipe for tests). Pick one at run time with
+//! [`quant::device::by_name`].
+//!
+//! | module      | crate        | what                                             |
+//! |-------------|--------------|--------------------------------------------------|
+//! | [`quant`]   | `dmq-quant`  | quantizer primitives, bit packing, packed export |
+
+pub use dmq_quant as quant;
