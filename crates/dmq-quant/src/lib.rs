@@ -34,6 +34,7 @@
 //! ```
 
 pub mod adaround;
+pub mod any;
 pub mod binary;
 pub mod device;
 pub mod error;
@@ -49,6 +50,7 @@ pub mod time_indexed;
 pub mod uniform;
 
 pub use adaround::{AdaRoundMode, AdaRoundQuantizer, BetaSchedule};
+pub use any::{ActQuantizer, WeightQuantizer};
 pub use binary::{BinaryQuantizer, MultiBasisBinarizer, ebb_regularizer};
 pub use error::{QuantError, Result};
 pub use file::QuantizedFile;

@@ -1,0 +1,164 @@
+//! [`StepContext`] and [`ForwardCtx`]: what a forward pass knows besides its tensors.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::tensor::Tensor;
+
+use crate::layers::LayerKind;
+
+/// Where in the sampling trajectory a forward pass is: passed to every forward pass so that
+/// time-indexed quantizers pick their parameter set by `step` (never by counting calls).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepContext {
+    /// Index of the sampling step, 0 = the first (noisiest) step.
+    pub step: usize,
+    /// Diffusion timestep t of this step.
+    pub timestep: f64,
+    /// Number of sampling steps of the trajectory.
+    pub num_steps: usize,
+}
+
+impl StepContext {
+    /// A context for a single forward pass outside a trajectory (step 0 of 1).
+    pub fn single(timestep: f64) -> Self {
+        Self {
+            step: 0,
+            timestep,
+            num_steps: 1,
+        }
+    }
+}
+
+/// A tensor captured by a tap, of the rank it had.
+#[derive(Clone, Debug)]
+pub enum TapTensor {
+    /// `[B, C]`.
+    R2(Tensor<2>),
+    /// `[B, N, C]` token tensors.
+    R3(Tensor<3>),
+    /// `[B, C, H, W]` feature maps.
+    R4(Tensor<4>),
+}
+
+/// Captures outputs of named layers or blocks during a forward pass (reconstruction
+/// targets, QuEST local losses, BinaryDM's LRM features).
+#[derive(Debug, Default)]
+pub struct Taps {
+    wanted: BTreeSet<String>,
+    captured: RefCell<BTreeMap<String, TapTensor>>,
+}
+
+impl Taps {
+    /// Capture the outputs named in `names` (layer names or block names such as
+    /// `down_blocks.1`).
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        Self {
+            wanted: names.into_iter().map(Into::into).collect(),
+            captured: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// Whether `name` is requested.
+    pub fn wants(&self, name: &str) -> bool {
+        self.wanted.contains(name)
+    }
+
+    /// Records `tensor` under `name` if requested.
+    pub fn record(&self, name: &str, tensor: impl FnOnce() -> TapTensor) {
+        if self.wants(name) {
+            self.captured.borrow_mut().insert(name.to_string(), tensor());
+        }
+    }
+
+    /// Takes the captured tensors, leaving the tap empty.
+    pub fn take(&self) -> BTreeMap<String, TapTensor> {
+        std::mem::take(&mut self.captured.borrow_mut())
+    }
+}
+
+/// One call of a quantizable layer, as recorded by a [`LayerRecorder`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerCall {
+    /// diffusers state-dict path (without `.weight`).
+    pub name: String,
+    /// Layer kind.
+    pub kind: LayerKind,
+    /// Weight shape (PyTorch layout), empty for matmuls.
+    pub weight_shape: Vec<usize>,
+    /// Multiply-accumulates of this call (whole batch).
+    pub macs: u64,
+}
+
+/// Records every quantizable-layer call of a forward pass, in call order.
+#[derive(Debug, Default)]
+pub struct LayerRecorder {
+    calls: RefCell<Vec<LayerCall>>,
+}
+
+impl LayerRecorder {
+    /// Appends a call.
+    pub fn push(&self, call: LayerCall) {
+        self.calls.borrow_mut().push(call);
+    }
+
+    /// The calls so far.
+    pub fn calls(&self) -> Vec<LayerCall> {
+        self.calls.borrow().clone()
+    }
+}
+
+/// Everything a forward pass carries besides its inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardCtx<'a> {
+    /// The sampling step.
+    pub step: StepContext,
+    /// Optional output capture.
+    pub taps: Option<&'a Taps>,
+    /// Optional layer-call recording (MACs, call order).
+    pub recorder: Option<&'a LayerRecorder>,
+}
+
+impl<'a> ForwardCtx<'a> {
+    /// A plain forward pass at `step`.
+    pub fn new(step: StepContext) -> Self {
+        Self {
+            step,
+            taps: None,
+            recorder: None,
+        }
+    }
+
+    /// Adds output capture.
+    pub fn with_taps(mut self, taps: &'a Taps) -> Self {
+        self.taps = Some(taps);
+        self
+    }
+
+    /// Adds layer-call recording.
+    pub fn with_recorder(mut self, recorder: &'a LayerRecorder) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// Captures a block output if it is tapped.
+    pub fn tap4(&self, name: &str, t: &Tensor<4>) {
+        if let Some(taps) = self.taps {
+            taps.record(name, || TapTensor::R4(t.clone()));
+        }
+    }
+
+    /// Captures a token tensor if it is tapped.
+    pub fn tap3(&self, name: &str, t: &Tensor<3>) {
+        if let Some(taps) = self.taps {
+            taps.record(name, || TapTensor::R3(t.clone()));
+        }
+    }
+
+    /// Captures a 2-D tensor if it is tapped.
+    pub fn tap2(&self, name: &str, t: &Tensor<2>) {
+        if let Some(taps) = self.taps {
+            taps.record(name, || TapTensor::R2(t.clone()));
+        }
+    }
+}

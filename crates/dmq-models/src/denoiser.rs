@@ -1,0 +1,78 @@
+//! The [`Denoiser`] trait: what every algorithm of dmq needs from a diffusion model.
+
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::context::{ForwardCtx, LayerCall, LayerRecorder, StepContext};
+use crate::error::Result;
+use crate::layers::{LayerMut, LayerRef};
+
+/// Static facts about a denoiser.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DenoiserInfo {
+    /// Image channels C of x_t.
+    pub in_channels: usize,
+    /// Spatial size of x_t (square).
+    pub sample_size: usize,
+    /// Number of classes for class-conditional models; the null (unconditional) label is
+    /// `num_classes` itself.
+    pub num_classes: Option<usize>,
+    /// Output channels (2·C for learned-sigma models, whose first C channels are ε).
+    pub out_channels: usize,
+}
+
+/// A noise-prediction network: UNet, DiT, or any user model that wants dmq's algorithms.
+pub trait Denoiser {
+    /// Raw model output for `x_t` at timesteps `t` (one per batch element), with optional
+    /// class labels.
+    ///
+    /// # Shapes
+    /// - x: `[B, C, H, W]`; t: `[B]`; class: `[B]`
+    /// - output: `[B, out_channels, H, W]`
+    fn forward(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        class: Option<Tensor<1, Int>>,
+        ctx: &ForwardCtx<'_>,
+    ) -> Result<Tensor<4>>;
+
+    /// Static facts (channels, size, classes).
+    fn info(&self) -> DenoiserInfo;
+
+    /// Visits every quantizable layer in forward order.
+    fn for_each_layer(&self, f: &mut dyn FnMut(LayerRef<'_>));
+
+    /// Visits every quantizable layer mutably (to attach or replace quantizers).
+    fn for_each_layer_mut(&mut self, f: &mut dyn FnMut(LayerMut<'_>));
+
+    /// The predicted noise ε: the first `in_channels` channels of the output.
+    fn predict_eps(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        class: Option<Tensor<1, Int>>,
+        ctx: &ForwardCtx<'_>,
+    ) -> Result<Tensor<4>> {
+        let out = self.forward(x, t, class, ctx)?;
+        let info = self.info();
+        if info.out_channels == info.in_channels {
+            return Ok(out);
+        }
+        let [b, _, h, w] = out.dims();
+        Ok(out.slice([0..b, 0..info.in_channels, 0..h, 0..w]))
+    }
+}
+
+/// Every quantizable-layer call of one batch-1 forward pass at the model's sample size, in
+/// call order: names, kinds, weight shapes and MACs per call (the layer inventory).
+pub fn layer_inventory<M: Denoiser + ?Sized>(model: &M, device: &Device) -> Result<Vec<LayerCall>> {
+    let info = model.info();
+    let s = info.sample_size;
+    let x = Tensor::zeros([1, info.in_channels, s, s], device);
+    let t = Tensor::from_floats([500.0], device);
+    let class = info.num_classes.map(|_| Tensor::<1, Int>::from_ints([0], device));
+    let recorder = LayerRecorder::default();
+    let ctx = ForwardCtx::new(StepContext::single(500.0)).with_recorder(&recorder);
+    model.forward(x, t, class, &ctx)?;
+    Ok(recorder.calls())
+}

@@ -1,0 +1,64 @@
+//! [`ModelError`]: typed errors of models, layers, loading and sampling.
+
+use std::path::PathBuf;
+
+use dmq_quant::QuantError;
+
+use crate::scheduler::SchedulerError;
+
+/// Everything that can go wrong in `dmq-models` on user input.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A quantizer of a named layer rejected its input.
+    #[error("layer '{layer}': {source}")]
+    Quant {
+        /// diffusers path of the layer.
+        layer: String,
+        /// The quantizer's error.
+        #[source]
+        source: QuantError,
+    },
+    /// An input tensor of the wrong shape.
+    #[error("shape mismatch in {context}: expected {expected}, got {got}")]
+    Shape {
+        /// Where.
+        context: String,
+        /// Expected shape, in words.
+        expected: String,
+        /// Actual shape.
+        got: String,
+    },
+    /// A model configuration that is invalid or not supported (names the option).
+    #[error("invalid model config: {0}")]
+    Config(String),
+    /// Reading or writing a file failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A checkpoint that does not fit the model (missing/extra tensors, wrong shapes, dtype).
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A scheduler error.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+pub(crate) fn shape_err(context: &str, expected: impl Into<String>, got: impl std::fmt::Debug) -> ModelError {
+    ModelError::Shape {
+        context: context.into(),
+        expected: expected.into(),
+        got: format!("{got:?}"),
+    }
+}

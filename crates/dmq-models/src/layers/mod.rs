@@ -1,0 +1,136 @@
+//! Quantizable layers ([`QLinear`], [`QConv2d`], [`QMatmul`]) and the normalisations the
+//! diffusers models use, with diffusers parameter names (`weight`, `bias`).
+//!
+//! Each quantizable layer holds its FP weight (PyTorch layout), an optional weight quantizer
+//! and an optional input-activation quantizer. With both off the layer is exactly the FP
+//! layer: one code path for FP and quantized models. Every layer knows its diffusers
+//! state-dict path (its `name`), which configs, exports and reports use.
+
+mod norm;
+mod qconv2d;
+mod qlinear;
+mod qmatmul;
+
+pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
+pub use qconv2d::{QConv2d, QConv2dConfig};
+pub use qlinear::{QLinear, QLinearConfig};
+pub use qmatmul::QMatmul;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use dmq_quant::{ActQuantizer, Quantizer, WeightQuantizer};
+use serde::{Deserialize, Serialize};
+
+use crate::context::ForwardCtx;
+use crate::error::{ModelError, Result};
+
+/// Kind of a quantizable layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LayerKind {
+    /// Fully connected (`[out, in]` weight).
+    Linear,
+    /// 2-D convolution (`[out, in/groups, kh, kw]` weight).
+    Conv2d,
+    /// Activation × activation product (attention q·kᵀ or softmax·v).
+    Matmul,
+}
+
+/// Shared access to any quantizable layer of a model.
+#[derive(Debug)]
+pub enum LayerRef<'a> {
+    /// A linear layer.
+    Linear(&'a QLinear),
+    /// A convolution.
+    Conv2d(&'a QConv2d),
+    /// An attention matmul.
+    Matmul(&'a QMatmul),
+}
+
+/// Mutable access to any quantizable layer of a model (to attach quantizers).
+#[derive(Debug)]
+pub enum LayerMut<'a> {
+    /// A linear layer.
+    Linear(&'a mut QLinear),
+    /// A convolution.
+    Conv2d(&'a mut QConv2d),
+    /// An attention matmul.
+    Matmul(&'a mut QMatmul),
+}
+
+impl LayerRef<'_> {
+    /// diffusers path of the layer.
+    pub fn name(&self) -> &str {
+        match self {
+            LayerRef::Linear(l) => l.name(),
+            LayerRef::Conv2d(l) => l.name(),
+            LayerRef::Matmul(l) => l.name(),
+        }
+    }
+
+    /// Kind of the layer.
+    pub fn kind(&self) -> LayerKind {
+        match self {
+            LayerRef::Linear(_) => LayerKind::Linear,
+            LayerRef::Conv2d(_) => LayerKind::Conv2d,
+            LayerRef::Matmul(_) => LayerKind::Matmul,
+        }
+    }
+}
+
+impl LayerMut<'_> {
+    /// diffusers path of the layer.
+    pub fn name(&self) -> &str {
+        match self {
+            LayerMut::Linear(l) => l.name(),
+            LayerMut::Conv2d(l) => l.name(),
+            LayerMut::Matmul(l) => l.name(),
+        }
+    }
+
+    /// Kind of the layer.
+    pub fn kind(&self) -> LayerKind {
+        match self {
+            LayerMut::Linear(_) => LayerKind::Linear,
+            LayerMut::Conv2d(_) => LayerKind::Conv2d,
+            LayerMut::Matmul(_) => LayerKind::Matmul,
+        }
+    }
+}
+
+/// `x` through an optional activation quantizer at the context's step.
+pub(crate) fn quant_act<const D: usize>(
+    q: &Option<ActQuantizer>,
+    x: Tensor<D>,
+    ctx: &ForwardCtx<'_>,
+    layer: &str,
+) -> Result<Tensor<D>> {
+    match q {
+        None => Ok(x),
+        Some(q) => q.fake_quant(x, ctx.step.step).map_err(|source| ModelError::Quant {
+            layer: layer.to_string(),
+            source,
+        }),
+    }
+}
+
+/// A weight through an optional weight quantizer.
+pub(crate) fn quant_weight<const D: usize>(
+    q: &Option<WeightQuantizer>,
+    w: Tensor<D>,
+    ctx: &ForwardCtx<'_>,
+    layer: &str,
+) -> Result<Tensor<D>> {
+    match q {
+        None => Ok(w),
+        Some(q) => q.fake_quant(w, ctx.step.step).map_err(|source| ModelError::Quant {
+            layer: layer.to_string(),
+            source,
+        }),
+    }
+}
+
+/// PyTorch's default init for conv/linear: U(±1/sqrt(fan_in)) for weight and bias
+/// (kaiming_uniform with a = √5).
+pub(crate) fn torch_uniform<const D: usize>(shape: [usize; D], fan_in: usize, device: &Device) -> Tensor<D> {
+    let k = 1.0 / (fan_in.max(1) as f64).sqrt();
+    Tensor::random(shape, Distribution::Uniform(-k, k), device)
+}

@@ -1,0 +1,121 @@
+//! [`QConv2d`]: a 2-D convolution with optional weight and input quantizers.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Tensor};
+use dmq_quant::{ActQuantizer, WeightQuantizer};
+
+use super::{LayerKind, quant_act, quant_weight, torch_uniform};
+use crate::context::{ForwardCtx, LayerCall};
+use crate::error::{Result, shape_err};
+
+/// Configuration of a [`QConv2d`] (square kernel, symmetric padding, groups = 1).
+#[derive(Config, Debug)]
+pub struct QConv2dConfig {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel size k (k×k).
+    pub kernel: usize,
+    /// Stride.
+    #[config(default = 1)]
+    pub stride: usize,
+    /// Zero padding on every side.
+    #[config(default = 0)]
+    pub padding: usize,
+    /// Whether the layer has a bias.
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+impl QConv2dConfig {
+    /// A layer named `name` (its diffusers path), PyTorch-style random init.
+    pub fn init(&self, name: &str, device: &Device) -> QConv2d {
+        let fan_in = self.c_in * self.kernel * self.kernel;
+        QConv2d {
+            weight: Param::from_tensor(torch_uniform(
+                [self.c_out, self.c_in, self.kernel, self.kernel],
+                fan_in,
+                device,
+            )),
+            bias: self
+                .bias
+                .then(|| Param::from_tensor(torch_uniform([self.c_out], fan_in, device))),
+            w_quant: None,
+            a_quant: None,
+            stride: self.stride,
+            padding: self.padding,
+            name: name.to_string(),
+        }
+    }
+}
+
+/// `y = conv2d(Q_a(x), Q_w(W)) + b`.
+///
+/// # Shapes
+/// - weight: `[C_out, C_in, k, k]`
+/// - input: `[B, C_in, H, W]`; output: `[B, C_out, H', W']`,
+///   `H' = (H + 2p − k)/s + 1`
+#[derive(Module, Debug)]
+pub struct QConv2d {
+    /// Weight `[C_out, C_in, k, k]`.
+    pub weight: Param<Tensor<4>>,
+    /// Bias `[C_out]`.
+    pub bias: Option<Param<Tensor<1>>>,
+    /// Weight quantizer (None = FP).
+    pub w_quant: Option<WeightQuantizer>,
+    /// Input-activation quantizer (None = FP).
+    pub a_quant: Option<ActQuantizer>,
+    /// Stride.
+    pub stride: usize,
+    /// Padding.
+    pub padding: usize,
+    #[module(skip)]
+    name: String,
+}
+
+impl QConv2d {
+    /// diffusers path of the layer.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `[C_out, C_in, k, k]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        self.weight.val().dims()
+    }
+
+    /// The weight as the forward pass uses it.
+    pub fn effective_weight(&self, ctx: &ForwardCtx<'_>) -> Result<Tensor<4>> {
+        quant_weight(&self.w_quant, self.weight.val(), ctx, &self.name)
+    }
+
+    /// Forward pass.
+    pub fn forward(&self, x: Tensor<4>, ctx: &ForwardCtx<'_>) -> Result<Tensor<4>> {
+        let [c_out, c_in, kh, kw] = self.weight_shape();
+        let [b, c, h, w] = x.dims();
+        let (p, s) = (self.padding, self.stride);
+        if c != c_in || h + 2 * p < kh || w + 2 * p < kw {
+            return Err(shape_err(&self.name, format!("[B, {c_in}, H ≥ {}, W ≥ {}]", kh.saturating_sub(2 * p), kw.saturating_sub(2 * p)), [b, c, h, w]));
+        }
+        if let Some(rec) = ctx.recorder {
+            let (ho, wo) = ((h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1);
+            rec.push(LayerCall {
+                name: self.name.clone(),
+                kind: LayerKind::Conv2d,
+                weight_shape: vec![c_out, c_in, kh, kw],
+                macs: (b * c_out * ho * wo * c_in * kh * kw) as u64,
+            });
+        }
+        let x = quant_act(&self.a_quant, x, ctx, &self.name)?;
+        let wt = self.effective_weight(ctx)?;
+        Ok(burn::tensor::module::conv2d(
+            x,
+            wt,
+            self.bias.as_ref().map(|b| b.val()),
+            ConvOptions::new([s, s], [p, p], [1, 1], 1),
+        ))
+    }
+}
