@@ -8,5 +8,9 @@
 //! | module      | crate        | what                                             |
 //! |-------------|--------------|--------------------------------------------------|
 //! | [`quant`]   | `dmq-quant`  | quantizer primitives, bit packing, packed export |
+//! | [`models`]  | `dmq-models` | schedulers (DDPM, DDIM over any timestep list)   |
+//! | [`eval`]    | `dmq-eval`   | Fashion-MNIST loader                             |
 
+pub use dmq_eval as eval;
+pub use dmq_models as models;
 pub use dmq_quant as quant;

@@ -67,7 +67,9 @@ impl Taps {
     /// Records `tensor` under `name` if requested.
     pub fn record(&self, name: &str, tensor: impl FnOnce() -> TapTensor) {
         if self.wants(name) {
-            self.captured.borrow_mut().insert(name.to_string(), tensor());
+            self.captured
+                .borrow_mut()
+                .insert(name.to_string(), tensor());
         }
     }
 

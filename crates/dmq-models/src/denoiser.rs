@@ -70,7 +70,9 @@ pub fn layer_inventory<M: Denoiser + ?Sized>(model: &M, device: &Device) -> Resu
     let s = info.sample_size;
     let x = Tensor::zeros([1, info.in_channels, s, s], device);
     let t = Tensor::from_floats([500.0], device);
-    let class = info.num_classes.map(|_| Tensor::<1, Int>::from_ints([0], device));
+    let class = info
+        .num_classes
+        .map(|_| Tensor::<1, Int>::from_ints([0], device));
     let recorder = LayerRecorder::default();
     let ctx = ForwardCtx::new(StepContext::single(500.0)).with_recorder(&recorder);
     model.forward(x, t, class, &ctx)?;

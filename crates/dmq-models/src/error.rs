@@ -55,7 +55,11 @@ pub enum ModelError {
 /// Result alias for this crate.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
-pub(crate) fn shape_err(context: &str, expected: impl Into<String>, got: impl std::fmt::Debug) -> ModelError {
+pub(crate) fn shape_err(
+    context: &str,
+    expected: impl Into<String>,
+    got: impl std::fmt::Debug,
+) -> ModelError {
     ModelError::Shape {
         context: context.into(),
         expected: expected.into(),

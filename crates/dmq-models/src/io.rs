@@ -54,7 +54,10 @@ pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
 fn to_f32(view: &TensorView<'_>, key: &str, path: &Path) -> Result<Vec<f32>> {
     let b = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::F16 => b
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -63,7 +66,12 @@ fn to_f32(view: &TensorView<'_>, key: &str, path: &Path) -> Result<Vec<f32>> {
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        other => return Err(ckpt_err(path, format!("tensor '{key}' has dtype {other:?}; expected F32, F16 or BF16"))),
+        other => {
+            return Err(ckpt_err(
+                path,
+                format!("tensor '{key}' has dtype {other:?}; expected F32, F16 or BF16"),
+            ));
+        }
     })
 }
 
@@ -100,7 +108,10 @@ impl ModuleMapper for Loader<'_> {
         self.used.insert(key.clone());
         let expected = param.val().dims();
         if view.shape() != expected.as_slice() {
-            self.errors.push(format!("tensor '{key}' has shape {:?}, the model expects {expected:?}", view.shape()));
+            self.errors.push(format!(
+                "tensor '{key}' has shape {:?}, the model expects {expected:?}",
+                view.shape()
+            ));
             return param;
         }
         match to_f32(&view, &key, self.path) {
@@ -117,8 +128,14 @@ impl ModuleMapper for Loader<'_> {
 }
 
 /// Loads safetensors bytes into `model` (strict; see the module docs).
-pub fn load_weights_from_bytes<M: Module>(model: M, bytes: &[u8], origin: &Path, device: &Device) -> Result<M> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| ckpt_err(origin, format!("not a safetensors file: {e}")))?;
+pub fn load_weights_from_bytes<M: Module>(
+    model: M,
+    bytes: &[u8],
+    origin: &Path,
+    device: &Device,
+) -> Result<M> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| ckpt_err(origin, format!("not a safetensors file: {e}")))?;
     let mut loader = Loader {
         st: &st,
         path: origin,
@@ -129,20 +146,36 @@ pub fn load_weights_from_bytes<M: Module>(model: M, bytes: &[u8], origin: &Path,
     };
     let model = model.map(&mut loader);
     let mut errors = loader.errors;
-    let mut unused: Vec<String> = st.names().into_iter().filter(|k| !loader.used.contains(*k)).map(String::from).collect();
+    let mut unused: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|k| !loader.used.contains(*k))
+        .map(String::from)
+        .collect();
     unused.sort();
     if !unused.is_empty() {
         errors.push(format!(
             "{} tensors the model does not use (an unsupported option?): {}",
             unused.len(),
-            unused.iter().take(8).cloned().collect::<Vec<_>>().join(", ")
+            unused
+                .iter()
+                .take(8)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     if errors.is_empty() {
         Ok(model)
     } else {
         let n = errors.len();
-        Err(ckpt_err(origin, format!("{n} problem(s): {}", errors.into_iter().take(8).collect::<Vec<_>>().join("; "))))
+        Err(ckpt_err(
+            origin,
+            format!(
+                "{n} problem(s): {}",
+                errors.into_iter().take(8).collect::<Vec<_>>().join("; ")
+            ),
+        ))
     }
 }
 
@@ -185,11 +218,16 @@ impl ModuleVisitor for Collector {
 }
 
 /// The model's FP parameters as safetensors bytes (f32), diffusers keys, with metadata.
-pub fn weights_to_bytes<M: Module>(model: &M, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+pub fn weights_to_bytes<M: Module>(
+    model: &M,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
     let mut c = Collector::default();
     model.visit(&mut c);
     if let Some(e) = c.error {
-        return Err(ModelError::Config(format!("could not read a parameter back: {e}")));
+        return Err(ModelError::Config(format!(
+            "could not read a parameter back: {e}"
+        )));
     }
     let views = c
         .tensors
@@ -201,8 +239,13 @@ pub fn weights_to_bytes<M: Module>(model: &M, metadata: HashMap<String, String>)
 }
 
 /// Writes the model's weights to `path` atomically.
-pub fn save_weights<M: Module>(model: &M, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
-    write_atomic(path, &weights_to_bytes(model, metadata)?).map_err(|e| ckpt_err(path, e.to_string()))
+pub fn save_weights<M: Module>(
+    model: &M,
+    path: &Path,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    write_atomic(path, &weights_to_bytes(model, metadata)?)
+        .map_err(|e| ckpt_err(path, e.to_string()))
 }
 
 /// Paths of a diffusers directory: (config, weights).

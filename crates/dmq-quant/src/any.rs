@@ -50,7 +50,13 @@ pub enum WeightQuantizer {
     MultiBasis(MultiBasisBinarizer),
 }
 
-forward_quantizer!(WeightQuantizer { Uniform, Lsq, AdaRound, Binary, MultiBasis });
+forward_quantizer!(WeightQuantizer {
+    Uniform,
+    Lsq,
+    AdaRound,
+    Binary,
+    MultiBasis
+});
 
 /// An activation quantizer of any kind.
 #[derive(Module, Debug)]
@@ -65,4 +71,9 @@ pub enum ActQuantizer {
     TimeLsq(TimeIndexed<LsqQuantizer>),
 }
 
-forward_quantizer!(ActQuantizer { Uniform, Lsq, TimeUniform, TimeLsq });
+forward_quantizer!(ActQuantizer {
+    Uniform,
+    Lsq,
+    TimeUniform,
+    TimeLsq
+});

@@ -28,7 +28,7 @@
 //! let packed = q.export(w.clone(), 0)?;                 // 4-bit codes, 2 per byte
 //! assert_eq!(packed.packed.len(), 2);
 //! let back = packed.dequantize()?;                      // equals the fake-quantized weight
-//! let fq: Vec<f32> = q.fake_quant(w, 0)?.into_data().to_vec().unwrap();
+//! let fq: Vec<f32> = q.fake_quant(w, 0)?.into_data().try_to_vec().unwrap();
 //! assert_eq!(back, fq);
 //! # Ok::<(), dmq_quant::QuantError>(())
 //! ```

@@ -213,7 +213,7 @@ impl QuantSpec {
             Granularity::PerGroup { axis, size } => {
                 check_axis(axis, shape.len(), "per-group quantization")?;
                 let len = shape[axis];
-                if size == 0 || len % size != 0 {
+                if size == 0 || !len.is_multiple_of(size) {
                     return Err(QuantError::BadGroupSize {
                         group: size,
                         axis,

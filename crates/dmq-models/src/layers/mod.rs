@@ -105,10 +105,12 @@ pub(crate) fn quant_act<const D: usize>(
 ) -> Result<Tensor<D>> {
     match q {
         None => Ok(x),
-        Some(q) => q.fake_quant(x, ctx.step.step).map_err(|source| ModelError::Quant {
-            layer: layer.to_string(),
-            source,
-        }),
+        Some(q) => q
+            .fake_quant(x, ctx.step.step)
+            .map_err(|source| ModelError::Quant {
+                layer: layer.to_string(),
+                source,
+            }),
     }
 }
 
@@ -121,16 +123,22 @@ pub(crate) fn quant_weight<const D: usize>(
 ) -> Result<Tensor<D>> {
     match q {
         None => Ok(w),
-        Some(q) => q.fake_quant(w, ctx.step.step).map_err(|source| ModelError::Quant {
-            layer: layer.to_string(),
-            source,
-        }),
+        Some(q) => q
+            .fake_quant(w, ctx.step.step)
+            .map_err(|source| ModelError::Quant {
+                layer: layer.to_string(),
+                source,
+            }),
     }
 }
 
 /// PyTorch's default init for conv/linear: U(±1/sqrt(fan_in)) for weight and bias
 /// (kaiming_uniform with a = √5).
-pub(crate) fn torch_uniform<const D: usize>(shape: [usize; D], fan_in: usize, device: &Device) -> Tensor<D> {
+pub(crate) fn torch_uniform<const D: usize>(
+    shape: [usize; D],
+    fan_in: usize,
+    device: &Device,
+) -> Tensor<D> {
     let k = 1.0 / (fan_in.max(1) as f64).sqrt();
     Tensor::random(shape, Distribution::Uniform(-k, k), device)
 }

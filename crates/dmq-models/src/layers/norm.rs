@@ -54,14 +54,21 @@ impl GroupNorm {
         let [b, c, h, w] = x.dims();
         let [channels] = self.weight.val().dims();
         if c != channels || self.groups == 0 || c % self.groups != 0 {
-            return Err(shape_err("GroupNorm", format!("[B, {channels}, H, W] with {} groups", self.groups), [b, c, h, w]));
+            return Err(shape_err(
+                "GroupNorm",
+                format!("[B, {channels}, H, W] with {} groups", self.groups),
+                [b, c, h, w],
+            ));
         }
         let g = x.reshape([b, self.groups, (c / self.groups) * h * w]);
         let mean = g.clone().mean_dim(2);
         let centered = g - mean;
         let var = centered.clone().powi_scalar(2).mean_dim(2);
         let normed = (centered / (var + self.eps).sqrt()).reshape([b, c, h, w]);
-        Ok(normed * self.weight.val().reshape([1, c, 1, 1]) + self.bias.val().reshape([1, c, 1, 1]))
+        Ok(
+            normed * self.weight.val().reshape([1, c, 1, 1])
+                + self.bias.val().reshape([1, c, 1, 1]),
+        )
     }
 }
 
@@ -82,8 +89,12 @@ impl LayerNormConfig {
     /// Initialised to the identity.
     pub fn init(&self, device: &Device) -> LayerNorm {
         LayerNorm {
-            weight: self.affine.then(|| Param::from_tensor(Tensor::ones([self.d_model], device))),
-            bias: self.affine.then(|| Param::from_tensor(Tensor::zeros([self.d_model], device))),
+            weight: self
+                .affine
+                .then(|| Param::from_tensor(Tensor::ones([self.d_model], device))),
+            bias: self
+                .affine
+                .then(|| Param::from_tensor(Tensor::zeros([self.d_model], device))),
             d_model: self.d_model,
             eps: self.eps,
         }
@@ -111,7 +122,11 @@ impl LayerNorm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
         let dims = x.dims();
         if dims[D - 1] != self.d_model {
-            return Err(shape_err("LayerNorm", format!("[..., {}]", self.d_model), dims));
+            return Err(shape_err(
+                "LayerNorm",
+                format!("[..., {}]", self.d_model),
+                dims,
+            ));
         }
         let mean = x.clone().mean_dim(D - 1);
         let centered = x - mean;

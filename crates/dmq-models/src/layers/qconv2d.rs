@@ -98,7 +98,15 @@ impl QConv2d {
         let [b, c, h, w] = x.dims();
         let (p, s) = (self.padding, self.stride);
         if c != c_in || h + 2 * p < kh || w + 2 * p < kw {
-            return Err(shape_err(&self.name, format!("[B, {c_in}, H ≥ {}, W ≥ {}]", kh.saturating_sub(2 * p), kw.saturating_sub(2 * p)), [b, c, h, w]));
+            return Err(shape_err(
+                &self.name,
+                format!(
+                    "[B, {c_in}, H ≥ {}, W ≥ {}]",
+                    kh.saturating_sub(2 * p),
+                    kw.saturating_sub(2 * p)
+                ),
+                [b, c, h, w],
+            ));
         }
         if let Some(rec) = ctx.recorder {
             let (ho, wo) = ((h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1);

@@ -25,7 +25,11 @@ impl QLinearConfig {
     /// A layer named `name` (its diffusers path), PyTorch-style random init.
     pub fn init(&self, name: &str, device: &Device) -> QLinear {
         QLinear {
-            weight: Param::from_tensor(torch_uniform([self.d_output, self.d_input], self.d_input, device)),
+            weight: Param::from_tensor(torch_uniform(
+                [self.d_output, self.d_input],
+                self.d_input,
+                device,
+            )),
             bias: self
                 .bias
                 .then(|| Param::from_tensor(torch_uniform([self.d_output], self.d_input, device))),
@@ -90,6 +94,10 @@ impl QLinear {
         }
         let x = quant_act(&self.a_quant, x, ctx, &self.name)?;
         let w = self.effective_weight(ctx)?;
-        Ok(burn::tensor::module::linear(x, w.transpose(), self.bias.as_ref().map(|b| b.val())))
+        Ok(burn::tensor::module::linear(
+            x,
+            w.transpose(),
+            self.bias.as_ref().map(|b| b.val()),
+        ))
     }
 }

@@ -44,7 +44,11 @@ impl QMatmul {
         let [ba, ha, n, k] = a.dims();
         let [bb, hb, k2, m] = b.dims();
         if ba != bb || ha != hb || k != k2 {
-            return Err(shape_err(&self.name, format!("[{ba}, {ha}, {k}, M] right operand"), [bb, hb, k2, m]));
+            return Err(shape_err(
+                &self.name,
+                format!("[{ba}, {ha}, {k}, M] right operand"),
+                [bb, hb, k2, m],
+            ));
         }
         if let Some(rec) = ctx.recorder {
             rec.push(LayerCall {

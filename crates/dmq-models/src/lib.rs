@@ -1,0 +1,36 @@
+//! # dmq-models
+//!
+//! Model-side building blocks of dmq (DESIGN.md §1, §3):
+//!
+//! - [`layers`]: quantizable layers [`layers::QLinear`], [`layers::QConv2d`],
+//!   [`layers::QMatmul`] (FP exactly when their quantizers are off) and diffusers-named norms;
+//! - [`context`]: [`StepContext`] (explicit step index for time-indexed quantizers),
+//!   taps and layer-call recording;
+//! - [`denoiser`]: the [`Denoiser`] trait every algorithm works on, and the layer inventory;
+//! - [`io`]: strict loading/saving of the diffusers layout (`config.json` +
+//!   `diffusion_pytorch_model.safetensors`, f32/f16/bf16);
+//! - [`sampler`]: sampling with batched CFG, per-step callbacks and teacher forcing;
+//!   [`noise`]: host-side seeded Gaussian noise (identical on every backend);
+//! - [`train`]: EMA, LR schedules, resumable checkpoints, the ε-prediction loss;
+//! - [`scheduler`]: DDPM and DDIM over any ascending timestep list, with numerical parity
+//!   against diffusers' `DDPMScheduler` / `DDIMScheduler`.
+//!
+//! Every tensor API takes or carries a runtime [`burn::tensor::Device`]; no backend is
+//! hard-coded. Cargo features pick the compiled-in backends: `flex` (default),
+//! `ndarray`, `wgpu`.
+
+pub mod context;
+pub mod denoiser;
+pub mod dit;
+pub mod error;
+pub mod io;
+pub mod layers;
+pub mod noise;
+pub mod sampler;
+pub mod scheduler;
+pub mod train;
+pub mod unet;
+
+pub use context::{ForwardCtx, LayerCall, LayerRecorder, StepContext, TapTensor, Taps};
+pub use denoiser::{Denoiser, DenoiserInfo, layer_inventory};
+pub use error::{ModelError, Result};

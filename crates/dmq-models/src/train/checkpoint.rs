@@ -1,0 +1,137 @@
+//! [`Checkpoint`]: resumable training state in one directory, replaced atomically.
+//!
+//! Layout: `model.bpk` and `ema.bpk` (burnpack records, which keep parameter ids so the
+//! optimizer state still matches after a restart), `optim.bpk` (AdamW moments) and
+//! `state.json` ([`TrainState`]). A save writes a fresh `<dir>.tmp`, then swaps it in with two
+//! renames; an interrupted save leaves either the old or the new checkpoint, never a mix.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// Progress of a training run, saved next to the weights.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps taken.
+    pub step: usize,
+    /// EMA updates taken.
+    pub ema_updates: u64,
+    /// (step, loss) log.
+    pub losses: Vec<(usize, f32)>,
+    /// Wall-clock seconds spent training, summed over sessions.
+    pub wall_s: f64,
+    /// Free-form run description (config, command).
+    pub notes: serde_json::Value,
+}
+
+/// A checkpoint directory.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    dir: PathBuf,
+}
+
+fn err(path: &Path, reason: impl std::fmt::Display) -> ModelError {
+    ModelError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Checkpoint {
+    /// A checkpoint at `dir` (created on first save).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn sibling(&self, suffix: &str) -> PathBuf {
+        let mut s = self.dir.clone().into_os_string();
+        s.push(suffix);
+        PathBuf::from(s)
+    }
+
+    /// Saves model, EMA shadow, optimizer and state atomically.
+    pub fn save<M: Module, E: Module>(
+        &self,
+        model: &M,
+        ema: &E,
+        optim: &ModuleOptimizer,
+        state: &TrainState,
+    ) -> Result<()> {
+        let tmp = self.sibling(".tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        model
+            .clone()
+            .save_file(tmp.join("model.bpk"))
+            .map_err(|e| err(&tmp, e))?;
+        ema.clone()
+            .save_file(tmp.join("ema.bpk"))
+            .map_err(|e| err(&tmp, e))?;
+        optim
+            .save(tmp.join("optim.bpk"))
+            .map_err(|e| err(&tmp, e))?;
+        let json = serde_json::to_vec_pretty(state).map_err(|e| err(&tmp, e))?;
+        std::fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
+        let old = self.sibling(".old");
+        if self.dir.exists() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(io(&old))?;
+            }
+            std::fs::rename(&self.dir, &old).map_err(io(&self.dir))?;
+        }
+        std::fs::rename(&tmp, &self.dir).map_err(io(&tmp))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        Ok(())
+    }
+
+    /// Loads the checkpoint into freshly built modules and optimizer, or `None` when there is
+    /// none. Falls back to `<dir>.old` if a save was interrupted between its two renames.
+    #[allow(clippy::type_complexity)]
+    pub fn load<M: Module, E: Module>(
+        &self,
+        model: M,
+        ema: E,
+        optim: ModuleOptimizer,
+    ) -> Result<Option<(M, E, ModuleOptimizer, TrainState)>> {
+        let dir = if self.dir.join("state.json").exists() {
+            self.dir.clone()
+        } else if self.sibling(".old").join("state.json").exists() {
+            self.sibling(".old")
+        } else {
+            return Ok(None);
+        };
+        let state: TrainState =
+            serde_json::from_slice(&std::fs::read(dir.join("state.json")).map_err(io(&dir))?)
+                .map_err(|e| err(&dir, format!("state.json: {e}")))?;
+        let model = model
+            .try_load_file(dir.join("model.bpk"))
+            .map_err(|e| err(&dir, format!("model.bpk: {e}")))?;
+        let ema = ema
+            .try_load_file(dir.join("ema.bpk"))
+            .map_err(|e| err(&dir, format!("ema.bpk: {e}")))?;
+        let optim = optim
+            .load(dir.join("optim.bpk"))
+            .map_err(|e| err(&dir, format!("optim.bpk: {e}")))?;
+        Ok(Some((model, ema, optim, state)))
+    }
+}

@@ -1,0 +1,278 @@
+//! Trains the embedded default models on Fashion-MNIST on the CPU: the unconditional UNet
+//! (`unet-fmnist`) or the 10-class conditional DiT (`dit-fmnist`).
+//!
+//! ```text
+//! cargo run --release --example train -- --model unet [--steps 20000] [--batch 32]
+//!     [--lr 5e-4 (unet) / 4e-4 (dit)] [--ckpt runs/unet-fmnist] [--out assets/models/unet-fmnist] [--every 250]
+//! ```
+//! AdamW with linear warm-up and cosine decay, EMA of the weights (decay 0.999), a resumable
+//! checkpoint every `--every` steps (re-running the same command resumes), a progress bar with
+//! loss and ETA, and a loss log. At the end (or with `--export-only`) the EMA weights are
+//! written in the diffusers layout to `--out`, with the loss curve as PNG.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::Device;
+use dmq::eval::data::fashion_mnist::{FashionMnist, Padding};
+use dmq::models::dit::{DiT, DiTConfig};
+use dmq::models::noise::NoiseRng;
+use dmq::models::sampler::labels;
+use dmq::models::scheduler::{BetaSchedule, NoiseSchedule};
+use dmq::models::train::{Checkpoint, Ema, LrSchedule, TrainState, diffusion_batch, eps_loss};
+use dmq::models::unet::{UNet2DModel, UNetConfig};
+use dmq::models::{Denoiser, ModelError};
+use indicatif::{ProgressBar, ProgressStyle};
+
+struct Args {
+    model: String,
+    steps: usize,
+    batch: usize,
+    lr: f64,
+    every: usize,
+    ckpt: PathBuf,
+    out: PathBuf,
+    export_only: bool,
+    data: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let get = |k: &str| {
+        argv.iter()
+            .position(|a| a == k)
+            .and_then(|i| argv.get(i + 1))
+            .cloned()
+    };
+    let model = get("--model").unwrap_or_else(|| "unet".into());
+    let name = format!("{model}-fmnist");
+    Args {
+        steps: get("--steps")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000),
+        batch: get("--batch").and_then(|v| v.parse().ok()).unwrap_or(32),
+        lr: get("--lr")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if model == "dit" { 4e-4 } else { 5e-4 }),
+        every: get("--every").and_then(|v| v.parse().ok()).unwrap_or(250),
+        ckpt: get("--ckpt")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("runs").join(&name)),
+        out: get("--out")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("assets/models").join(&name)),
+        export_only: argv.iter().any(|a| a == "--export-only"),
+        data: get("--data"),
+        model,
+    }
+}
+
+/// The default UNet: 28×28×1, levels (32, 64, 128) at 28, 14 and 7 pixels, one resnet per
+/// level (two on the way up), self-attention at 7×7 and in the middle block.
+pub fn unet_config() -> UNetConfig {
+    UNetConfig::from_json(&serde_json::json!({
+        "sample_size": 28, "in_channels": 1, "out_channels": 1,
+        "block_out_channels": [32, 64, 128], "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+        "attention_head_dim": 32, "norm_num_groups": 8, "norm_eps": 1e-5,
+        "flip_sin_to_cos": true, "freq_shift": 0, "act_fn": "silu"
+    }))
+    .expect("valid UNet config")
+}
+
+/// The default DiT: 28×28×1, patch 2 (196 tokens), width 128, depth 6, 4 heads, 10 classes.
+pub fn dit_config() -> DiTConfig {
+    DiTConfig::from_json_value(&serde_json::json!({
+        "sample_size": 28, "in_channels": 1, "out_channels": 1, "patch_size": 2,
+        "num_layers": 6, "num_attention_heads": 4, "attention_head_dim": 32,
+        "num_embeds_ada_norm": 10, "norm_type": "ada_norm_zero",
+        "activation_fn": "gelu-approximate", "attention_bias": true,
+        "norm_elementwise_affine": false, "norm_eps": 1e-6, "upcast_attention": false
+    }))
+    .expect("valid DiT config")
+}
+
+/// A model the loop can train.
+trait Trainable: Denoiser + Module + Clone {
+    fn export(&self, dir: &std::path::Path) -> Result<(), ModelError>;
+}
+
+impl Trainable for UNet2DModel {
+    fn export(&self, dir: &std::path::Path) -> Result<(), ModelError> {
+        self.save_pretrained(dir)
+    }
+}
+
+impl Trainable for DiT {
+    fn export(&self, dir: &std::path::Path) -> Result<(), ModelError> {
+        self.save_pretrained(dir)
+    }
+}
+
+fn run<M: Trainable>(
+    mut model: M,
+    args: &Args,
+    data: &FashionMnist,
+    device: &Device,
+) -> Result<(), ModelError> {
+    let schedule = NoiseSchedule::new(BetaSchedule::Linear, 1000, 1e-4, 0.02)?;
+    let lr = LrSchedule {
+        peak: args.lr,
+        final_lr: args.lr * 0.05,
+        warmup: 500.min(args.steps / 10),
+        total: args.steps,
+        cosine: true,
+    };
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut ema = Ema::new(&model, 0.999);
+    let mut state = TrainState {
+        notes: serde_json::json!({"model": args.model, "batch": args.batch, "lr": args.lr, "steps": args.steps}),
+        ..TrainState::default()
+    };
+    let ckpt = Checkpoint::new(&args.ckpt);
+    if let Some((m, e, o, s)) = ckpt.load(model.clone(), ema.shadow().clone(), optim.clone())? {
+        eprintln!(
+            "resuming {} at step {} ({:.0} s trained so far)",
+            args.ckpt.display(),
+            s.step,
+            s.wall_s
+        );
+        model = m;
+        ema = Ema::resume(e, 0.999, s.ema_updates);
+        optim = o;
+        state = s;
+    }
+    let num_classes = model.info().num_classes;
+    let bar = ProgressBar::new(args.steps as u64).with_position(state.step as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+        )
+        .expect("template"),
+    );
+    let session = Instant::now();
+    let wall0 = state.wall_s;
+    let mut smooth = None::<f64>;
+    while state.step < args.steps && !args.export_only {
+        let step = state.step;
+        // Per-step seeds make a resumed run draw exactly the batches it would have drawn.
+        let mut rng = NoiseRng::new(0xD1F_F000 ^ (step as u64).wrapping_mul(0x9E37_79B9));
+        let idx: Vec<usize> = (0..args.batch)
+            .map(|_| rng.below(data.train.len()))
+            .collect();
+        let x0 = data
+            .train
+            .images_tensor(&idx, Padding::None, device)
+            .expect("indices in range");
+        let class = num_classes.map(|n| {
+            // 10% label dropout to the null class trains the unconditional branch for CFG.
+            let ys: Vec<usize> = idx
+                .iter()
+                .map(|&i| {
+                    if rng.uniform() < 0.1 {
+                        n
+                    } else {
+                        data.train.label(i).expect("label") as usize
+                    }
+                })
+                .collect();
+            labels(&ys, device)
+        });
+        let batch = diffusion_batch(x0, &schedule, &mut rng)?;
+        let loss = eps_loss(&model, &batch, class)?;
+        let l = loss.clone().into_scalar::<f64>();
+        if !l.is_finite() {
+            return Err(ModelError::Config(format!(
+                "loss became {l} at step {step}; lower --lr"
+            )));
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(lr.at(step), model, grads);
+        ema.update(&model);
+        state.step += 1;
+        state.ema_updates = ema.updates();
+        let s = smooth.map_or(l, |s| 0.98 * s + 0.02 * l);
+        smooth = Some(s);
+        if state.step % 10 == 0 {
+            state.losses.push((state.step, s as f32));
+        }
+        bar.set_position(state.step as u64);
+        bar.set_message(format!("loss {s:.4} lr {:.2e}", lr.at(step)));
+        if state.step % args.every == 0 || state.step == args.steps {
+            state.wall_s = wall0 + session.elapsed().as_secs_f64();
+            ckpt.save(&model, ema.shadow(), &optim, &state)?;
+        }
+    }
+    bar.finish();
+    state.wall_s = wall0 + session.elapsed().as_secs_f64();
+    let shadow = ema.shadow().valid();
+    std::fs::create_dir_all(&args.out).map_err(|source| ModelError::Io {
+        path: args.out.clone(),
+        source,
+    })?;
+    shadow.export(&args.out)?;
+    let log = serde_json::to_vec_pretty(&state).expect("json");
+    dmq::quant::file::write_atomic(&args.out.join("train_log.json"), &log)
+        .map_err(|e| ModelError::Config(e.to_string()))?;
+    let curve: Vec<(f64, f64)> = state
+        .losses
+        .iter()
+        .map(|&(s, l)| (s as f64, l as f64))
+        .collect();
+    dmq::eval::plot::line_chart_png(
+        &args.out.join("loss.png"),
+        "training loss (EMA)",
+        "step",
+        &[("loss", &curve)],
+    )
+    .map_err(|e| ModelError::Config(e.to_string()))?;
+    eprintln!(
+        "{}: {} steps in {:.0} s total; final smoothed loss {:.4}; EMA weights written to {}",
+        args.model,
+        state.step,
+        state.wall_s,
+        smooth.unwrap_or(f64::NAN),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn main() {
+    let args = parse_args();
+    let device = Device::flex().autodiff();
+    let data = match &args.data {
+        Some(d) => FashionMnist::load_from(d),
+        None => FashionMnist::load(),
+    }
+    .unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(1)
+    });
+    let result = match args.model.as_str() {
+        "unet" => run(
+            UNet2DModel::new(&unet_config(), &device).expect("config"),
+            &args,
+            &data,
+            &device,
+        ),
+        "dit" => run(
+            DiT::new(&dit_config(), &device)
+                .expect("config")
+                .zero_init_modulation(),
+            &args,
+            &data,
+            &device,
+        ),
+        other => {
+            eprintln!("unknown --model {other}: use unet or dit");
+            std::process::exit(2)
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
