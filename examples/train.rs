@@ -196,12 +196,12 @@ fn run<M: Trainable>(
         state.ema_updates = ema.updates();
         let s = smooth.map_or(l, |s| 0.98 * s + 0.02 * l);
         smooth = Some(s);
-        if state.step % 10 == 0 {
+        if state.step.is_multiple_of(10) {
             state.losses.push((state.step, s as f32));
         }
         bar.set_position(state.step as u64);
         bar.set_message(format!("loss {s:.4} lr {:.2e}", lr.at(step)));
-        if state.step % args.every == 0 || state.step == args.steps {
+        if state.step.is_multiple_of(args.every) || state.step == args.steps {
             state.wall_s = wall0 + session.elapsed().as_secs_f64();
             ckpt.save(&model, ema.shadow(), &optim, &state)?;
         }
