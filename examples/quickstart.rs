@@ -8,7 +8,7 @@
 //! test accuracy of the network running with the dequantized weights.
 //!
 //! ```text
-//! cargo run --release --example quickstart [-- --backend flex|ndarray|wgpu --steps 600]
+//! cargo run --release --example quickstart [-- --backend flex|ndarray|wgpu --steps 2000]
 //! ```
 //! Needs the Debian package `dataset-fashion-mnist` (or `--data DIR`).
 
@@ -24,7 +24,7 @@ use dmq::eval::data::fashion_mnist::{FashionMnist, FashionMnistSplit, Padding};
 use dmq::quant::{
     AdaRoundMode, AdaRoundQuantizer, BetaSchedule, BinaryQuantizer, LsqQuantizer,
     MultiBasisBinarizer, QuantSpec, QuantizedFile, QuantizedTensor, Quantizer, RangeInit,
-    UniformQuantizer, init_params,
+    UniformQuantizer, WeightQuantizer, init_params,
 };
 
 #[derive(Module, Debug)]
@@ -75,7 +75,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut a = Args {
         backend: "flex".into(),
-        steps: 600,
+        steps: 2000,
         data: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -171,13 +171,32 @@ fn rel_error(ws: &[Tensor<2>], w_hat: &[Tensor<2>]) -> f64 {
     (num / den).sqrt()
 }
 
+/// Fake-quantized weights and their packed exports (one bitplane set per layer).
+fn apply(
+    qs: impl Iterator<Item = WeightQuantizer>,
+    ws: &[Tensor<2>],
+) -> (Vec<Tensor<2>>, Vec<Vec<QuantizedTensor>>) {
+    qs.zip(ws)
+        .map(|(q, w)| {
+            let w_hat = q.fake_quant(w.clone(), 0).expect("fake quant");
+            let planes = match &q {
+                WeightQuantizer::MultiBasis(m) => m.export_bases(w.clone()),
+                q => q.export(w.clone(), 0).map(|e| vec![e]),
+            };
+            (w_hat, planes.expect("export"))
+        })
+        .unzip()
+}
+
 /// AdaRound on one layer: minimise ‖X·Ŵᵀ − X·Wᵀ‖² + λ·Σ(1 − |2h(V) − 1|^β) over V.
 fn adaround_layer(w: Tensor<2>, x: Tensor<2>, spec: QuantSpec, iters: usize) -> AdaRoundQuantizer {
     let device = w.device();
     let ad = device.clone().autodiff();
     let data: Vec<f32> = w.clone().into_data().try_to_vec::<f32>().expect("f32");
     let params = init_params(&data, &w.dims(), &spec, &RangeInit::mse()).expect("init");
-    let (w, x) = (w.to_device(&ad), x.to_device(&ad));
+    // Fresh leaves on the autodiff device (to_device keeps a tensor's autodiff context).
+    let w = Tensor::<2>::from_data(w.into_data(), &ad);
+    let x = Tensor::<2>::from_data(x.into_data(), &ad);
     let target = x.clone().matmul(w.clone().transpose());
     let mut q = AdaRoundQuantizer::init(w.clone(), &params).expect("adaround init");
     let mut optim = AdamConfig::new().init();
@@ -276,85 +295,36 @@ fn main() {
             ("uniform/max", RangeInit::Max),
             ("uniform/mse", RangeInit::mse()),
         ] {
-            let qs: Vec<UniformQuantizer> = ws
-                .iter()
-                .map(|w| UniformQuantizer::init(spec, w.clone(), &method).expect("init"))
-                .collect();
-            let w_hat = qs
-                .iter()
-                .zip(&ws)
-                .map(|(q, w)| q.fake_quant(w.clone(), 0).expect("fq"))
-                .collect();
-            let ex = qs
-                .iter()
-                .zip(&ws)
-                .map(|(q, w)| vec![q.export(w.clone(), 0).expect("export")])
-                .collect();
+            let qs = ws.iter().map(|w| {
+                WeightQuantizer::Uniform(
+                    UniformQuantizer::init(spec, w.clone(), &method).expect("init"),
+                )
+            });
+            let (w_hat, ex) = apply(qs, &ws);
             evaluate(format!("W{bits} {name}"), w_hat, ex);
         }
-        let qs: Vec<LsqQuantizer> = ws
-            .iter()
-            .map(|w| {
-                LsqQuantizer::init(spec, w.clone(), &RangeInit::Lsq, false, false).expect("init")
-            })
-            .collect();
-        let w_hat = qs
-            .iter()
-            .zip(&ws)
-            .map(|(q, w)| q.fake_quant(w.clone(), 0).expect("fq"))
-            .collect();
-        let ex = qs
-            .iter()
-            .zip(&ws)
-            .map(|(q, w)| vec![q.export(w.clone(), 0).expect("export")])
-            .collect();
+        let qs = ws.iter().map(|w| {
+            WeightQuantizer::Lsq(
+                LsqQuantizer::init(spec, w.clone(), &RangeInit::Lsq, false, false).expect("init"),
+            )
+        });
+        let (w_hat, ex) = apply(qs, &ws);
         evaluate(format!("W{bits} lsq-init"), w_hat, ex);
-        let qs: Vec<AdaRoundQuantizer> = ws
-            .iter()
-            .zip(&taps)
-            .map(|(w, x)| adaround_layer(w.clone(), x.clone(), spec, 300))
-            .collect();
-        let w_hat = qs
-            .iter()
-            .zip(&ws)
-            .map(|(q, w)| q.fake_quant(w.clone(), 0).expect("fq"))
-            .collect();
-        let ex = qs
-            .iter()
-            .zip(&ws)
-            .map(|(q, w)| vec![q.export(w.clone(), 0).expect("export")])
-            .collect();
+        let qs = ws.iter().zip(&taps).map(|(w, x)| {
+            WeightQuantizer::AdaRound(adaround_layer(w.clone(), x.clone(), spec, 300))
+        });
+        let (w_hat, ex) = apply(qs, &ws);
         evaluate(format!("W{bits} adaround (300 it)"), w_hat, ex);
     }
-    let qs: Vec<BinaryQuantizer> = ws
+    let qs = ws
         .iter()
-        .map(|w| BinaryQuantizer::init(w.clone()).expect("init"))
-        .collect();
-    let w_hat = qs
-        .iter()
-        .zip(&ws)
-        .map(|(q, w)| q.fake_quant(w.clone(), 0).expect("fq"))
-        .collect();
-    let ex = qs
-        .iter()
-        .zip(&ws)
-        .map(|(q, w)| vec![q.export(w.clone(), 0).expect("export")])
-        .collect();
+        .map(|w| WeightQuantizer::Binary(BinaryQuantizer::init(w.clone()).expect("init")));
+    let (w_hat, ex) = apply(qs, &ws);
     evaluate("W1 binary σ·sign".into(), w_hat, ex);
-    let qs: Vec<MultiBasisBinarizer> = ws
+    let qs = ws
         .iter()
-        .map(|w| MultiBasisBinarizer::init(w.clone()).expect("init"))
-        .collect();
-    let w_hat = qs
-        .iter()
-        .zip(&ws)
-        .map(|(q, w)| q.fake_quant(w.clone(), 0).expect("fq"))
-        .collect();
-    let ex = qs
-        .iter()
-        .zip(&ws)
-        .map(|(q, w)| q.export_bases(w.clone()).expect("export"))
-        .collect();
+        .map(|w| WeightQuantizer::MultiBasis(MultiBasisBinarizer::init(w.clone()).expect("init")));
+    let (w_hat, ex) = apply(qs, &ws);
     evaluate("W1x2 EBB (2 bitplanes)".into(), w_hat, ex);
 
     println!(

@@ -16,15 +16,17 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::Device;
+use dmq::eval::cli::{FlagError, Flags};
 use dmq::eval::data::fashion_mnist::{FashionMnist, Padding};
-use dmq::models::dit::{DiT, DiTConfig};
+use dmq::eval::progress::Progress;
+use dmq::models::defaults;
+use dmq::models::dit::DiT;
 use dmq::models::noise::NoiseRng;
 use dmq::models::sampler::labels;
 use dmq::models::scheduler::{BetaSchedule, NoiseSchedule};
 use dmq::models::train::{Checkpoint, Ema, LrSchedule, TrainState, diffusion_batch, eps_loss};
-use dmq::models::unet::{UNet2DModel, UNetConfig};
+use dmq::models::unet::UNet2DModel;
 use dmq::models::{Denoiser, ModelError};
-use indicatif::{ProgressBar, ProgressStyle};
 
 struct Args {
     model: String,
@@ -38,61 +40,20 @@ struct Args {
     data: Option<String>,
 }
 
-fn parse_args() -> Args {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let get = |k: &str| {
-        argv.iter()
-            .position(|a| a == k)
-            .and_then(|i| argv.get(i + 1))
-            .cloned()
-    };
-    let model = get("--model").unwrap_or_else(|| "unet".into());
+fn parse_args(f: &Flags) -> Result<Args, FlagError> {
+    let model: String = f.get("model", "unet".into())?;
     let name = format!("{model}-fmnist");
-    Args {
-        steps: get("--steps")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(20_000),
-        batch: get("--batch").and_then(|v| v.parse().ok()).unwrap_or(32),
-        lr: get("--lr")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(if model == "dit" { 4e-4 } else { 5e-4 }),
-        every: get("--every").and_then(|v| v.parse().ok()).unwrap_or(250),
-        ckpt: get("--ckpt")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("runs").join(&name)),
-        out: get("--out")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("assets/models").join(&name)),
-        export_only: argv.iter().any(|a| a == "--export-only"),
-        data: get("--data"),
+    Ok(Args {
+        steps: f.get("steps", 20_000)?,
+        batch: f.get("batch", 32)?,
+        lr: f.get("lr", if model == "dit" { 4e-4 } else { 5e-4 })?,
+        every: f.get("every", 250)?,
+        ckpt: f.get("ckpt", PathBuf::from("runs").join(&name))?,
+        out: f.get("out", PathBuf::from("assets/models").join(&name))?,
+        export_only: f.switch("export-only"),
+        data: f.opt("data")?,
         model,
-    }
-}
-
-/// The default UNet: 28×28×1, levels (32, 64, 128) at 28, 14 and 7 pixels, one resnet per
-/// level (two on the way up), self-attention at 7×7 and in the middle block.
-pub fn unet_config() -> UNetConfig {
-    UNetConfig::from_json(&serde_json::json!({
-        "sample_size": 28, "in_channels": 1, "out_channels": 1,
-        "block_out_channels": [32, 64, 128], "layers_per_block": 1,
-        "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
-        "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-        "attention_head_dim": 32, "norm_num_groups": 8, "norm_eps": 1e-5,
-        "flip_sin_to_cos": true, "freq_shift": 0, "act_fn": "silu"
-    }))
-    .expect("valid UNet config")
-}
-
-/// The default DiT: 28×28×1, patch 2 (196 tokens), width 128, depth 6, 4 heads, 10 classes.
-pub fn dit_config() -> DiTConfig {
-    DiTConfig::from_json_value(&serde_json::json!({
-        "sample_size": 28, "in_channels": 1, "out_channels": 1, "patch_size": 2,
-        "num_layers": 6, "num_attention_heads": 4, "attention_head_dim": 32,
-        "num_embeds_ada_norm": 10, "norm_type": "ada_norm_zero",
-        "activation_fn": "gelu-approximate", "attention_bias": true,
-        "norm_elementwise_affine": false, "norm_eps": 1e-6, "upcast_attention": false
-    }))
-    .expect("valid DiT config")
+    })
 }
 
 /// A model the loop can train.
@@ -146,13 +107,7 @@ fn run<M: Trainable>(
         state = s;
     }
     let num_classes = model.info().num_classes;
-    let bar = ProgressBar::new(args.steps as u64).with_position(state.step as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .expect("template"),
-    );
+    let mut bar = Progress::new(&args.model, args.steps as u64, state.step as u64);
     let session = Instant::now();
     let wall0 = state.wall_s;
     let mut smooth = None::<f64>;
@@ -199,8 +154,10 @@ fn run<M: Trainable>(
         if state.step.is_multiple_of(10) {
             state.losses.push((state.step, s as f32));
         }
-        bar.set_position(state.step as u64);
-        bar.set_message(format!("loss {s:.4} lr {:.2e}", lr.at(step)));
+        bar.set(
+            state.step as u64,
+            format!("loss {s:.4} lr {:.2e}", lr.at(step)),
+        );
         if state.step.is_multiple_of(args.every) || state.step == args.steps {
             state.wall_s = wall0 + session.elapsed().as_secs_f64();
             ckpt.save(&model, ema.shadow(), &optim, &state)?;
@@ -214,6 +171,14 @@ fn run<M: Trainable>(
         source,
     })?;
     shadow.export(&args.out)?;
+    // The noise schedule the model was trained with, for samplers (diffusers' scheduler config).
+    let sched = serde_json::json!({"_class_name": "DDPMScheduler", "num_train_timesteps": 1000,
+        "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear", "prediction_type": "epsilon"});
+    dmq::quant::file::write_atomic(
+        &args.out.join("scheduler_config.json"),
+        sched.to_string().as_bytes(),
+    )
+    .map_err(|e| ModelError::Config(e.to_string()))?;
     let log = serde_json::to_vec_pretty(&state).expect("json");
     dmq::quant::file::write_atomic(&args.out.join("train_log.json"), &log)
         .map_err(|e| ModelError::Config(e.to_string()))?;
@@ -241,7 +206,7 @@ fn run<M: Trainable>(
 }
 
 fn main() {
-    let args = parse_args();
+    let args = parse_args(&Flags::from_env()).unwrap_or_else(|e| Flags::exit_usage(e));
     let device = Device::flex().autodiff();
     let data = match &args.data {
         Some(d) => FashionMnist::load_from(d),
@@ -253,13 +218,13 @@ fn main() {
     });
     let result = match args.model.as_str() {
         "unet" => run(
-            UNet2DModel::new(&unet_config(), &device).expect("config"),
+            UNet2DModel::new(&defaults::unet_fmnist().expect("config"), &device).expect("model"),
             &args,
             &data,
             &device,
         ),
         "dit" => run(
-            DiT::new(&dit_config(), &device)
+            DiT::new(&defaults::dit_fmnist().expect("config"), &device)
                 .expect("config")
                 .zero_init_modulation(),
             &args,

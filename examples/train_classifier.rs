@@ -8,17 +8,17 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor};
 use dmq::eval::classifier::FmnistClassifier;
+use dmq::eval::cli::Flags;
 use dmq::eval::data::fashion_mnist::{FashionMnist, FashionMnistSplit, Padding};
+use dmq::eval::progress::Progress;
 use dmq::models::noise::NoiseRng;
 use dmq::models::train::LrSchedule;
-use indicatif::{ProgressBar, ProgressStyle};
 
 fn accuracy(model: &FmnistClassifier, split: &FashionMnistSplit, device: &Device) -> f64 {
     let mut correct = 0i64;
@@ -36,17 +36,13 @@ fn accuracy(model: &FmnistClassifier, split: &FashionMnistSplit, device: &Device
 }
 
 fn main() {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let get = |k: &str| {
-        argv.iter()
-            .position(|a| a == k)
-            .and_then(|i| argv.get(i + 1))
-            .cloned()
-    };
-    let steps: usize = get("--steps").and_then(|v| v.parse().ok()).unwrap_or(3000);
-    let out = get("--out")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("assets/models/fmnist-classifier"));
+    let flags = Flags::from_env();
+    let steps: usize = flags
+        .get("steps", 3000)
+        .unwrap_or_else(|e| Flags::exit_usage(e));
+    let out: PathBuf = flags
+        .get("out", PathBuf::from("assets/models/fmnist-classifier"))
+        .unwrap_or_else(|e| Flags::exit_usage(e));
     let data = FashionMnist::load().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)
@@ -63,14 +59,7 @@ fn main() {
         total: steps,
         cosine: true,
     };
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-        )
-        .expect("template"),
-    );
-    let t0 = Instant::now();
+    let mut bar = Progress::new("classifier", steps as u64, 0);
     let mut curve = Vec::new();
     let bs = 128;
     for step in 0..steps {
@@ -92,12 +81,10 @@ fn main() {
         if step % 20 == 0 {
             curve.push((step as f64, l));
         }
-        bar.inc(1);
-        bar.set_message(format!("loss {l:.4}"));
+        bar.inc(format!("loss {l:.4}"));
     }
-    bar.finish();
+    let wall = bar.finish();
     let model = model.valid();
-    let wall = t0.elapsed().as_secs_f64();
     let test_acc = accuracy(&model, &data.test, &device);
     let train_acc = accuracy(&model, &data.train.take(10_000), &device);
     let mut meta = HashMap::new();

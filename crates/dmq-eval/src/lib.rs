@@ -2,12 +2,15 @@
 //!
 //! Evaluation side of dmq (DESIGN.md §5): the Fashion-MNIST IDX loader ([`data`]), the
 //! metric classifier whose features define the Fréchet distance ([`classifier`]), PNG sample
-//! grids ([`image`]) and PNG charts ([`plot`]).
+//! grids ([`image`]) and PNG charts ([`plot`]), plus the flag parsing ([`cli`]) and progress
+//! reporting ([`progress`]) the examples share.
 
 pub mod classifier;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod image;
 pub mod plot;
+pub mod progress;
 
 pub use error::DataError;

@@ -20,6 +20,7 @@
 //! `ndarray`, `wgpu`.
 
 pub mod context;
+pub mod defaults;
 pub mod denoiser;
 pub mod dit;
 pub mod error;

@@ -87,8 +87,19 @@ fn cfg_is_one_batched_call(device: &Device) {
     traj.advance(host_tensor(&[0.0; 128], device)).unwrap();
     // Same seed → same samples; guidance without labels is an error.
     let again = sample(&model, &sched, x.clone(), Some(y), 3.0, 7, &mut |_, _| {}).unwrap();
-    assert_eq!(host(out), host(again));
+    assert_close(&host(out), &host(again), "same seed");
     assert!(sample(&model, &sched, x, None, 3.0, 7, &mut |_, _| {}).is_err());
+}
+
+/// Equal up to float reassociation (GPU reductions are not bit-reproducible across graphs).
+fn assert_close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len());
+    let worst = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-5, "{what}: max |diff| {worst}");
 }
 
 fn host_tensor(v: &[f32], device: &Device) -> Tensor<4> {
@@ -128,7 +139,11 @@ fn teacher_forcing_follows_the_teacher(device: &Device) {
     )
     .unwrap();
     assert_eq!(n, 3);
-    assert_eq!(host(alone), host(forced));
+    assert_close(
+        &host(alone),
+        &host(forced),
+        "teacher-forced vs teacher alone",
+    );
 }
 
 /// EMA follows θ̄ ← dθ̄ + (1−d)θ with the warm-up decay; checkpoints resume bit-exactly.
@@ -183,9 +198,10 @@ fn ema_and_checkpoint_resume(device: &Device) {
     for k in 2..4 {
         resumed = step(resumed, &mut opt_r, k);
     }
-    assert_eq!(
-        host(cont.proj_out_2.weight.val()),
-        host(resumed.proj_out_2.weight.val())
+    assert_close(
+        &host(cont.proj_out_2.weight.val()),
+        &host(resumed.proj_out_2.weight.val()),
+        "resumed training",
     );
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(

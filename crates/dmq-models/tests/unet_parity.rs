@@ -270,10 +270,11 @@ fn round_trip(device: &Device) {
                 .unwrap(),
             )
         };
-        assert_eq!(
-            run(&model),
-            run(&back),
-            "{name}: round trip changed the outputs"
+        // Same weights, same kernels; GPU reductions may reorder sums, so not bitwise.
+        let err = max_abs_err(&run(&model), &run(&back));
+        assert!(
+            err <= 1e-5,
+            "{name}: round trip changed the outputs by {err}"
         );
     }
     // a randomly initialised model round-trips too
@@ -290,7 +291,11 @@ fn round_trip(device: &Device) {
     let t = Tensor::<1>::from_floats([10.0, 20.0], device);
     let a = values(model.forward(x.clone(), t.clone(), None, &ctx()).unwrap());
     let b = values(back.forward(x, t, None, &ctx()).unwrap());
-    assert_eq!(a, b);
+    let err = max_abs_err(&a, &b);
+    assert!(
+        err <= 1e-5,
+        "random model: round trip changed the outputs by {err}"
+    );
 }
 
 /// Block and unit outputs can be tapped under their diffusers paths.

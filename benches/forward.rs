@@ -1,0 +1,65 @@
+//! Forward-pass latency of the default UNet and DiT (random weights; timing does not depend
+//! on them) at batch 1 and 16, per compiled-in backend. The same forward timed in
+//! diffusers/PyTorch on this CPU: `python3 scripts/bench/forward_torch.py`.
+//!
+//! `cargo bench --bench forward` (add `--features wgpu` for the GPU backend).
+
+#![allow(missing_docs)] // criterion's macros generate undocumented public items
+
+use burn::tensor::{Device, Int, Tensor};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use dmq::models::dit::DiT;
+use dmq::models::unet::UNet2DModel;
+use dmq::models::{Denoiser, ForwardCtx, StepContext, defaults};
+
+fn inputs(
+    model: &dyn Denoiser,
+    b: usize,
+    device: &Device,
+) -> (Tensor<4>, Tensor<1>, Option<Tensor<1, Int>>) {
+    let info = model.info();
+    let s = info.sample_size;
+    let x = dmq::models::noise::NoiseRng::new(0).tensor([b, info.in_channels, s, s], device);
+    let t = Tensor::full([b], 500.0, device);
+    let class = info
+        .num_classes
+        .map(|_| dmq::models::sampler::labels(&vec![3; b], device));
+    (x, t, class)
+}
+
+fn forward(c: &mut Criterion) {
+    for (backend, device) in dmq::quant::device::all_devices() {
+        let models: Vec<(&str, Box<dyn Denoiser>)> = vec![
+            (
+                "unet-fmnist",
+                Box::new(UNet2DModel::new(&defaults::unet_fmnist().unwrap(), &device).unwrap()),
+            ),
+            (
+                "dit-fmnist",
+                Box::new(DiT::new(&defaults::dit_fmnist().unwrap(), &device).unwrap()),
+            ),
+        ];
+        for (name, model) in &models {
+            let mut group = c.benchmark_group(format!("forward/{backend}/{name}"));
+            group.sample_size(10);
+            for b in [1usize, 16] {
+                let (x, t, class) = inputs(model.as_ref(), b, &device);
+                group.throughput(Throughput::Elements(b as u64));
+                group.bench_with_input(BenchmarkId::new("batch", b), &b, |bench, _| {
+                    bench.iter(|| {
+                        let ctx = ForwardCtx::new(StepContext::single(500.0));
+                        let y = model
+                            .forward(x.clone(), t.clone(), class.clone(), &ctx)
+                            .unwrap();
+                        device.sync().expect("sync");
+                        y
+                    })
+                });
+            }
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(benches, forward);
+criterion_main!(benches);

@@ -1,0 +1,253 @@
+//! 2-D convolution (NCHW, stride, zero padding, dilation 1, one group) as im2col + GEMM.
+//!
+//! `im2col` turns the input `[B, C, H, W]` into `X[B·H_o·W_o, C·kh·kw]`: one row per output
+//! pixel, columns ordered `(c, i, j)` like the flattened PyTorch weight
+//! `[C_out, C_in, kh, kw] → [C_out, C_in·kh·kw]`. The integer GEMM then gives
+//! `Y[B·H_o·W_o, C_out]`, which is transposed back to `[B, C_out, H_o, W_o]`.
+//!
+//! Activations are quantized on the im2col matrix. With a per-tensor [`ActQuant`] this is
+//! the same as quantizing the input (padding zeros are exactly representable: they map to
+//! `q = z`); the dynamic range also sees the padding zeros, which the dynamic grid includes
+//! anyway. A per-row `ActQuant` means one grid per output pixel.
+
+use dmq_quant::QuantizedTensor;
+
+use crate::act_quant::ActQuant;
+use crate::error::{Result, shape_err};
+use crate::gemm::{GemmOptions, gemm_f32_out_ref, gemm_f32_out_with};
+use crate::layout::PackedWeights;
+use crate::xnor::{self, XnorOptions, XnorWeights};
+
+/// Stride and zero padding (rows, columns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Stride `[s_h, s_w]` (≥ 1).
+    pub stride: [usize; 2],
+    /// Zero padding `[p_h, p_w]` on each side.
+    pub padding: [usize; 2],
+}
+
+impl Default for Conv2dParams {
+    /// Stride 1, no padding.
+    fn default() -> Self {
+        Self {
+            stride: [1, 1],
+            padding: [0, 0],
+        }
+    }
+}
+
+impl Conv2dParams {
+    /// Stride and padding.
+    pub fn new(stride: [usize; 2], padding: [usize; 2]) -> Self {
+        Self { stride, padding }
+    }
+
+    /// Output size `(H_o, W_o)` for an `h × w` input and a `kh × kw` kernel.
+    pub fn out_size(&self, h: usize, w: usize, kh: usize, kw: usize) -> Result<(usize, usize)> {
+        let [sh, sw] = self.stride;
+        let [ph, pw] = self.padding;
+        if sh == 0 || sw == 0 || kh == 0 || kw == 0 || h + 2 * ph < kh || w + 2 * pw < kw {
+            return Err(shape_err(
+                "stride ≥ 1 and a kernel that fits the padded input",
+                format!("input {h}×{w}, kernel {kh}×{kw}, stride {sh}×{sw}, padding {ph}×{pw}"),
+                "conv2d",
+            ));
+        }
+        Ok(((h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1))
+    }
+}
+
+/// im2col of `x[B, C, H, W]`: returns `X[B·H_o·W_o, C·kh·kw]` and `(H_o, W_o)`.
+pub fn im2col(
+    x: &[f32],
+    x_shape: [usize; 4],
+    kh: usize,
+    kw: usize,
+    params: &Conv2dParams,
+) -> Result<(Vec<f32>, usize, usize)> {
+    let [b, c, h, w] = x_shape;
+    if x.len() != b * c * h * w {
+        return Err(shape_err(
+            format!("{} values for {x_shape:?}", b * c * h * w),
+            x.len().to_string(),
+            "im2col",
+        ));
+    }
+    let (ho, wo) = params.out_size(h, w, kh, kw)?;
+    let [sh, sw] = params.stride;
+    let [ph, pw] = params.padding;
+    let k = c * kh * kw;
+    let mut out = vec![0f32; b * ho * wo * k];
+    for bb in 0..b {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let row = &mut out[((bb * ho + oy) * wo + ox) * k..][..k];
+                for cc in 0..c {
+                    let plane = &x[(bb * c + cc) * h * w..][..h * w];
+                    for i in 0..kh {
+                        let y = (oy * sh + i) as isize - ph as isize;
+                        if y < 0 || y >= h as isize {
+                            continue;
+                        }
+                        for j in 0..kw {
+                            let xx = (ox * sw + j) as isize - pw as isize;
+                            if xx >= 0 && xx < w as isize {
+                                row[(cc * kh + i) * kw + j] = plane[y as usize * w + xx as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((out, ho, wo))
+}
+
+/// `[B·H_o·W_o, C_out]` → `[B, C_out, H_o, W_o]`.
+fn to_nchw(y: &[f32], b: usize, cout: usize, hw: usize) -> Vec<f32> {
+    let mut out = vec![0f32; y.len()];
+    for bb in 0..b {
+        for p in 0..hw {
+            for co in 0..cout {
+                out[(bb * cout + co) * hw + p] = y[(bb * hw + p) * cout + co];
+            }
+        }
+    }
+    out
+}
+
+fn conv_weight_shape(shape: &[usize], cin: usize, context: &str) -> Result<(usize, usize, usize)> {
+    match *shape {
+        [cout, c, kh, kw] if c == cin => Ok((cout, kh, kw)),
+        _ => Err(shape_err(
+            format!("a conv weight [C_out, {cin}, kh, kw]"),
+            format!("{shape:?}"),
+            context,
+        )),
+    }
+}
+
+/// Quantized conv2d: `x[B, C_in, H, W]` (f32) with a packed conv weight
+/// `[C_out, C_in, kh, kw]` ([`PackedWeights::from_quantized`] of a 4-D export), activations
+/// quantized by `act`, optional bias `[C_out]`. Returns `(y, [B, C_out, H_o, W_o])`.
+pub fn conv2d(
+    x: &[f32],
+    x_shape: [usize; 4],
+    w: &PackedWeights,
+    act: &ActQuant,
+    bias: Option<&[f32]>,
+    params: &Conv2dParams,
+    opts: &GemmOptions,
+) -> Result<(Vec<f32>, [usize; 4])> {
+    let (cout, kh, kw) = conv_weight_shape(w.shape(), x_shape[1], "conv2d")?;
+    let (cols, ho, wo) = im2col(x, x_shape, kh, kw, params)?;
+    let y = gemm_f32_out_with(&cols, w, act, bias, opts)?;
+    let b = x_shape[0];
+    Ok((to_nchw(&y, b, cout, ho * wo), [b, cout, ho, wo]))
+}
+
+/// Scalar reference of [`conv2d`]: im2col + [`gemm_f32_out_ref`] on the
+/// [`QuantizedTensor`].
+pub fn conv2d_ref(
+    x: &[f32],
+    x_shape: [usize; 4],
+    qt: &QuantizedTensor,
+    act: &ActQuant,
+    bias: Option<&[f32]>,
+    params: &Conv2dParams,
+) -> Result<(Vec<f32>, [usize; 4])> {
+    let (cout, kh, kw) = conv_weight_shape(&qt.shape, x_shape[1], "conv2d_ref")?;
+    let (cols, ho, wo) = im2col(x, x_shape, kh, kw, params)?;
+    let y = gemm_f32_out_ref(&cols, qt, act, bias)?;
+    let b = x_shape[0];
+    Ok((to_nchw(&y, b, cout, ho * wo), [b, cout, ho, wo]))
+}
+
+/// Binary × binary conv2d (XNOR-popcount) with a `kh × kw` kernel; the weight is
+/// `[C_out, C_in·kh·kw]` sign bitplanes. Activations are binarized per output pixel
+/// (β = mean |patch|, as XNOR-Net's K matrix).
+pub fn conv2d_xnor(
+    x: &[f32],
+    x_shape: [usize; 4],
+    w: &XnorWeights,
+    kernel: [usize; 2],
+    bias: Option<&[f32]>,
+    params: &Conv2dParams,
+    opts: &XnorOptions,
+) -> Result<(Vec<f32>, [usize; 4])> {
+    let [kh, kw] = kernel;
+    if x_shape[1] * kh * kw != w.k() {
+        return Err(shape_err(
+            format!("C_in·kh·kw = K = {}", w.k()),
+            format!("{}·{kh}·{kw}", x_shape[1]),
+            "conv2d_xnor",
+        ));
+    }
+    let (cols, ho, wo) = im2col(x, x_shape, kh, kw, params)?;
+    let y = xnor::gemm_f32_out_with(&cols, w, bias, opts)?;
+    let b = x_shape[0];
+    Ok((to_nchw(&y, b, w.n(), ho * wo), [b, w.n(), ho, wo]))
+}
+
+/// Direct f32 convolution (six nested loops; tests compare im2col + GEMM against it).
+pub fn conv2d_f32_direct(
+    x: &[f32],
+    x_shape: [usize; 4],
+    w: &[f32],
+    w_shape: [usize; 4],
+    bias: Option<&[f32]>,
+    params: &Conv2dParams,
+) -> Result<(Vec<f32>, [usize; 4])> {
+    let [b, c, h, wd] = x_shape;
+    let [cout, cin, kh, kw] = w_shape;
+    if cin != c || x.len() != b * c * h * wd || w.len() != cout * cin * kh * kw {
+        return Err(shape_err(
+            "x [B, C, H, W] and w [C_out, C, kh, kw]",
+            format!(
+                "{x_shape:?} ({} values), {w_shape:?} ({} values)",
+                x.len(),
+                w.len()
+            ),
+            "conv2d_f32_direct",
+        ));
+    }
+    if let Some(bias) = bias
+        && bias.len() != cout
+    {
+        return Err(shape_err(
+            format!("bias of {cout}"),
+            bias.len().to_string(),
+            "conv2d_f32_direct",
+        ));
+    }
+    let (ho, wo) = params.out_size(h, wd, kh, kw)?;
+    let [sh, sw] = params.stride;
+    let [ph, pw] = params.padding;
+    let mut out = vec![0f32; b * cout * ho * wo];
+    for bb in 0..b {
+        for co in 0..cout {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut s = 0f64;
+                    for ci in 0..c {
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let y = (oy * sh + i) as isize - ph as isize;
+                                let xx = (ox * sw + j) as isize - pw as isize;
+                                if y >= 0 && y < h as isize && xx >= 0 && xx < wd as isize {
+                                    let xv = x[((bb * c + ci) * h + y as usize) * wd + xx as usize];
+                                    let wv = w[((co * cin + ci) * kh + i) * kw + j];
+                                    s += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                    }
+                    out[((bb * cout + co) * ho + oy) * wo + ox] =
+                        (s + bias.map_or(0.0, |b| b[co] as f64)) as f32;
+                }
+            }
+        }
+    }
+    Ok((out, [b, cout, ho, wo]))
+}
