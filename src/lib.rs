@@ -8,9 +8,11 @@
 //! | module      | crate        | what                                             |
 //! |-------------|--------------|--------------------------------------------------|
 //! | [`quant`]   | `dmq-quant`  | quantizer primitives, bit packing, packed export |
-//! | [`models`]  | `dmq-models` | schedulers (DDPM, DDIM over any timestep list)   |
-//! | [`eval`]    | `dmq-eval`   | Fashion-MNIST loader                             |
+//! | [`models`]  | `dmq-models` | quantizable layers, UNet, DiT, schedulers, samplers |
+//! | [`calib`]   | `dmq-calib`  | quant configs, calibration sets, PTQ, Q-Diffusion |
+//! | [`eval`]    | `dmq-eval`   | Fashion-MNIST loader, classifier, FD, PSNR/SSIM, BitOPs |
 
+pub use dmq_calib as calib;
 pub use dmq_eval as eval;
 pub use dmq_models as models;
 pub use dmq_quant as quant;

@@ -81,7 +81,7 @@ impl Flags {
     /// Whether the bare switch `--name` is present.
     pub fn switch(&self, name: &str) -> bool {
         let key = format!("--{name}");
-        self.argv.iter().any(|a| *a == key)
+        self.argv.contains(&key)
     }
 
     /// Prints `err` and exits with status 2 (bad usage); for examples' `main`.

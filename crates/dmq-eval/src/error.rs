@@ -115,6 +115,9 @@ pub enum DataError {
     /// An argument or tensor that the evaluation code cannot use (names what was wrong).
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A metric got inputs it cannot measure (too few samples, mismatched shapes, NaN).
+    #[error("metric: {0}")]
+    Metric(String),
 
     /// Writing an output file (PNG, report, weights) failed.
     #[error("cannot write {path}: {reason}")]

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod data;
 pub mod error;
 pub mod image;
+pub mod metrics;
 pub mod plot;
 pub mod progress;
 

@@ -110,6 +110,88 @@ impl LayerRecorder {
     }
 }
 
+/// Which input of a quantizable layer a captured activation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Operand {
+    /// The input of a linear or conv layer (what its `a_quant` sees).
+    Input,
+    /// The left operand of a [`crate::layers::QMatmul`] (`a_quant`).
+    Left,
+    /// The right operand of a [`crate::layers::QMatmul`] (`b_quant`).
+    Right,
+}
+
+/// A tensor copied to the host: row-major f32 values and the shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    /// Row-major values.
+    pub data: Vec<f32>,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+impl HostTensor {
+    /// Copies `x` to the host. A device read that fails leaves `data` empty, which every
+    /// consumer rejects as a shape mismatch (f32 reads do not fail on burn's backends).
+    pub fn from_tensor<const D: usize>(x: &Tensor<D>) -> Self {
+        let shape = x.dims().to_vec();
+        let data = x
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_default();
+        Self { data, shape }
+    }
+}
+
+/// Captures the **unquantized** inputs of quantizable layers, as their activation
+/// quantizers would see them (activation range calibration, sensitivity sweeps).
+///
+/// Each call appends the input as host data, so a capture over several forward passes holds
+/// one entry per call, in call order.
+#[derive(Debug, Default)]
+pub struct InputCapture {
+    only: Option<BTreeSet<String>>,
+    captured: RefCell<BTreeMap<(String, Operand), Vec<HostTensor>>>,
+}
+
+impl InputCapture {
+    /// Captures the inputs of every quantizable layer.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Captures only the layers named in `names`.
+    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        Self {
+            only: Some(names.into_iter().map(Into::into).collect()),
+            captured: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// Whether inputs of `layer` are captured.
+    pub fn wants(&self, layer: &str) -> bool {
+        self.only.as_ref().is_none_or(|s| s.contains(layer))
+    }
+
+    /// Records `x` as operand `op` of `layer` if wanted.
+    pub fn record<const D: usize>(&self, layer: &str, op: Operand, x: &Tensor<D>) {
+        if self.wants(layer) {
+            self.captured
+                .borrow_mut()
+                .entry((layer.to_string(), op))
+                .or_default()
+                .push(HostTensor::from_tensor(x));
+        }
+    }
+
+    /// Takes the captured inputs, leaving the capture empty.
+    pub fn take(&self) -> BTreeMap<(String, Operand), Vec<HostTensor>> {
+        std::mem::take(&mut self.captured.borrow_mut())
+    }
+}
+
 /// Everything a forward pass carries besides its inputs.
 #[derive(Clone, Copy, Debug)]
 pub struct ForwardCtx<'a> {
@@ -119,6 +201,8 @@ pub struct ForwardCtx<'a> {
     pub taps: Option<&'a Taps>,
     /// Optional layer-call recording (MACs, call order).
     pub recorder: Option<&'a LayerRecorder>,
+    /// Optional capture of layer inputs.
+    pub inputs: Option<&'a InputCapture>,
 }
 
 impl<'a> ForwardCtx<'a> {
@@ -128,6 +212,7 @@ impl<'a> ForwardCtx<'a> {
             step,
             taps: None,
             recorder: None,
+            inputs: None,
         }
     }
 
@@ -141,6 +226,36 @@ impl<'a> ForwardCtx<'a> {
     pub fn with_recorder(mut self, recorder: &'a LayerRecorder) -> Self {
         self.recorder = Some(recorder);
         self
+    }
+
+    /// Adds capture of layer inputs.
+    pub fn with_inputs(mut self, inputs: &'a InputCapture) -> Self {
+        self.inputs = Some(inputs);
+        self
+    }
+
+    /// Records a layer input if inputs are captured.
+    pub fn capture_input<const D: usize>(&self, layer: &str, op: Operand, x: &Tensor<D>) {
+        if let Some(c) = self.inputs {
+            c.record(layer, op, x);
+        }
+    }
+
+    /// Captures a layer output of rank 2, 3 or 4 if it is tapped (the ranks the quantizable
+    /// layers produce; others are ignored).
+    pub fn tap_layer<const D: usize>(&self, name: &str, t: &Tensor<D>) {
+        let Some(taps) = self.taps else { return };
+        let d = t.dims();
+        match D {
+            2 => taps.record(name, || TapTensor::R2(t.clone().reshape([d[0], d[1]]))),
+            3 => taps.record(name, || {
+                TapTensor::R3(t.clone().reshape([d[0], d[1], d[2]]))
+            }),
+            4 => taps.record(name, || {
+                TapTensor::R4(t.clone().reshape([d[0], d[1], d[2], d[3]]))
+            }),
+            _ => {}
+        }
     }
 
     /// Captures a block output if it is tapped.

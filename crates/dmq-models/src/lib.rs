@@ -32,6 +32,9 @@ pub mod scheduler;
 pub mod train;
 pub mod unet;
 
-pub use context::{ForwardCtx, LayerCall, LayerRecorder, StepContext, TapTensor, Taps};
+pub use context::{
+    ForwardCtx, HostTensor, InputCapture, LayerCall, LayerRecorder, Operand, StepContext,
+    TapTensor, Taps,
+};
 pub use denoiser::{Denoiser, DenoiserInfo, layer_inventory};
 pub use error::{ModelError, Result};

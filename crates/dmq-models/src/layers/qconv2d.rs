@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 use dmq_quant::{ActQuantizer, WeightQuantizer};
 
 use super::{LayerKind, quant_act, quant_weight, torch_uniform};
-use crate::context::{ForwardCtx, LayerCall};
+use crate::context::{ForwardCtx, LayerCall, Operand};
 use crate::error::{Result, shape_err};
 
 /// Configuration of a [`QConv2d`] (square kernel, symmetric padding, groups = 1).
@@ -117,13 +117,16 @@ impl QConv2d {
                 macs: (b * c_out * ho * wo * c_in * kh * kw) as u64,
             });
         }
+        ctx.capture_input(&self.name, Operand::Input, &x);
         let x = quant_act(&self.a_quant, x, ctx, &self.name)?;
         let wt = self.effective_weight(ctx)?;
-        Ok(burn::tensor::module::conv2d(
+        let y = burn::tensor::module::conv2d(
             x,
             wt,
             self.bias.as_ref().map(|b| b.val()),
             ConvOptions::new([s, s], [p, p], [1, 1], 1),
-        ))
+        );
+        ctx.tap_layer(&self.name, &y);
+        Ok(y)
     }
 }

@@ -6,7 +6,7 @@ use burn::tensor::{Device, Tensor};
 use dmq_quant::{ActQuantizer, WeightQuantizer};
 
 use super::{LayerKind, quant_act, quant_weight, torch_uniform};
-use crate::context::{ForwardCtx, LayerCall};
+use crate::context::{ForwardCtx, LayerCall, Operand};
 use crate::error::{Result, shape_err};
 
 /// Configuration of a [`QLinear`].
@@ -92,12 +92,11 @@ impl QLinear {
                 macs: (rows * d_in * d_out) as u64,
             });
         }
+        ctx.capture_input(&self.name, Operand::Input, &x);
         let x = quant_act(&self.a_quant, x, ctx, &self.name)?;
         let w = self.effective_weight(ctx)?;
-        Ok(burn::tensor::module::linear(
-            x,
-            w.transpose(),
-            self.bias.as_ref().map(|b| b.val()),
-        ))
+        let y = burn::tensor::module::linear(x, w.transpose(), self.bias.as_ref().map(|b| b.val()));
+        ctx.tap_layer(&self.name, &y);
+        Ok(y)
     }
 }

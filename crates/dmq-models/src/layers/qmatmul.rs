@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use dmq_quant::ActQuantizer;
 
 use super::{LayerKind, quant_act};
-use crate::context::{ForwardCtx, LayerCall};
+use crate::context::{ForwardCtx, LayerCall, Operand};
 use crate::error::{Result, shape_err};
 
 /// `y = Q_a(A)·Q_b(B)` for batched matrices. In attention, `attn1.qk` computes `q·kᵀ` and
@@ -58,8 +58,12 @@ impl QMatmul {
                 macs: (ba * ha * n * k * m) as u64,
             });
         }
+        ctx.capture_input(&self.name, Operand::Left, &a);
+        ctx.capture_input(&self.name, Operand::Right, &b);
         let a = quant_act(&self.a_quant, a, ctx, &self.name)?;
         let b = quant_act(&self.b_quant, b, ctx, &self.name)?;
-        Ok(a.matmul(b))
+        let y = a.matmul(b);
+        ctx.tap_layer(&self.name, &y);
+        Ok(y)
     }
 }

@@ -1,0 +1,31 @@
+//! # dmq-calib
+//!
+//! From a full-precision diffusion model to a calibrated quantized one (DESIGN.md §1, §3):
+//!
+//! - [`config`]: [`QuantConfig`], weight and activation specs per layer by glob pattern over
+//!   diffusers layer names, first/last-layer policies and presets (`W8A8`, `W4A4`, ...);
+//! - [`calib_set`]: [`CalibSet`], data-free calibration inputs recorded from the FP model's
+//!   own trajectories (both CFG branches), saved as safetensors;
+//! - [`ptq`]: round-to-nearest PTQ (weights per channel; activations per tensor or
+//!   channel, optionally per step or step group; attention matmuls included);
+//! - [`recon`]: the Q-Diffusion baseline, AdaRound block reconstruction then activation
+//!   step-size reconstruction, resumable.
+
+pub mod calib_set;
+pub mod config;
+pub mod error;
+pub mod glob;
+pub mod ptq;
+pub mod recon;
+
+pub use calib_set::{CalibSet, RecordOptions, kept_steps};
+pub use config::{Choice, EdgePolicy, LayerPlan, LayerRule, QuantConfig};
+pub use error::{CalibError, Result};
+pub use glob::glob_match;
+pub use ptq::{
+    PtqOptions, PtqReport, TimeGrouping, calibrate_activations, clear_quantizers, ptq,
+    quantize_weights,
+};
+pub use recon::{
+    ReconCheckpoint, ReconOptions, ReconProgress, ReconReport, Unit, qdiffusion, units,
+};

@@ -1,0 +1,535 @@
+//! Quantization configs, calibration sets, PTQ and the Q-Diffusion reconstruction on tiny
+//! UNet and DiT models, on every compiled-in backend.
+
+use burn::tensor::{Device, Tensor};
+use dmq_calib::config::softmax_spec;
+use dmq_calib::recon::{lp_loss, unit_of};
+use dmq_calib::{
+    CalibError, CalibSet, EdgePolicy, LayerRule, PtqOptions, QuantConfig, ReconCheckpoint,
+    ReconOptions, RecordOptions, TimeGrouping, kept_steps, ptq, qdiffusion, units,
+};
+use dmq_models::dit::{DiT, DiTConfig};
+use dmq_models::layers::{LayerKind, LayerRef};
+use dmq_models::noise::NoiseRng;
+use dmq_models::sampler::Trajectory;
+use dmq_models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
+use dmq_models::unet::{UNet2DModel, UNetConfig};
+use dmq_models::{Denoiser, ForwardCtx, HostTensor, StepContext, TapTensor, layer_inventory};
+use dmq_quant::{ActQuantizer, Quantizer};
+
+fn tiny_unet(device: &Device) -> UNet2DModel {
+    let cfg = UNetConfig::from_json(&serde_json::json!({
+        "sample_size": 8, "in_channels": 1, "out_channels": 1,
+        "block_out_channels": [8, 16], "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+        "attention_head_dim": 8, "norm_num_groups": 4
+    }))
+    .unwrap();
+    UNet2DModel::new(&cfg, device).unwrap()
+}
+
+fn tiny_dit(device: &Device) -> DiT {
+    let cfg = DiTConfig::from_json_value(&serde_json::json!({
+        "sample_size": 8, "in_channels": 1, "out_channels": 1, "patch_size": 2,
+        "num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 4,
+        "num_embeds_ada_norm": 3
+    }))
+    .unwrap();
+    DiT::new(&cfg, device).unwrap()
+}
+
+fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    HostTensor::from_tensor(t).data
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn sched(steps: usize) -> DdimScheduler {
+    DdimScheduler::diffusers(&DdimConfig::new(), steps).unwrap()
+}
+
+/// The output of `model` on calibration entries 0..n at their first step.
+fn eval_on(model: &dyn Denoiser, calib: &CalibSet, step: usize, device: &Device) -> Vec<f32> {
+    let idx = calib.indices_at_step(step);
+    let (x, t, c) = calib.batch(&idx, device).unwrap();
+    let sc = StepContext {
+        step,
+        timestep: calib.timesteps[step],
+        num_steps: calib.num_steps(),
+    };
+    host(&model.forward(x, t, c, &ForwardCtx::new(sc)).unwrap())
+}
+
+// ---------------------------------------------------------------- configs
+
+fn presets_and_rules(device: &Device) {
+    let model = tiny_unet(device);
+    let plans = QuantConfig::preset("w4a8")
+        .unwrap()
+        .resolve(&model, device)
+        .unwrap();
+    let conv_in = plans.iter().find(|p| p.name == "conv_in").unwrap();
+    assert_eq!(conv_in.weight_bits(), 4);
+    assert_eq!(conv_in.act_bits().0, 8);
+    let sv = plans.iter().find(|p| p.name.ends_with(".sv")).unwrap();
+    assert_eq!(sv.kind, LayerKind::Matmul);
+    assert_eq!(sv.act, Some(softmax_spec(8).unwrap()));
+    assert_eq!(sv.weight_bits(), 0);
+    // edges: first conv and last layer
+    let plans = QuantConfig::preset("W4A4")
+        .unwrap()
+        .with_edges(EdgePolicy::Int8)
+        .resolve(&model, device)
+        .unwrap();
+    for name in ["conv_in", "conv_out"] {
+        let p = plans.iter().find(|p| p.name == name).unwrap();
+        assert_eq!((p.weight_bits(), p.act_bits().0), (8, 8), "{name}");
+    }
+    let mid = plans
+        .iter()
+        .find(|p| p.name.ends_with("time_emb_proj"))
+        .unwrap();
+    assert_eq!(mid.weight_bits(), 4);
+    // rules: later rules win; FP rule
+    let plans = QuantConfig::preset("W4A4")
+        .unwrap()
+        .with_rule(LayerRule::bits("*.time_emb_proj", Some(8), Some(8)).unwrap())
+        .with_rule(LayerRule::fp("down_blocks.0.*"))
+        .resolve(&model, device)
+        .unwrap();
+    for p in &plans {
+        if p.name.starts_with("down_blocks.0.") {
+            assert_eq!((p.weight_bits(), p.act_bits().0), (32, 32), "{}", p.name);
+        } else if p.name.ends_with("time_emb_proj") {
+            assert_eq!(p.weight_bits(), 8, "{}", p.name);
+        }
+    }
+    // errors name the pattern / preset
+    let e = QuantConfig::preset("W4A4")
+        .unwrap()
+        .with_rule(LayerRule::fp("*.nonexistent"))
+        .resolve(&model, device)
+        .unwrap_err();
+    assert!(
+        matches!(e, CalibError::UnmatchedPattern { ref pattern, .. } if pattern == "*.nonexistent"),
+        "{e}"
+    );
+    for bad in ["W9A8", "W4A0", "X4A4", "W4", ""] {
+        assert!(
+            matches!(QuantConfig::preset(bad), Err(CalibError::UnknownPreset(_))),
+            "{bad}"
+        );
+    }
+    let mut cfg = QuantConfig::preset("W4A8").unwrap();
+    cfg.weight = Some(dmq_quant::QuantSpec::int(4).unwrap().per_group(1, 3));
+    let e = cfg.resolve(&model, device).unwrap_err();
+    assert!(matches!(e, CalibError::BadLayerSpec { .. }), "{e}");
+    assert!(
+        e.to_string().contains("conv_in") || e.to_string().contains("time_embedding"),
+        "{e}"
+    );
+}
+
+fn reconstruction_units(device: &Device) {
+    assert_eq!(
+        unit_of("down_blocks.1.resnets.0.conv1"),
+        "down_blocks.1.resnets.0"
+    );
+    assert_eq!(
+        unit_of("down_blocks.1.attentions.0.qk"),
+        "down_blocks.1.attentions.0"
+    );
+    assert_eq!(
+        unit_of("transformer_blocks.3.ff.net.2"),
+        "transformer_blocks.3"
+    );
+    assert_eq!(unit_of("conv_in"), "conv_in");
+    assert_eq!(
+        unit_of("time_embedding.linear_1"),
+        "time_embedding.linear_1"
+    );
+    let u = units(&layer_inventory(&tiny_unet(device), device).unwrap());
+    let names: Vec<&str> = u.iter().map(|u| u.name.as_str()).collect();
+    assert!(
+        names.contains(&"conv_in") && names.contains(&"conv_out"),
+        "{names:?}"
+    );
+    let res = u
+        .iter()
+        .find(|u| u.name == "down_blocks.0.resnets.0")
+        .unwrap();
+    assert!(
+        res.layers.iter().any(|l| l.ends_with("time_emb_proj")),
+        "{:?}",
+        res.layers
+    );
+    let d = units(&layer_inventory(&tiny_dit(device), device).unwrap());
+    let names: Vec<&str> = d.iter().map(|u| u.name.as_str()).collect();
+    assert!(
+        names.contains(&"transformer_blocks.0") && names.contains(&"transformer_blocks.1"),
+        "{names:?}"
+    );
+    assert_eq!(names.last(), Some(&"proj_out_2"));
+}
+
+// ---------------------------------------------------------------- calibration sets
+
+/// Each entry is the denoiser input of its step: x_T at step 0, the trajectory state after
+/// k steps at step k, paired with the timestep of that same step (the off-by-one of §1.5).
+fn calib_pairs_inputs_with_their_own_step(device: &Device) {
+    let model = tiny_unet(device);
+    let s = sched(6);
+    let opts = RecordOptions {
+        trajectories: 3,
+        steps_kept: 3,
+        guidance: 1.0,
+        batch: 3,
+        seed: 11,
+    };
+    let set = CalibSet::record(&model, &s, &opts, device).unwrap();
+    assert_eq!(kept_steps(6, 3), vec![0, 2, 4]);
+    assert_eq!(set.steps(), vec![0, 2, 4]);
+    assert_eq!(set.len(), 9);
+    // Replay: same noise draw as the recorder (labels are not drawn for unconditional models).
+    let mut rng = NoiseRng::new(11);
+    let x_t = rng.tensor([3, 1, 8, 8], device);
+    let mut traj = Trajectory::new(&s, x_t, None, None, 1.0, 11 ^ 0xCA11_B000).unwrap();
+    while !traj.done() {
+        let k = traj.step_index();
+        let inp = traj.inputs().unwrap();
+        if [0, 2, 4].contains(&k) {
+            let idx = set.indices_at_step(k);
+            let (x, t, _) = set.batch(&idx, device).unwrap();
+            assert_eq!(host(&x), host(&inp.x), "x at step {k}");
+            let tk = s.timestep(k).unwrap() as f32;
+            assert!(host(&t).iter().all(|&v| v == tk), "t at step {k}");
+        }
+        let out = model
+            .forward(inp.x, inp.t, None, &ForwardCtx::new(inp.step))
+            .unwrap();
+        traj.advance(out).unwrap();
+    }
+}
+
+fn calib_set_cfg_and_files(device: &Device) {
+    let model = tiny_dit(device);
+    let opts = RecordOptions {
+        trajectories: 2,
+        steps_kept: 2,
+        guidance: 3.0,
+        batch: 2,
+        seed: 5,
+    };
+    let set = CalibSet::record(&model, &sched(4), &opts, device).unwrap();
+    // both CFG branches: 2 trajectories × 2 branches × 2 kept steps
+    assert_eq!(set.len(), 8);
+    let cls = set.class.clone().unwrap();
+    assert_eq!(cls.iter().filter(|&&c| c == 3).count(), 4, "{cls:?}");
+    let dir = std::env::temp_dir().join(format!("dmq-calib-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("calib.safetensors");
+    set.save(&path).unwrap();
+    let back = CalibSet::load(&path).unwrap();
+    assert_eq!(back, set);
+    // truncated and missing files are typed errors naming the file
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = CalibSet::load(&cut).unwrap_err();
+    assert!(e.to_string().contains("cut.safetensors"), "{e}");
+    assert!(CalibSet::load(dir.join("missing.safetensors")).is_err());
+    // NaN in calibration data is an error with its index
+    let mut bad = set.clone();
+    bad.x.data[5] = f32::NAN;
+    let e = bad.validate().unwrap_err();
+    assert!(e.to_string().contains("index 5"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+// ---------------------------------------------------------------- PTQ
+
+fn ptq_errors_grow_as_bits_shrink(device: &Device) {
+    let fp = tiny_unet(device);
+    let s = sched(4);
+    let calib = CalibSet::record(
+        &fp,
+        &s,
+        &RecordOptions {
+            trajectories: 8,
+            steps_kept: 4,
+            batch: 8,
+            ..RecordOptions::default()
+        },
+        device,
+    )
+    .unwrap();
+    let reference = eval_on(&fp, &calib, 2, device);
+    let mut errs = vec![];
+    for preset in ["W8A8", "W4A8", "W4A4"] {
+        let mut m = fp.clone();
+        let opts = PtqOptions {
+            act_samples: 8,
+            ..PtqOptions::default()
+        };
+        let rep = ptq(
+            &mut m,
+            &QuantConfig::preset(preset).unwrap(),
+            &calib,
+            &opts,
+            device,
+        )
+        .unwrap();
+        assert!(
+            rep.weight_layers > 5 && rep.act_quantizers > rep.weight_layers,
+            "{rep:?}"
+        );
+        errs.push(rel_err(&eval_on(&m, &calib, 2, device), &reference));
+    }
+    assert!(errs[0] < 0.1, "W8A8 relative error {errs:?}");
+    assert!(errs[0] < errs[1] && errs[1] < errs[2], "{errs:?}");
+}
+
+fn time_grouped_activation_sets(device: &Device) {
+    let mut m = tiny_dit(device);
+    let calib = CalibSet::record(
+        &m,
+        &sched(6),
+        &RecordOptions {
+            trajectories: 2,
+            steps_kept: 6,
+            batch: 2,
+            ..RecordOptions::default()
+        },
+        device,
+    )
+    .unwrap();
+    let opts = PtqOptions {
+        time: TimeGrouping::Groups(3),
+        act_init: dmq_quant::RangeInit::Max,
+        ..PtqOptions::default()
+    };
+    let rep = ptq(
+        &mut m,
+        &QuantConfig::preset("W8A8").unwrap(),
+        &calib,
+        &opts,
+        device,
+    )
+    .unwrap();
+    assert_eq!(rep.act_sets, 3);
+    // steps 0,1 → set 0; 2,3 → set 1; 4,5 → set 2: the quantizer selects by explicit step
+    let mut checked = false;
+    m.for_each_layer(&mut |l| {
+        if let LayerRef::Linear(q) = l
+            && q.name() == "proj_out_2"
+            && let Some(ActQuantizer::TimeUniform(t)) = &q.a_quant
+        {
+            assert_eq!(t.sets.len(), 3);
+            let d: Vec<f32> = (0..6)
+                .map(|s| t.affine_params(s).unwrap().delta[0])
+                .collect();
+            assert_eq!(d[0], d[1]);
+            assert_eq!(d[2], d[3]);
+            assert_eq!(d[4], d[5]);
+            assert!(d[0] != d[2] || d[2] != d[4], "{d:?}");
+            assert!(t.affine_params(6).is_err());
+            checked = true;
+        }
+    });
+    assert!(checked);
+    // too many groups is an option error
+    let e = ptq(
+        &mut tiny_dit(device),
+        &QuantConfig::preset("W8A8").unwrap(),
+        &calib,
+        &PtqOptions {
+            time: TimeGrouping::Groups(7),
+            ..PtqOptions::default()
+        },
+        device,
+    )
+    .unwrap_err();
+    assert!(matches!(e, CalibError::Option(_)), "{e}");
+}
+
+// ---------------------------------------------------------------- reconstruction
+
+fn lp_loss_reduction(device: &Device) {
+    // Σ over dim 1, mean over the rest: [[1, 2], [3, 4]] vs 0 with p = 2 → mean(1+4, 9+16) = 15
+    let a = TapTensor::R2(Tensor::from_floats([[1.0, 2.0], [3.0, 4.0]], device));
+    let z = TapTensor::R2(Tensor::zeros([2, 2], device));
+    let v = host(&lp_loss(&a, &z, 2.0).unwrap())[0];
+    assert!((v - 15.0).abs() < 1e-5, "{v}");
+    let b = TapTensor::R2(Tensor::zeros([2, 3], device));
+    assert!(lp_loss(&a, &b, 2.0).is_err());
+}
+
+fn adaround_reconstruction_lowers_block_error(device: &Device) {
+    let ad = device.clone().autodiff();
+    let fp = tiny_unet(&ad);
+    let calib = CalibSet::record(
+        &fp,
+        &sched(4),
+        &RecordOptions {
+            trajectories: 8,
+            steps_kept: 2,
+            batch: 8,
+            ..RecordOptions::default()
+        },
+        &ad,
+    )
+    .unwrap();
+    let cfg = QuantConfig::preset("W3A32").unwrap();
+    let opts = ReconOptions {
+        weight_iters: 80,
+        weight_lr: 5e-3,
+        act_iters: 0,
+        batch: 8,
+        samples: 16,
+        ..ReconOptions::default()
+    };
+    let dir = std::env::temp_dir().join(format!("dmq-recon-test-{}", std::process::id()));
+    let ck = ReconCheckpoint::new(dir.join("recon.safetensors"));
+    let student = fp.clone();
+    let (model, rep) = qdiffusion(
+        &fp,
+        student,
+        &cfg,
+        &calib,
+        &opts,
+        Some(&ck),
+        &ad,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(!rep.units.is_empty());
+    let before: f64 = rep.units.iter().map(|u| u.before).sum();
+    let after: f64 = rep.units.iter().map(|u| u.after).sum();
+    assert!(
+        after < 0.9 * before,
+        "summed block error {before} → {after}"
+    );
+    let better = rep.units.iter().filter(|u| u.after < u.before).count();
+    assert!(better * 10 >= rep.units.len() * 7, "{:?}", rep.units);
+    // Resume: everything is in the checkpoint, nothing is re-run, the model is the same.
+    let student = fp.clone();
+    let (again, rep2) = qdiffusion(
+        &fp,
+        student,
+        &cfg,
+        &calib,
+        &opts,
+        Some(&ck),
+        &ad,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(rep2.resumed_units, rep2.units.len().max(rep2.resumed_units));
+    assert_eq!(rep2.units, rep.units);
+    assert_eq!(
+        eval_on(&again, &calib, 0, &ad),
+        eval_on(&model, &calib, 0, &ad)
+    );
+    // Another config on the same checkpoint path is refused.
+    let e = qdiffusion(
+        &fp,
+        fp.clone(),
+        &QuantConfig::preset("W4A32").unwrap(),
+        &calib,
+        &opts,
+        Some(&ck),
+        &ad,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(e, CalibError::File { .. }), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// W4A4: the activation phase calibrates every activation quantizer, then tunes step sizes
+/// unit by unit without making any unit worse on its held batch.
+fn activation_phase_runs_and_never_hurts(device: &Device) {
+    let ad = device.clone().autodiff();
+    let fp = tiny_dit(&ad);
+    let calib = CalibSet::record(
+        &fp,
+        &sched(4),
+        &RecordOptions {
+            trajectories: 4,
+            steps_kept: 2,
+            guidance: 2.0,
+            batch: 4,
+            ..RecordOptions::default()
+        },
+        &ad,
+    )
+    .unwrap();
+    let opts = ReconOptions {
+        weight_iters: 5,
+        act_iters: 20,
+        act_lr: 4e-3,
+        batch: 8,
+        samples: 16,
+        ..ReconOptions::default()
+    };
+    let mut seen = 0;
+    let (model, rep) = qdiffusion(
+        &fp,
+        fp.clone(),
+        &QuantConfig::preset("W4A4").unwrap(),
+        &calib,
+        &opts,
+        None,
+        &ad,
+        &mut |p| {
+            if p.phase == "activations" {
+                seen += 1;
+            }
+        },
+    )
+    .unwrap();
+    assert!(seen > 0);
+    let acts: Vec<_> = rep
+        .units
+        .iter()
+        .filter(|u| u.phase == "activations")
+        .collect();
+    assert!(acts.len() >= 3, "{:?}", rep.units);
+    assert!(acts.iter().all(|u| u.after <= u.before), "{acts:?}");
+    assert!(acts.iter().any(|u| u.after < u.before), "{acts:?}");
+    let mut n_act = 0;
+    model.for_each_layer(&mut |l| {
+        if let LayerRef::Linear(q) = l {
+            n_act += q.a_quant.is_some() as usize;
+        }
+    });
+    assert!(n_act > 5);
+}
+
+macro_rules! per_backend {
+    ($($name:ident),*) => {
+        #[cfg(feature = "flex")]
+        mod flex { $( #[test] fn $name() { super::$name(&burn::tensor::Device::flex()) } )* }
+        #[cfg(feature = "ndarray")]
+        mod ndarray { $( #[test] #[allow(deprecated)] fn $name() { super::$name(&burn::tensor::Device::ndarray()) } )* }
+        #[cfg(feature = "wgpu")]
+        mod wgpu { $( #[test] fn $name() { super::$name(&burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)) } )* }
+    };
+}
+
+per_backend!(
+    presets_and_rules,
+    reconstruction_units,
+    calib_pairs_inputs_with_their_own_step,
+    calib_set_cfg_and_files,
+    ptq_errors_grow_as_bits_shrink,
+    time_grouped_activation_sets,
+    lp_loss_reduction,
+    adaround_reconstruction_lowers_block_error,
+    activation_phase_runs_and_never_hurts
+);
