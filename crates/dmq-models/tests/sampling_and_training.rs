@@ -249,6 +249,37 @@ fn lr_schedule_warmup_and_cosine() {
     assert!((lin.at(35) - (0.1 + 0.9 * 0.75)).abs() < 1e-12);
 }
 
+/// DiT's zero initialisation leaves the zeroed layers trainable: one AdamW step moves them
+/// off zero and the loss starts to fall (a frozen output layer would keep ε̂ = 0, loss ≈ 1).
+fn zero_initialised_dit_trains(device: &Device) {
+    let ad = device.clone().autodiff();
+    let mut model = tiny_dit(&ad).zero_init_modulation();
+    let mut rng = NoiseRng::new(4);
+    let x = rng.tensor([4, 1, 8, 8], &ad);
+    let t = Tensor::<1>::from_floats([10.0, 200.0, 500.0, 900.0], &ad);
+    let y = labels(&[0, 1, 2, 3], &ad);
+    let eps = rng.tensor([4, 1, 8, 8], &ad);
+    let mut optim = AdamWConfig::new().init();
+    let mut losses = vec![];
+    for _ in 0..5 {
+        let out = model
+            .forward(
+                x.clone(),
+                t.clone(),
+                Some(y.clone()),
+                &ForwardCtx::new(dmq_models::StepContext::single(0.0)),
+            )
+            .unwrap();
+        let loss = (out - eps.clone()).powf_scalar(2.0).mean();
+        losses.push(host(loss.clone())[0]);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-2, model, grads);
+    }
+    let w = host(model.proj_out_2.weight.val());
+    assert!(w.iter().any(|v| *v != 0.0), "proj_out_2 stayed at zero");
+    assert!(losses[4] < losses[0], "{losses:?}");
+}
+
 macro_rules! per_backend {
     ($($name:ident),*) => {
         #[cfg(feature = "flex")]
@@ -263,5 +294,6 @@ macro_rules! per_backend {
 per_backend!(
     cfg_is_one_batched_call,
     teacher_forcing_follows_the_teacher,
-    ema_and_checkpoint_resume
+    ema_and_checkpoint_resume,
+    zero_initialised_dit_trains
 );

@@ -130,10 +130,16 @@ impl DiT {
     /// predicts 0. diffusers' constructor uses PyTorch's default init instead; use this before
     /// training from scratch.
     pub fn zero_init_modulation(mut self) -> Self {
+        // `Param::map` takes the trainability of the new value, and a fresh zeros tensor is
+        // not tracked: without `set_require_grad(true)` these layers would stay frozen at 0.
         fn zero(l: &mut QLinear) {
-            l.weight = l.weight.clone().map(|w| w.zeros_like());
+            l.weight = l
+                .weight
+                .clone()
+                .map(|w| w.zeros_like())
+                .set_require_grad(true);
             if let Some(b) = l.bias.take() {
-                l.bias = Some(b.map(|b| b.zeros_like()));
+                l.bias = Some(b.map(|b| b.zeros_like()).set_require_grad(true));
             }
         }
         for block in &mut self.transformer_blocks {
