@@ -8,12 +8,14 @@
 //!   own trajectories (both CFG branches), saved as safetensors;
 //! - [`ptq`]: round-to-nearest PTQ (weights per channel; activations per tensor or
 //!   channel, optionally per step or step group; attention matmuls included);
+//! - [`export`]: packed export of the quantized layers, model bytes, per-layer bits;
 //! - [`recon`]: the Q-Diffusion baseline, AdaRound block reconstruction then activation
 //!   step-size reconstruction, resumable.
 
 pub mod calib_set;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod glob;
 pub mod ptq;
 pub mod recon;
@@ -21,6 +23,7 @@ pub mod recon;
 pub use calib_set::{CalibSet, RecordOptions, kept_steps};
 pub use config::{Choice, EdgePolicy, LayerPlan, LayerRule, QuantConfig};
 pub use error::{CalibError, Result};
+pub use export::{export_layers, layer_bits, model_bytes};
 pub use glob::glob_match;
 pub use ptq::{
     PtqOptions, PtqReport, TimeGrouping, calibrate_activations, clear_quantizers, ptq,

@@ -357,6 +357,72 @@ fn time_grouped_activation_sets(device: &Device) {
     assert!(matches!(e, CalibError::Option(_)), "{e}");
 }
 
+/// The packed export dequantizes to exactly the fake-quant weights, and its byte count is
+/// the FP size with every quantized weight at b bits (plus per-channel Δ, z).
+fn export_matches_fake_quant_and_counts_bytes(device: &Device) {
+    use burn::module::Module;
+    let fp = tiny_unet(device);
+    let calib = CalibSet::record(
+        &fp,
+        &sched(4),
+        &RecordOptions {
+            trajectories: 2,
+            steps_kept: 2,
+            batch: 2,
+            ..RecordOptions::default()
+        },
+        device,
+    )
+    .unwrap();
+    let fp_bytes = dmq_calib::model_bytes(&fp, 4).unwrap();
+    assert_eq!(fp_bytes, 4 * fp.num_params());
+    let mut m = fp.clone();
+    let opts = PtqOptions {
+        time: TimeGrouping::PerStep,
+        ..PtqOptions::default()
+    };
+    ptq(
+        &mut m,
+        &QuantConfig::preset("W4A8").unwrap(),
+        &calib,
+        &opts,
+        device,
+    )
+    .unwrap();
+    let file = dmq_calib::export_layers(&m, 4).unwrap();
+    let mut checked = 0;
+    let (mut wnum, mut wchan) = (0usize, 0usize);
+    m.for_each_layer(&mut |l| {
+        if let LayerRef::Conv2d(c) = l {
+            let q = &file.quantized[&format!("{}.weight", c.name())];
+            let ctx = ForwardCtx::new(StepContext::single(0.0));
+            let want = host(&c.effective_weight(&ctx).unwrap());
+            let got = q.dequantize().unwrap();
+            assert!(
+                want.iter()
+                    .zip(&got)
+                    .all(|(a, b)| (a - b).abs() <= 1e-6 * a.abs().max(1.0)),
+                "{}",
+                c.name()
+            );
+            wnum += q.numel();
+            wchan += c.weight_shape()[0];
+            checked += 1;
+        }
+    });
+    assert!(checked > 5);
+    // per-step activation sets: 2 recorded steps → 2 sets, mapped nearest over 4 steps
+    let map = &file.metadata["conv_in.a.step_to_set"];
+    assert_eq!(map, "[0,0,1,1]");
+    let bytes = dmq_calib::model_bytes(&m, 4).unwrap();
+    assert!(bytes < fp_bytes / 2, "{bytes} vs {fp_bytes}");
+    // conv weights alone: 4·numel f32 bytes became numel/2 packed bytes + 8 bytes per channel
+    assert!(
+        fp_bytes - bytes >= 4 * wnum - wnum / 2 - 8 * wchan - 4096,
+        "{bytes} vs {fp_bytes}"
+    );
+}
+
 // ---------------------------------------------------------------- reconstruction
 
 fn lp_loss_reduction(device: &Device) {
@@ -529,6 +595,7 @@ per_backend!(
     calib_set_cfg_and_files,
     ptq_errors_grow_as_bits_shrink,
     time_grouped_activation_sets,
+    export_matches_fake_quant_and_counts_bytes,
     lp_loss_reduction,
     adaround_reconstruction_lowers_block_error,
     activation_phase_runs_and_never_hurts
