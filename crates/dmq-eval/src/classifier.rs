@@ -81,7 +81,13 @@ impl FmnistClassifier {
 
     /// Class logits.
     pub fn forward(&self, x: Tensor<4>) -> Result<Tensor<2>, DataError> {
-        Ok(self.fc2.forward(self.features(x)?))
+        Ok(self.head(self.features(x)?))
+    }
+
+    /// Class logits from penultimate features `[B, 128]` (so features and predictions come
+    /// from one pass).
+    pub fn head(&self, features: Tensor<2>) -> Tensor<2> {
+        self.fc2.forward(features)
     }
 
     /// Predicted classes.

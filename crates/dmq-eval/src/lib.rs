@@ -9,9 +9,11 @@ pub mod classifier;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod harness;
 pub mod image;
 pub mod metrics;
 pub mod plot;
 pub mod progress;
+pub mod report;
 
 pub use error::DataError;

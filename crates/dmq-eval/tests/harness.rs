@@ -1,0 +1,147 @@
+//! The sampling/scoring harness and the results tables, on a tiny 28×28 DiT, the committed
+//! metric classifier and the committed 64-image test subset.
+
+use std::path::{Path, PathBuf};
+
+use dmq_eval::classifier::FmnistClassifier;
+use dmq_eval::data::fashion_mnist::{Split, load_split};
+use dmq_eval::harness::{Reference, SampleSpec, generate, score};
+use dmq_eval::report::{ResultRow, markdown_table, read_rows, upsert_row};
+use dmq_models::dit::{DiT, DiTConfig};
+use dmq_models::scheduler::{DdimConfig, DdimScheduler};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn harness_is_deterministic_and_scores_fp_against_itself() {
+    let device = burn::tensor::Device::flex();
+    let cfg = DiTConfig::from_json_value(&serde_json::json!({
+        "sample_size": 28, "in_channels": 1, "out_channels": 1, "patch_size": 7,
+        "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 4,
+        "num_embeds_ada_norm": 10
+    }))
+    .unwrap();
+    let model = DiT::new(&cfg, &device).unwrap();
+    let sched = DdimScheduler::diffusers(&DdimConfig::new(), 3).unwrap();
+    let spec = SampleSpec {
+        n: 12,
+        guidance: 2.0,
+        seed: 5,
+        batch: 5,
+    };
+    let mut calls = vec![];
+    let a = generate(&model, &sched, &spec, &device, &mut |d, t| {
+        calls.push((d, t))
+    })
+    .unwrap();
+    assert_eq!(calls, vec![(5, 12), (10, 12), (12, 12)]);
+    assert_eq!(a.shape, vec![12, 1, 28, 28]);
+    assert!(a.data.iter().all(|v| (-1.0..=1.0).contains(v)));
+    let b = generate(&model, &sched, &spec, &device, &mut |_, _| {}).unwrap();
+    assert_eq!(a, b, "same spec, same samples");
+    let c = generate(
+        &model,
+        &sched,
+        &SampleSpec {
+            seed: 6,
+            ..spec.clone()
+        },
+        &device,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_ne!(a, c);
+
+    let classifier =
+        FmnistClassifier::load(&root().join("assets/models/fmnist-classifier"), &device).unwrap();
+    let test = load_split(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fashion-mnist-subset"),
+        Split::Test,
+    )
+    .unwrap();
+    let reference = Reference::new(&classifier, &test, a.clone(), &device).unwrap();
+    let s = score(&classifier, &reference, &a, Some(10), &device).unwrap();
+    assert!(s.fd_fp.abs() < 1e-6, "{}", s.fd_fp);
+    assert_eq!(s.fidelity.psnr, 100.0);
+    assert!((s.fidelity.ssim - 1.0).abs() < 1e-9);
+    assert!(
+        s.fd_test > 1.0,
+        "noise-like samples are far from the test set: {}",
+        s.fd_test
+    );
+    let acc = s.class_acc.unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert!((s.class_share.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    // the test images themselves sit at FD ≈ 0 from the test statistics
+    let t = dmq_models::HostTensor::from_tensor(
+        &test
+            .range_tensor(
+                0,
+                test.len(),
+                dmq_eval::data::fashion_mnist::Padding::None,
+                &device,
+            )
+            .unwrap(),
+    );
+    let (f, preds) = dmq_eval::harness::features(&classifier, &t, &device).unwrap();
+    let st = dmq_eval::metrics::FeatureStats::from_rows(&f, 128).unwrap();
+    assert!(dmq_eval::metrics::frechet_distance(&st, &reference.test).unwrap() < 1e-6);
+    let correct = preds
+        .iter()
+        .zip(test.labels())
+        .filter(|(p, l)| **p == **l as usize)
+        .count();
+    assert!(
+        correct * 100 >= 80 * test.len(),
+        "classifier accuracy on the subset: {correct}/{}",
+        test.len()
+    );
+    // shape mismatch is an error
+    assert!(score(&classifier, &reference, &c.clone(), Some(10), &device).is_ok());
+    let mut short = c;
+    short.shape[0] = 11;
+    short.data.truncate(11 * 784);
+    assert!(score(&classifier, &reference, &short, Some(10), &device).is_err());
+}
+
+#[test]
+fn rows_upsert_and_render() {
+    let dir = std::env::temp_dir().join(format!("dmq-report-{}", std::process::id()));
+    let path = dir.join("t.json");
+    let row = |method: &str, fd: f64| ResultRow {
+        model: "unet-fmnist".into(),
+        method: method.into(),
+        w_bits: 4,
+        a_bits: 8,
+        steps: 20,
+        samples: 1000,
+        fd_test: fd,
+        fd_fp: 1.0,
+        psnr_fp: 20.0,
+        ssim_fp: 0.5,
+        class_acc: None,
+        bitops: 2e9,
+        model_bytes: 2048,
+        wall_s: 3.0,
+        command: "c".into(),
+        commit: "x".into(),
+        extra: serde_json::Value::Null,
+    };
+    upsert_row(&path, row("naive", 5.0)).unwrap();
+    upsert_row(&path, row("qdiffusion", 4.0)).unwrap();
+    let rows = upsert_row(&path, row("naive", 3.0)).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(read_rows(&path).unwrap(), rows);
+    assert_eq!(rows[0].fd_test, 3.0);
+    let md = markdown_table(&rows);
+    assert!(
+        md.contains("| unet-fmnist | naive | 4 | 8 | 20 | 1000 | 3.00 |"),
+        "{md}"
+    );
+    assert!(md.contains("| 2.000 | 2.0 |"), "{md}");
+    std::fs::write(&path, b"[{").unwrap();
+    assert!(read_rows(&path).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
