@@ -1,7 +1,7 @@
 //! Packed export of a quantized model's layers and its size in bytes.
 //!
 //! The export ([`export_layers`]) holds, per quantizable layer: the weight as packed integer
-//! codes with its Δ and z per output channel (`<layer>.weight`, a [`QuantizedTensor`]), or
+//! codes with its Δ and z per output channel (`<layer>.weight`, a [`dmq_quant::QuantizedTensor`]), or
 //! as f32 when the layer is FP; the bias as f32; the activation parameters per set
 //! (`<layer>.<a|b>.delta.<set>` / `.zero.<set>`, f32) with the step → set map in the
 //! metadata. Parameters outside the quantizable layers (norms, embedding tables) stay f32

@@ -6,7 +6,7 @@
 //!   diffusers layer names, first/last-layer policies and presets (`W8A8`, `W4A4`, ...);
 //! - [`calib_set`]: [`CalibSet`], data-free calibration inputs recorded from the FP model's
 //!   own trajectories (both CFG branches), saved as safetensors;
-//! - [`ptq`]: round-to-nearest PTQ (weights per channel; activations per tensor or
+//! - [`mod@ptq`]: round-to-nearest PTQ (weights per channel; activations per tensor or
 //!   channel, optionally per step or step group; attention matmuls included);
 //! - [`export`]: packed export of the quantized layers, model bytes, per-layer bits;
 //! - [`recon`]: the Q-Diffusion baseline, AdaRound block reconstruction then activation

@@ -165,23 +165,23 @@ fn gather_rows(all: &HostTensor, idx: &[usize], device: &Device) -> TapTensor {
     }
 }
 
-/// Options of [`qdiffusion`]. Reference values in brackets (§2.1): iterations are scaled
+/// Options of [`qdiffusion`]. Reference values in parentheses (§2.1): iterations are scaled
 /// down to the size of the default models and stated in every results table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReconOptions {
-    /// Weight-phase iterations per unit [20000].
+    /// Weight-phase iterations per unit (reference: 20000).
     pub weight_iters: usize,
-    /// Activation-phase iterations per unit [5000].
+    /// Activation-phase iterations per unit (reference: 5000).
     pub act_iters: usize,
-    /// Batch size [32].
+    /// Batch size (reference: 32).
     pub batch: usize,
-    /// Rounding-regulariser weight λ [0.01].
+    /// Rounding-regulariser weight λ (reference: 0.01).
     pub round_weight: f64,
-    /// AdaRound learning rate (Adam on V) [1e-3].
+    /// AdaRound learning rate (Adam on V) (reference: 1e-3).
     pub weight_lr: f64,
-    /// Activation Δ learning rate (Adam, cosine to 0) [4e-4].
+    /// Activation Δ learning rate (Adam, cosine to 0) (reference: 4e-4).
     pub act_lr: f64,
-    /// p of the activation-phase `lp_loss` [2.4].
+    /// p of the activation-phase `lp_loss` (reference: 2.4).
     pub act_p: f64,
     /// Calibration entries used for reconstruction (a strided subset; all if larger).
     pub samples: usize,

@@ -1,6 +1,6 @@
 //! Quality and cost metrics (DESIGN.md §5): Fréchet distance of classifier features
-//! ([`fd`]), fidelity to full-precision samples from the same noise ([`fidelity`]: MSE, PSNR,
-//! SSIM), and BitOPs summed over sampling steps ([`bitops`]).
+//! ([`mod@fd`]), fidelity to full-precision samples from the same noise ([`mod@fidelity`]: MSE, PSNR,
+//! SSIM), and BitOPs summed over sampling steps ([`mod@bitops`]).
 
 pub mod bitops;
 pub mod fd;
