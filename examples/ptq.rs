@@ -275,7 +275,9 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
                         args.work
                             .join(format!("{name}-{preset}-qdiffusion.safetensors")),
                     );
-                    let mut bar = Progress::new(&format!("{name} {preset} q-diffusion"), 1, 0);
+                    // position in millionths of all unit-iterations (units × iterations of the phase)
+                    let mut bar =
+                        Progress::new(&format!("{name} {preset} q-diffusion"), 1_000_000, 0);
                     let (m, rep) = qdiffusion(
                         &fp,
                         fp.clone(),
