@@ -172,16 +172,16 @@ pub fn act_channel_axis(rank: usize) -> usize {
     if rank == 4 { 1 } else { rank.saturating_sub(1) }
 }
 
-/// Concatenates captured inputs along axis 0, keeping at most about `max_values` values
-/// (whole leading rows).
+/// Concatenates captured inputs along axis 0, keeping at most about `max_values` values:
+/// whole leading rows picked at an even stride over all parts, so every captured step keeps
+/// its share.
 fn concat_rows(parts: &[HostTensor], max_values: usize, layer: &str) -> Result<HostTensor> {
     let first = parts
         .first()
         .ok_or_else(|| CalibError::CalibSet(format!("no input captured for '{layer}'")))?;
     let rest: Vec<usize> = first.shape[1..].to_vec();
     let per: usize = rest.iter().product::<usize>().max(1);
-    let mut data = Vec::new();
-    let mut rows = 0;
+    let mut rows: Vec<&[f32]> = Vec::new();
     for p in parts {
         if p.shape[1..] != rest[..] || p.data.len() != p.shape.iter().product::<usize>() {
             return Err(CalibError::CalibSet(format!(
@@ -189,19 +189,15 @@ fn concat_rows(parts: &[HostTensor], max_values: usize, layer: &str) -> Result<H
                 p.shape, first.shape
             )));
         }
-        let take = p.shape[0].min(
-            max_values
-                .div_ceil(per)
-                .saturating_sub(rows)
-                .max(if rows == 0 { 1 } else { 0 }),
-        );
-        data.extend_from_slice(&p.data[..take * per]);
-        rows += take;
-        if rows * per >= max_values {
-            break;
-        }
+        rows.extend(p.data.chunks_exact(per));
     }
-    let mut shape = vec![rows];
+    let total = rows.len();
+    let keep = total.min((max_values / per).max(1));
+    let mut data = Vec::with_capacity(keep * per);
+    for j in 0..keep {
+        data.extend_from_slice(rows[j * total / keep]);
+    }
+    let mut shape = vec![keep];
     shape.extend(rest);
     Ok(HostTensor { data, shape })
 }
@@ -411,4 +407,47 @@ pub fn ptq<M: Denoiser + ?Sized>(
         weight_s,
         act_s: t1.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concat_rows_strides_over_every_part() {
+        let part = |v: f32| HostTensor {
+            data: (0..6).map(|i| v + i as f32).collect(),
+            shape: vec![3, 2],
+        };
+        let x = concat_rows(&[part(0.0), part(100.0)], 4, "l").unwrap();
+        // 6 rows of 2 values, room for 2 rows: rows 0 and 3 (the first of each part)
+        assert_eq!(x.shape, vec![2, 2]);
+        assert_eq!(x.data, vec![0.0, 1.0, 100.0, 101.0]);
+        let all = concat_rows(&[part(0.0), part(100.0)], 1 << 20, "l").unwrap();
+        assert_eq!(all.shape, vec![6, 2]);
+        let bad = HostTensor {
+            data: vec![0.0; 3],
+            shape: vec![1, 3],
+        };
+        assert!(concat_rows(&[part(0.0), bad], 100, "l").is_err());
+        assert!(concat_rows(&[], 100, "l").is_err());
+    }
+
+    #[test]
+    fn step_groups_cover_every_step() {
+        assert_eq!(
+            step_groups(TimeGrouping::Shared, 3, &[0]).unwrap(),
+            vec![0, 0, 0]
+        );
+        assert_eq!(
+            step_groups(TimeGrouping::Groups(2), 5, &[0]).unwrap(),
+            vec![0, 0, 0, 1, 1]
+        );
+        // nearest recorded step, ties to the earlier one
+        assert_eq!(
+            step_groups(TimeGrouping::PerStep, 6, &[0, 2, 4]).unwrap(),
+            vec![0, 0, 1, 1, 2, 2]
+        );
+        assert!(step_groups(TimeGrouping::Groups(0), 5, &[0]).is_err());
+    }
 }
