@@ -14,7 +14,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use dmq_models::noise::NoiseRng;
 use dmq_models::sampler::{self, labels};
 use dmq_models::scheduler::Scheduler;
-use dmq_models::{Denoiser, HostTensor};
+use dmq_models::{Denoiser, HostTensor, StepContext};
 use dmq_quant::QuantizedFile;
 
 use crate::error::{CalibError, Result};
@@ -191,6 +191,16 @@ impl CalibSet {
     /// Number of steps of the recording trajectory.
     pub fn num_steps(&self) -> usize {
         self.timesteps.len()
+    }
+
+    /// The [`StepContext`] of a forward pass at recorded step `step` (its timestep and the
+    /// trajectory's step count), for time-indexed quantizers.
+    pub fn step_context(&self, step: usize) -> StepContext {
+        StepContext {
+            step,
+            timestep: self.timesteps.get(step).copied().unwrap_or(0.0),
+            num_steps: self.num_steps(),
+        }
     }
 
     /// Indices of the entries recorded at `step`.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use dmq_models::layers::{LayerKind, LayerMut};
-use dmq_models::{Denoiser, ForwardCtx, HostTensor, InputCapture, Operand, StepContext};
+use dmq_models::{Denoiser, ForwardCtx, HostTensor, InputCapture, Operand};
 use dmq_quant::{
     ActQuantizer, AffineParams, QuantSpec, RangeInit, TimeIndexed, UniformQuantizer,
     WeightQuantizer, init_params,
@@ -214,11 +214,7 @@ pub fn capture_inputs<M: Denoiser + ?Sized>(
     for chunk in idx.chunks(batch.max(1)) {
         let (x, t, class) = calib.batch(chunk, device)?;
         let step = calib.step[chunk[0]];
-        let sc = StepContext {
-            step,
-            timestep: calib.timesteps.get(step).copied().unwrap_or(0.0),
-            num_steps: calib.num_steps(),
-        };
+        let sc = calib.step_context(step);
         model.forward(x, t, class, &ForwardCtx::new(sc).with_inputs(&cap))?;
     }
     Ok(cap.take())

@@ -33,7 +33,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use dmq_models::layers::LayerMut;
 use dmq_models::noise::NoiseRng;
-use dmq_models::{Denoiser, ForwardCtx, HostTensor, LayerCall, StepContext, TapTensor, Taps};
+use dmq_models::{Denoiser, ForwardCtx, HostTensor, LayerCall, TapTensor, Taps};
 use dmq_quant::{
     ActQuantizer, AdaRoundMode, AdaRoundQuantizer, BetaSchedule, QuantizedFile, Quantizer,
     UniformQuantizer, WeightQuantizer,
@@ -484,11 +484,7 @@ fn unit_output<M: Denoiser + ?Sized>(
     let (x, t, class) = calib.batch(idx, device)?;
     let taps = Taps::new([unit.to_string()]);
     let step = calib.step[idx[0]];
-    let sc = StepContext {
-        step,
-        timestep: calib.timesteps.get(step).copied().unwrap_or(0.0),
-        num_steps: calib.num_steps(),
-    };
+    let sc = calib.step_context(step);
     model.forward(x, t, class, &ForwardCtx::new(sc).with_taps(&taps))?;
     taps.take()
         .remove(unit)
