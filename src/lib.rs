@@ -11,8 +11,12 @@
 //! | [`models`]  | `dmq-models` | quantizable layers, UNet, DiT, schedulers, samplers |
 //! | [`calib`]   | `dmq-calib`  | quant configs, calibration sets, PTQ, Q-Diffusion |
 //! | [`eval`]    | `dmq-eval`   | Fashion-MNIST loader, classifier, FD, PSNR/SSIM, BitOPs |
+//! | [`kernels`] | `dmq-kernels`| integer GEMMs (int8, W4, W1, XNOR) with scalar references |
+//! | [`infer`]   | `dmq-infer`  | the integer inference path for exported models   |
 
 pub use dmq_calib as calib;
 pub use dmq_eval as eval;
+pub use dmq_infer as infer;
+pub use dmq_kernels as kernels;
 pub use dmq_models as models;
 pub use dmq_quant as quant;

@@ -12,9 +12,9 @@
 
 use dmq_quant::QuantizedTensor;
 
-use crate::act_quant::ActQuant;
-use crate::error::{Result, shape_err};
-use crate::gemm::{GemmOptions, gemm_f32_out_ref, gemm_f32_out_with};
+use crate::act_quant::{self, ActQuant, ActRange, QuantizedActs};
+use crate::error::{KernelError, Result, shape_err};
+use crate::gemm::{GemmOptions, gemm_acts_f32, gemm_f32_out_ref, gemm_f32_out_with};
 use crate::layout::PackedWeights;
 use crate::xnor::{self, XnorOptions, XnorWeights};
 
@@ -104,17 +104,198 @@ pub fn im2col(
     Ok((out, ho, wo))
 }
 
-/// `[B·H_o·W_o, C_out]` → `[B, C_out, H_o, W_o]`.
+/// `[B·H_o·W_o, C_out]` → `[B, C_out, H_o, W_o]`, in blocks of 64 pixels so both sides
+/// stay in cache.
 fn to_nchw(y: &[f32], b: usize, cout: usize, hw: usize) -> Vec<f32> {
+    const BLOCK: usize = 64;
     let mut out = vec![0f32; y.len()];
     for bb in 0..b {
-        for p in 0..hw {
+        let src = &y[bb * hw * cout..][..hw * cout];
+        let dst = &mut out[bb * cout * hw..][..cout * hw];
+        for p0 in (0..hw).step_by(BLOCK) {
+            let p1 = (p0 + BLOCK).min(hw);
             for co in 0..cout {
-                out[(bb * cout + co) * hw + p] = y[(bb * hw + p) * cout + co];
+                let d = &mut dst[co * hw + p0..co * hw + p1];
+                for (i, v) in d.iter_mut().enumerate() {
+                    *v = src[(p0 + i) * cout + co];
+                }
             }
         }
     }
     out
+}
+
+/// Packs a conv weight `[C_out, C_in, kh, kw]` with its reduction axis reordered to
+/// `(kh, kw, C_in)`, the column order of [`im2col_quantized_hwc`] (channels contiguous, so
+/// im2col copies whole channel runs). Per-tensor or per-output-channel parameters only
+/// (a reordering within a row leaves them unchanged; per-group ones would not be).
+pub fn pack_conv_weight_hwc(qt: &QuantizedTensor) -> Result<PackedWeights> {
+    const CTX: &str = "pack_conv_weight_hwc";
+    let [cout, cin, kh, kw] = qt.shape[..] else {
+        return Err(shape_err(
+            "a conv weight [C_out, C_in, kh, kw]",
+            format!("{:?}", qt.shape),
+            CTX,
+        ));
+    };
+    if matches!(
+        qt.params.spec.granularity(),
+        dmq_quant::Granularity::PerGroup { .. }
+    ) {
+        return Err(KernelError::UnsupportedSpec {
+            reason: "per-group weight parameters do not survive reordering the reduction axis"
+                .into(),
+            context: CTX.into(),
+        });
+    }
+    let codes = qt.codes().map_err(KernelError::from)?;
+    let mut perm = vec![0u8; codes.len()];
+    let k = cin * kh * kw;
+    for co in 0..cout {
+        for ci in 0..cin {
+            for i in 0..kh {
+                for j in 0..kw {
+                    perm[co * k + (i * kw + j) * cin + ci] = codes[co * k + (ci * kh + i) * kw + j];
+                }
+            }
+        }
+    }
+    let hwc = QuantizedTensor::from_codes(&perm, &[cout, kh, kw, cin], qt.params.clone())
+        .map_err(KernelError::from)?;
+    PackedWeights::from_quantized(&hwc)
+}
+
+/// Quantizes `x[B, C, H, W]` on a static per-tensor grid and lays the codes out as the
+/// im2col matrix `[B·H_o·W_o, kh·kw·C]` of [`QuantizedActs`], columns ordered
+/// `(kh, kw, C_in)` (rows padded to a multiple of 4 with 0, out-of-image taps set to the
+/// code of 0 = z). The input is quantized and transposed to NHWC codes once, then every
+/// output pixel copies `kh·kw` runs of `C_in` bytes, split over up to `threads` threads:
+/// the codes of quantizing the f32 im2col matrix, with a quarter of its memory traffic and
+/// one quantization per input element instead of one per kernel tap.
+pub fn im2col_quantized_hwc(
+    x: &[f32],
+    x_shape: [usize; 4],
+    kh: usize,
+    kw: usize,
+    params: &Conv2dParams,
+    act: &ActQuant,
+    threads: usize,
+) -> Result<(QuantizedActs, usize, usize)> {
+    const CTX: &str = "im2col_quantized_hwc";
+    let [b, c, h, w] = x_shape;
+    if x.len() != b * c * h * w || x.is_empty() {
+        return Err(shape_err(
+            format!("{} values for {x_shape:?}", b * c * h * w),
+            x.len().to_string(),
+            CTX,
+        ));
+    }
+    if !matches!(act.range(), ActRange::Static { .. }) {
+        return Err(KernelError::UnsupportedSpec {
+            reason: "quantizing before im2col needs a static activation grid".into(),
+            context: CTX.into(),
+        });
+    }
+    let (ho, wo) = params.out_size(h, w, kh, kw)?;
+    let xq = act_quant::quantize(x, 1, x.len(), act)?;
+    let (codes, zero, delta) = (xq.row(0), xq.zero[0], xq.delta[0]);
+    let pad = zero as i8;
+    let hw = h * w;
+    let mut nhwc = vec![0i8; codes.len()];
+    for bb in 0..b {
+        let src = &codes[bb * c * hw..][..c * hw];
+        let dst = &mut nhwc[bb * hw * c..][..hw * c];
+        for p0 in (0..hw).step_by(64) {
+            let p1 = (p0 + 64).min(hw);
+            for cc in 0..c {
+                for p in p0..p1 {
+                    dst[p * c + cc] = src[cc * hw + p];
+                }
+            }
+        }
+    }
+    let [sh, sw] = params.stride;
+    let [ph, pw] = params.padding;
+    let k = c * kh * kw;
+    let kp = k.div_ceil(4) * 4;
+    let m = b * ho * wo;
+    let mut q = vec![0i8; m * kp];
+    let fill = |r0: usize, out: &mut [i8]| {
+        for (ri, row) in out.chunks_mut(kp).enumerate() {
+            let r = r0 + ri;
+            let (bb, oy, ox) = (r / (ho * wo), (r / wo) % ho, r % wo);
+            for i in 0..kh {
+                let y = (oy * sh + i) as isize - ph as isize;
+                for j in 0..kw {
+                    let xx = (ox * sw + j) as isize - pw as isize;
+                    let dst = &mut row[(i * kw + j) * c..][..c];
+                    if y < 0 || y >= h as isize || xx < 0 || xx >= w as isize {
+                        dst.fill(pad);
+                    } else {
+                        let at = ((bb * h + y as usize) * w + xx as usize) * c;
+                        dst.copy_from_slice(&nhwc[at..at + c]);
+                    }
+                }
+            }
+        }
+    };
+    let t = threads
+        .clamp(1, m.max(1))
+        .min(if m * k < 1 << 16 { 1 } else { usize::MAX });
+    if t <= 1 {
+        fill(0, &mut q);
+    } else {
+        let per = m.div_ceil(t);
+        std::thread::scope(|s| {
+            for (i, chunk) in q.chunks_mut(per * kp).enumerate() {
+                let fill = &fill;
+                s.spawn(move || fill(i * per, chunk));
+            }
+        });
+    }
+    let acts = QuantizedActs {
+        m,
+        k,
+        kp,
+        bits: act.bits(),
+        q,
+        delta: vec![delta; m],
+        zero: vec![zero; m],
+    };
+    Ok((acts, ho, wo))
+}
+
+/// [`conv2d`] for a weight packed by [`pack_conv_weight_hwc`] (shape `[C_out, kh, kw, C_in]`)
+/// and a static activation grid: the fast path of the integer inference path. Same result,
+/// bit for bit, as [`conv2d_ref`] on the original weight (integer sums do not depend on the
+/// order of the reduction axis).
+pub fn conv2d_hwc(
+    x: &[f32],
+    x_shape: [usize; 4],
+    w: &PackedWeights,
+    act: &ActQuant,
+    bias: Option<&[f32]>,
+    params: &Conv2dParams,
+    opts: &GemmOptions,
+) -> Result<(Vec<f32>, [usize; 4])> {
+    let [cout, kh, kw, cin] = w.shape()[..] else {
+        return Err(shape_err(
+            "a weight packed [C_out, kh, kw, C_in]",
+            format!("{:?}", w.shape()),
+            "conv2d_hwc",
+        ));
+    };
+    if cin != x_shape[1] {
+        return Err(shape_err(
+            format!("x [B, {cin}, H, W]"),
+            format!("{x_shape:?}"),
+            "conv2d_hwc",
+        ));
+    }
+    let (acts, ho, wo) = im2col_quantized_hwc(x, x_shape, kh, kw, params, act, opts.threads)?;
+    let y = gemm_acts_f32(&acts, w, bias, opts)?;
+    let b = x_shape[0];
+    Ok((to_nchw(&y, b, cout, ho * wo), [b, cout, ho, wo]))
 }
 
 fn conv_weight_shape(shape: &[usize], cin: usize, context: &str) -> Result<(usize, usize, usize)> {
@@ -131,6 +312,9 @@ fn conv_weight_shape(shape: &[usize], cin: usize, context: &str) -> Result<(usiz
 /// Quantized conv2d: `x[B, C_in, H, W]` (f32) with a packed conv weight
 /// `[C_out, C_in, kh, kw]` ([`PackedWeights::from_quantized`] of a 4-D export), activations
 /// quantized by `act`, optional bias `[C_out]`. Returns `(y, [B, C_out, H_o, W_o])`.
+///
+/// The integer inference path uses [`conv2d_hwc`] instead (quantize first, im2col on the
+/// codes), which needs a static activation grid and a reordered weight.
 pub fn conv2d(
     x: &[f32],
     x_shape: [usize; 4],

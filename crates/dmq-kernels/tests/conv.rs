@@ -59,19 +59,40 @@ fn conv_matches_reference_and_direct_conv() {
         let packed = PackedWeights::from_quantized(&qt).unwrap();
         let bias = rng.floats(cout, 0.1);
         let params = Conv2dParams::new([stride, stride], [pad, pad]);
+        // Static grids take the quantize-then-im2col path (zero point inside the grid, off
+        // its centre, so a wrong padding code would show); the dynamic grid the f32 im2col.
+        for act in [
+            ActQuant::fixed(8, 0.011, 120.0, false).unwrap(),
+            ActQuant::fixed(4, 0.15, -2.0, true).unwrap(),
+            ActQuant::dynamic(8).unwrap(),
+        ] {
+            let (want, shape) = conv::conv2d_ref(&x, xs, &qt, &act, Some(&bias), &params).unwrap();
+            for opts in gemm_options() {
+                let (got, s) =
+                    conv::conv2d(&x, xs, &packed, &act, Some(&bias), &params, &opts).unwrap();
+                assert_eq!(s, shape);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{opts:?} {act:?}"
+                );
+                if matches!(act.range(), dmq_kernels::ActRange::Static { .. }) {
+                    let hwc = conv::pack_conv_weight_hwc(&qt).unwrap();
+                    let (got, s) =
+                        conv::conv2d_hwc(&x, xs, &hwc, &act, Some(&bias), &params, &opts).unwrap();
+                    assert_eq!(s, shape);
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "hwc {opts:?} {act:?}"
+                    );
+                }
+            }
+        }
         let act = ActQuant::dynamic(8).unwrap();
         let (want, shape) = conv::conv2d_ref(&x, xs, &qt, &act, Some(&bias), &params).unwrap();
-        for opts in gemm_options() {
-            let (got, s) =
-                conv::conv2d(&x, xs, &packed, &act, Some(&bias), &params, &opts).unwrap();
-            assert_eq!(s, shape);
-            assert!(
-                got.iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{opts:?}"
-            );
-        }
         // Direct convolution of the dequantized operands: per-tensor dynamic quantization of
         // the im2col matrix equals quantizing the input (every pixel is covered, zeros are in
         // range), so x̂ is the input quantized on its own.

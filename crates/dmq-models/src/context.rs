@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use burn::tensor::Tensor;
 
+use crate::executor::LayerExecutor;
 use crate::layers::LayerKind;
 
 /// Where in the sampling trajectory a forward pass is: passed to every forward pass so that
@@ -143,6 +144,27 @@ impl HostTensor {
             .unwrap_or_default();
         Self { data, shape }
     }
+
+    /// Back onto `device` as a tensor of shape `want`; a result of another shape (a faulty
+    /// executor) is a shape error naming `context`.
+    pub fn into_tensor<const D: usize>(
+        self,
+        want: [usize; D],
+        device: &burn::tensor::Device,
+        context: &str,
+    ) -> crate::Result<Tensor<D>> {
+        if self.shape != want || self.data.len() != want.iter().product::<usize>() {
+            return Err(crate::error::shape_err(
+                context,
+                format!("{want:?}"),
+                format!("{:?} with {} values", self.shape, self.data.len()),
+            ));
+        }
+        Ok(Tensor::from_data(
+            burn::tensor::TensorData::new(self.data, want),
+            device,
+        ))
+    }
 }
 
 /// Captures the **unquantized** inputs of quantizable layers, as their activation
@@ -203,6 +225,8 @@ pub struct ForwardCtx<'a> {
     pub recorder: Option<&'a LayerRecorder>,
     /// Optional capture of layer inputs.
     pub inputs: Option<&'a InputCapture>,
+    /// Optional executor that computes quantizable layers outside burn (integer kernels).
+    pub executor: Option<&'a dyn LayerExecutor>,
 }
 
 impl<'a> ForwardCtx<'a> {
@@ -213,6 +237,7 @@ impl<'a> ForwardCtx<'a> {
             taps: None,
             recorder: None,
             inputs: None,
+            executor: None,
         }
     }
 
@@ -232,6 +257,17 @@ impl<'a> ForwardCtx<'a> {
     pub fn with_inputs(mut self, inputs: &'a InputCapture) -> Self {
         self.inputs = Some(inputs);
         self
+    }
+
+    /// Adds an executor for the layers it handles.
+    pub fn with_executor(mut self, executor: &'a dyn LayerExecutor) -> Self {
+        self.executor = Some(executor);
+        self
+    }
+
+    /// The executor, if it handles `layer`.
+    pub fn executor_for(&self, layer: &str) -> Option<&'a dyn LayerExecutor> {
+        self.executor.filter(|e| e.handles(layer))
     }
 
     /// Records a layer input if inputs are captured.

@@ -47,6 +47,15 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// A [`LayerExecutor`](crate::LayerExecutor) failed on a named layer.
+    #[error("layer '{layer}' (executor): {source}")]
+    Executor {
+        /// diffusers path of the layer.
+        layer: String,
+        /// The executor's error.
+        #[source]
+        source: crate::executor::ExecutorError,
+    },
     /// A scheduler error.
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),

@@ -6,6 +6,8 @@
 //!   [`layers::QMatmul`] (FP exactly when their quantizers are off) and diffusers-named norms;
 //! - [`context`]: [`StepContext`] (explicit step index for time-indexed quantizers),
 //!   taps and layer-call recording;
+//! - [`executor`]: [`LayerExecutor`], the hook through which an integer inference path
+//!   computes quantizable layers outside burn;
 //! - [`denoiser`]: the [`Denoiser`] trait every algorithm works on, and the layer inventory;
 //! - [`io`]: strict loading/saving of the diffusers layout (`config.json` +
 //!   `diffusion_pytorch_model.safetensors`, f32/f16/bf16);
@@ -24,6 +26,7 @@ pub mod defaults;
 pub mod denoiser;
 pub mod dit;
 pub mod error;
+pub mod executor;
 pub mod io;
 pub mod layers;
 pub mod noise;
@@ -38,3 +41,4 @@ pub use context::{
 };
 pub use denoiser::{Denoiser, DenoiserInfo, layer_inventory};
 pub use error::{ModelError, Result};
+pub use executor::{ConvGeometry, ExecutorError, LayerExecutor};

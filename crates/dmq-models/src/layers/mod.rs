@@ -132,6 +132,16 @@ pub(crate) fn quant_weight<const D: usize>(
     }
 }
 
+/// Wraps an executor's error with the layer's name.
+pub(crate) fn executor_err(
+    layer: &str,
+) -> impl FnOnce(crate::executor::ExecutorError) -> ModelError + '_ {
+    move |source| ModelError::Executor {
+        layer: layer.to_string(),
+        source,
+    }
+}
+
 /// PyTorch's default init for conv/linear: U(±1/sqrt(fan_in)) for weight and bias
 /// (kaiming_uniform with a = √5).
 pub(crate) fn torch_uniform<const D: usize>(

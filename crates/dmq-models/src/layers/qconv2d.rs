@@ -6,9 +6,10 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 use dmq_quant::{ActQuantizer, WeightQuantizer};
 
-use super::{LayerKind, quant_act, quant_weight, torch_uniform};
-use crate::context::{ForwardCtx, LayerCall, Operand};
+use super::{LayerKind, executor_err, quant_act, quant_weight, torch_uniform};
+use crate::context::{ForwardCtx, HostTensor, LayerCall, Operand};
 use crate::error::{Result, shape_err};
+use crate::executor::ConvGeometry;
 
 /// Configuration of a [`QConv2d`] (square kernel, symmetric padding, groups = 1).
 #[derive(Config, Debug)]
@@ -118,6 +119,24 @@ impl QConv2d {
             });
         }
         ctx.capture_input(&self.name, Operand::Input, &x);
+        if let Some(ex) = ctx.executor_for(&self.name) {
+            let (ho, wo) = ((h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1);
+            let geometry = ConvGeometry {
+                stride: s,
+                padding: p,
+            };
+            let y = ex
+                .conv2d(
+                    &self.name,
+                    &HostTensor::from_tensor(&x),
+                    geometry,
+                    &ctx.step,
+                )
+                .map_err(executor_err(&self.name))?
+                .into_tensor([b, c_out, ho, wo], &x.device(), &self.name)?;
+            ctx.tap_layer(&self.name, &y);
+            return Ok(y);
+        }
         let x = quant_act(&self.a_quant, x, ctx, &self.name)?;
         let wt = self.effective_weight(ctx)?;
         let y = burn::tensor::module::conv2d(

@@ -5,8 +5,8 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use dmq_quant::{ActQuantizer, WeightQuantizer};
 
-use super::{LayerKind, quant_act, quant_weight, torch_uniform};
-use crate::context::{ForwardCtx, LayerCall, Operand};
+use super::{LayerKind, executor_err, quant_act, quant_weight, torch_uniform};
+use crate::context::{ForwardCtx, HostTensor, LayerCall, Operand};
 use crate::error::{Result, shape_err};
 
 /// Configuration of a [`QLinear`].
@@ -93,6 +93,22 @@ impl QLinear {
             });
         }
         ctx.capture_input(&self.name, Operand::Input, &x);
+        if let Some(ex) = ctx.executor_for(&self.name) {
+            let rows = dims.iter().product::<usize>() / d_in;
+            let h = HostTensor {
+                shape: vec![rows, d_in],
+                ..HostTensor::from_tensor(&x)
+            };
+            let mut want = dims;
+            want[D - 1] = d_out;
+            let y: Tensor<2> = ex
+                .linear(&self.name, &h, &ctx.step)
+                .map_err(executor_err(&self.name))?
+                .into_tensor([rows, d_out], &x.device(), &self.name)?;
+            let y = y.reshape(want);
+            ctx.tap_layer(&self.name, &y);
+            return Ok(y);
+        }
         let x = quant_act(&self.a_quant, x, ctx, &self.name)?;
         let w = self.effective_weight(ctx)?;
         let y = burn::tensor::module::linear(x, w.transpose(), self.bias.as_ref().map(|b| b.val()));

@@ -5,8 +5,8 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use dmq_quant::ActQuantizer;
 
-use super::{LayerKind, quant_act};
-use crate::context::{ForwardCtx, LayerCall, Operand};
+use super::{LayerKind, executor_err, quant_act};
+use crate::context::{ForwardCtx, HostTensor, LayerCall, Operand};
 use crate::error::{Result, shape_err};
 
 /// `y = Q_a(A)·Q_b(B)` for batched matrices. In attention, `attn1.qk` computes `q·kᵀ` and
@@ -60,6 +60,19 @@ impl QMatmul {
         }
         ctx.capture_input(&self.name, Operand::Left, &a);
         ctx.capture_input(&self.name, Operand::Right, &b);
+        if let Some(ex) = ctx.executor_for(&self.name) {
+            let y = ex
+                .matmul(
+                    &self.name,
+                    &HostTensor::from_tensor(&a),
+                    &HostTensor::from_tensor(&b),
+                    &ctx.step,
+                )
+                .map_err(executor_err(&self.name))?
+                .into_tensor([ba, ha, n, m], &a.device(), &self.name)?;
+            ctx.tap_layer(&self.name, &y);
+            return Ok(y);
+        }
         let a = quant_act(&self.a_quant, a, ctx, &self.name)?;
         let b = quant_act(&self.b_quant, b, ctx, &self.name)?;
         let y = a.matmul(b);

@@ -1,0 +1,494 @@
+//! [`IntegerExecutor`]: the [`LayerExecutor`] that computes quantized layers with the
+//! `dmq-kernels` integer GEMMs.
+//!
+//! Per layer, packed once at load: the weight codes in the kernels' panel layout
+//! ([`PackedWeights`]), the bias, and one static activation quantizer ([`ActQuant`]) per
+//! exported parameter set. Per call: the f32 input is quantized on the fly with the set of
+//! the call's step, multiplied in integers (int8 `vpdpbusd`, 4-bit nibbles, or 1-bit sign
+//! application, chosen by the weight's bit-width) and dequantized with the per-channel Δ,
+//! z of the weight. Convolutions run as im2col + GEMM. Attention matmuls quantize both
+//! operands with their exported parameters and multiply them per (batch, head) in
+//! integers.
+//!
+//! A layer whose export the kernels cannot run (FP weights, per-channel activation
+//! quantization, a fractional activation zero point) is left to burn: see
+//! [`IntegerExecutor::plan`] for which path every layer takes and why.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use dmq_kernels::act_quant;
+use dmq_kernels::conv::{self, Conv2dParams};
+use dmq_kernels::{ActQuant, GemmOptions, PackedWeights, gemm_acts_f32};
+use dmq_models::layers::LayerRef;
+use dmq_models::{ConvGeometry, Denoiser, ExecutorError, HostTensor, LayerExecutor, StepContext};
+use dmq_quant::QuantizedFile;
+
+use crate::error::{InferError, Result};
+use crate::export::{self, ActSets, ExportedWeight};
+
+/// Static activation quantizers, one per exported set, selected by step.
+#[derive(Clone, Debug)]
+struct StepActs {
+    sets: Vec<ActQuant>,
+    step_to_set: Vec<usize>,
+}
+
+impl StepActs {
+    fn from_export(s: &ActSets) -> std::result::Result<Self, String> {
+        let sets = s
+            .sets
+            .iter()
+            .map(|p| ActQuant::from_params(p).map_err(|e| e.to_string()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Self {
+            sets,
+            step_to_set: s.step_to_set.clone(),
+        })
+    }
+
+    fn at(&self, layer: &str, step: usize) -> Result<&ActQuant> {
+        // A single set answers every step (a shared quantizer).
+        if self.sets.len() == 1 {
+            return Ok(&self.sets[0]);
+        }
+        self.step_to_set
+            .get(step)
+            .map(|&i| &self.sets[i])
+            .ok_or_else(|| InferError::Step {
+                layer: layer.into(),
+                step,
+                len: self.step_to_set.len(),
+            })
+    }
+
+    fn bits(&self) -> u32 {
+        self.sets[0].bits()
+    }
+}
+
+#[derive(Debug)]
+enum IntLayer {
+    Dense {
+        weight: PackedWeights,
+        bias: Option<Vec<f32>>,
+        acts: StepActs,
+    },
+    /// A convolution whose weight is packed with the reduction axis in `(kh, kw, C_in)`
+    /// order ([`conv::pack_conv_weight_hwc`]), for the NHWC im2col fast path.
+    ConvHwc {
+        weight: PackedWeights,
+        bias: Option<Vec<f32>>,
+        acts: StepActs,
+    },
+    Matmul {
+        a: StepActs,
+        b: StepActs,
+    },
+}
+
+/// Which path a layer takes in an [`IntegerExecutor`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayerPath {
+    /// Integer kernel; the format, e.g. `W4A8` or `A8A8` (matmul operands).
+    Integer(String),
+    /// Left to burn (fake-quant or FP), with the reason.
+    Burn(String),
+}
+
+/// Runs the quantized layers of an export with integer kernels (see the module docs).
+#[derive(Debug)]
+pub struct IntegerExecutor {
+    layers: BTreeMap<String, IntLayer>,
+    plan: Vec<(String, LayerPath)>,
+    opts: GemmOptions,
+    timings: Mutex<BTreeMap<String, LayerTiming>>,
+}
+
+/// Wall time spent in one layer's integer kernel calls (host copies excluded).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LayerTiming {
+    /// Calls.
+    pub calls: usize,
+    /// Seconds, summed over the calls.
+    pub seconds: f64,
+}
+
+fn dense_layer(
+    file: &QuantizedFile,
+    name: &str,
+) -> Result<std::result::Result<(IntLayer, String), String>> {
+    let w = match export::weight(file, name) {
+        Some(ExportedWeight::Quantized(q)) => q,
+        Some(ExportedWeight::Float(..)) => return Ok(Err("FP weight".into())),
+        None => return Ok(Err("not in the export".into())),
+    };
+    let Some(acts) = ActSets::read(file, name, "a")? else {
+        return Ok(Err("FP input activations".into()));
+    };
+    let acts = match StepActs::from_export(&acts) {
+        Ok(a) => a,
+        Err(reason) => return Ok(Err(format!("activations: {reason}"))),
+    };
+    // Convolutions take the NHWC im2col fast path when their parameters allow the
+    // reordering (per tensor / per channel); per-group ones the f32 im2col.
+    if w.shape.len() == 4
+        && let Ok(weight) = conv::pack_conv_weight_hwc(w)
+    {
+        let bias = checked_bias(file, name, weight.n())?;
+        let format = format!("W{}A{}", weight.bits(), acts.bits());
+        return Ok(Ok((IntLayer::ConvHwc { weight, bias, acts }, format)));
+    }
+    let weight = match PackedWeights::from_quantized(w) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(format!("weight: {e}"))),
+    };
+    let bias = checked_bias(file, name, weight.n())?;
+    let format = format!("W{}A{}", weight.bits(), acts.bits());
+    Ok(Ok((IntLayer::Dense { weight, bias, acts }, format)))
+}
+
+fn checked_bias(file: &QuantizedFile, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
+    let bias = export::bias(file, name).map(<[f32]>::to_vec);
+    if let Some(b) = &bias
+        && b.len() != n
+    {
+        return Err(crate::error::export_err(
+            format!("{name}.bias"),
+            format!("{} values for {n} output channels", b.len()),
+        ));
+    }
+    Ok(bias)
+}
+
+fn matmul_layer(
+    file: &QuantizedFile,
+    name: &str,
+) -> Result<std::result::Result<(IntLayer, String), String>> {
+    let (Some(a), Some(b)) = (
+        ActSets::read(file, name, "a")?,
+        ActSets::read(file, name, "b")?,
+    ) else {
+        return Ok(Err("an FP operand".into()));
+    };
+    match (StepActs::from_export(&a), StepActs::from_export(&b)) {
+        (Ok(a), Ok(b)) => {
+            let format = format!("A{}A{}", a.bits(), b.bits());
+            Ok(Ok((IntLayer::Matmul { a, b }, format)))
+        }
+        (Err(r), _) | (_, Err(r)) => Ok(Err(format!("operands: {r}"))),
+    }
+}
+
+impl IntegerExecutor {
+    /// Packs every layer of `model` that `file` (a `dmq-calib` layer export) quantizes in a
+    /// form the kernels run; the model supplies layer names and kinds.
+    ///
+    /// # Errors
+    /// A malformed export entry (missing set, bad spec, bias of the wrong length).
+    pub fn new<M: Denoiser + ?Sized>(model: &M, file: &QuantizedFile) -> Result<Self> {
+        let mut names = Vec::new();
+        model.for_each_layer(&mut |l| {
+            names.push((l.name().to_string(), matches!(l, LayerRef::Matmul(_))))
+        });
+        let mut layers = BTreeMap::new();
+        let mut plan = Vec::with_capacity(names.len());
+        for (name, is_matmul) in names {
+            let built = if is_matmul {
+                matmul_layer(file, &name)?
+            } else {
+                dense_layer(file, &name)?
+            };
+            let path = match built {
+                Ok((layer, format)) => {
+                    layers.insert(name.clone(), layer);
+                    LayerPath::Integer(format)
+                }
+                Err(reason) => LayerPath::Burn(reason),
+            };
+            plan.push((name, path));
+        }
+        Ok(Self {
+            layers,
+            plan,
+            opts: GemmOptions::default(),
+            timings: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Kernel options (instruction set, threads).
+    pub fn with_options(mut self, opts: GemmOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// Every layer of the model in forward order with its path.
+    pub fn plan(&self) -> &[(String, LayerPath)] {
+        &self.plan
+    }
+
+    /// Time spent per layer in the integer kernels since construction or the last
+    /// [`reset_timings`](Self::reset_timings) (where the integer path spends its time).
+    pub fn timings(&self) -> BTreeMap<String, LayerTiming> {
+        self.timings.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Clears [`timings`](Self::timings).
+    pub fn reset_timings(&self) {
+        if let Ok(mut t) = self.timings.lock() {
+            t.clear();
+        }
+    }
+
+    fn timed<T>(&self, layer: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t0 = Instant::now();
+        let r = f();
+        let dt = t0.elapsed().as_secs_f64();
+        if let Ok(mut t) = self.timings.lock() {
+            let e = t.entry(layer.to_string()).or_default();
+            e.calls += 1;
+            e.seconds += dt;
+        }
+        r
+    }
+
+    /// Number of layers computed by integer kernels.
+    pub fn integer_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Bytes of the packed weights the kernels hold (codes, Δ, z, code sums, bias).
+    pub fn packed_bytes(&self) -> usize {
+        self.layers
+            .values()
+            .map(|l| match l {
+                IntLayer::Dense { weight, bias, .. } | IntLayer::ConvHwc { weight, bias, .. } => {
+                    weight.storage_bytes() + 4 * bias.as_ref().map_or(0, Vec::len)
+                }
+                IntLayer::Matmul { .. } => 0,
+            })
+            .sum()
+    }
+
+    fn layer(&self, name: &str) -> Result<&IntLayer> {
+        self.layers
+            .get(name)
+            .ok_or_else(|| InferError::UnknownLayer { layer: name.into() })
+    }
+
+    fn dense(&self, name: &str) -> Result<(&PackedWeights, Option<&[f32]>, &StepActs)> {
+        match self.layer(name)? {
+            IntLayer::Dense { weight, bias, acts } => Ok((weight, bias.as_deref(), acts)),
+            _ => Err(InferError::UnknownLayer { layer: name.into() }),
+        }
+    }
+
+    /// `x [rows, K]` → `[rows, N]`.
+    pub fn run_linear(&self, name: &str, x: &HostTensor, step: usize) -> Result<HostTensor> {
+        let (w, bias, acts) = self.dense(name)?;
+        let kernel = |source| InferError::Kernel {
+            layer: name.into(),
+            source,
+        };
+        let [rows, k] = x.shape[..] else {
+            return Err(shape(name, "[rows, K]", &x.shape));
+        };
+        if k != w.k() {
+            return Err(shape(name, &format!("[rows, {}]", w.k()), &x.shape));
+        }
+        let q = act_quant::quantize(&x.data, rows, k, acts.at(name, step)?).map_err(kernel)?;
+        let data = gemm_acts_f32(&q, w, bias, &self.opts).map_err(kernel)?;
+        Ok(HostTensor {
+            data,
+            shape: vec![rows, w.n()],
+        })
+    }
+
+    /// `x [B, C_in, H, W]` → `[B, C_out, H', W']` (im2col + GEMM).
+    pub fn run_conv2d(
+        &self,
+        name: &str,
+        x: &HostTensor,
+        geometry: ConvGeometry,
+        step: usize,
+    ) -> Result<HostTensor> {
+        let [b, c, h, wd] = x.shape[..] else {
+            return Err(shape(name, "[B, C, H, W]", &x.shape));
+        };
+        let params = Conv2dParams::new([geometry.stride; 2], [geometry.padding; 2]);
+        let (conv_fn, w, bias, acts): (ConvFn, _, _, _) = match self.layer(name)? {
+            IntLayer::ConvHwc { weight, bias, acts } => {
+                (conv::conv2d_hwc, weight, bias.as_deref(), acts)
+            }
+            IntLayer::Dense { weight, bias, acts } => (conv::conv2d, weight, bias.as_deref(), acts),
+            IntLayer::Matmul { .. } => return Err(InferError::UnknownLayer { layer: name.into() }),
+        };
+        let (data, out) = conv_fn(
+            &x.data,
+            [b, c, h, wd],
+            w,
+            acts.at(name, step)?,
+            bias,
+            &params,
+            &self.opts,
+        )
+        .map_err(|source| InferError::Kernel {
+            layer: name.into(),
+            source,
+        })?;
+        Ok(HostTensor {
+            data,
+            shape: out.to_vec(),
+        })
+    }
+
+    /// `a [B, H, N, K] · b [B, H, K, M]` → `[B, H, N, M]`, both operands quantized with their
+    /// exported parameters, one integer GEMM per (batch, head).
+    pub fn run_matmul(
+        &self,
+        name: &str,
+        a: &HostTensor,
+        b: &HostTensor,
+        step: usize,
+    ) -> Result<HostTensor> {
+        let IntLayer::Matmul { a: qa, b: qb } = self.layer(name)? else {
+            return Err(InferError::UnknownLayer { layer: name.into() });
+        };
+        let ([bs, hs, n, k], [bs2, hs2, k2, m]) = (
+            <[usize; 4]>::try_from(a.shape.as_slice())
+                .map_err(|_| shape(name, "a [B, H, N, K]", &a.shape))?,
+            <[usize; 4]>::try_from(b.shape.as_slice())
+                .map_err(|_| shape(name, "b [B, H, K, M]", &b.shape))?,
+        );
+        if (bs, hs, k) != (bs2, hs2, k2) {
+            return Err(shape(name, &format!("b [{bs}, {hs}, {k}, M]"), &b.shape));
+        }
+        let kernel = |source| InferError::Kernel {
+            layer: name.into(),
+            source,
+        };
+        let (aq, bq) = (qa.at(name, step)?, qb.at(name, step)?);
+        // Attention products are many small GEMMs: spread the (batch, head) pairs over the
+        // threads, one single-threaded GEMM each.
+        let pairs = bs * hs;
+        let threads = self.opts.threads.clamp(1, pairs.max(1));
+        let one = self.opts.with_threads(1);
+        let mut out = vec![0f32; pairs * n * m];
+        let per = pairs.div_ceil(threads);
+        let results: Vec<Result<()>> = std::thread::scope(|s| {
+            let handles: Vec<_> = out
+                .chunks_mut(per * n * m)
+                .enumerate()
+                .map(|(c, chunk)| {
+                    let one = &one;
+                    s.spawn(move || -> Result<()> {
+                        for (i, y) in chunk.chunks_mut(n * m).enumerate() {
+                            let bh = c * per + i;
+                            let a_bh = &a.data[bh * n * k..(bh + 1) * n * k];
+                            let b_bh = &b.data[bh * k * m..(bh + 1) * k * m];
+                            y.copy_from_slice(
+                                &matmul_pair(a_bh, b_bh, n, k, m, aq, bq, one).map_err(kernel)?,
+                            );
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok(HostTensor {
+            data: out,
+            shape: vec![bs, hs, n, m],
+        })
+    }
+}
+
+/// `a [N, K] · b [K, M]` with both operands quantized: the right operand becomes the
+/// "weight" `[M, K]`, its signed codes shifted to unsigned codes `c = q + 2^(b−1)` with the
+/// matching code-space zero point.
+fn matmul_pair(
+    a: &[f32],
+    b: &[f32],
+    n: usize,
+    k: usize,
+    m: usize,
+    aq: &ActQuant,
+    bq: &ActQuant,
+    opts: &GemmOptions,
+) -> dmq_kernels::Result<Vec<f32>> {
+    let half = 1i32 << (bq.bits() - 1);
+    let mut bt = vec![0f32; m * k];
+    for kk in 0..k {
+        for mm in 0..m {
+            bt[mm * k + kk] = b[kk * m + mm];
+        }
+    }
+    let qbt = act_quant::quantize(&bt, m, k, bq)?;
+    let mut codes = Vec::with_capacity(m * k);
+    for r in 0..m {
+        codes.extend(qbt.row(r).iter().map(|&q| (q as i32 + half) as u8));
+    }
+    let zc: Vec<f32> = qbt.zero.iter().map(|&z| (z + half) as f32).collect();
+    let wb =
+        PackedWeights::from_codes_with_params(&codes, m, k, bq.bits(), k, qbt.delta.clone(), zc)?;
+    let qa = act_quant::quantize(a, n, k, aq)?;
+    gemm_acts_f32(&qa, &wb, None, opts)
+}
+
+type ConvFn = fn(
+    &[f32],
+    [usize; 4],
+    &PackedWeights,
+    &ActQuant,
+    Option<&[f32]>,
+    &Conv2dParams,
+    &GemmOptions,
+) -> dmq_kernels::Result<(Vec<f32>, [usize; 4])>;
+
+fn shape(layer: &str, expected: &str, got: &[usize]) -> InferError {
+    InferError::Shape {
+        layer: layer.into(),
+        expected: expected.into(),
+        got: got.to_vec(),
+    }
+}
+
+impl LayerExecutor for IntegerExecutor {
+    fn handles(&self, layer: &str) -> bool {
+        self.layers.contains_key(layer)
+    }
+
+    fn linear(
+        &self,
+        layer: &str,
+        x: &HostTensor,
+        step: &StepContext,
+    ) -> std::result::Result<HostTensor, ExecutorError> {
+        Ok(self.timed(layer, || self.run_linear(layer, x, step.step))?)
+    }
+
+    fn conv2d(
+        &self,
+        layer: &str,
+        x: &HostTensor,
+        geometry: ConvGeometry,
+        step: &StepContext,
+    ) -> std::result::Result<HostTensor, ExecutorError> {
+        Ok(self.timed(layer, || self.run_conv2d(layer, x, geometry, step.step))?)
+    }
+
+    fn matmul(
+        &self,
+        layer: &str,
+        a: &HostTensor,
+        b: &HostTensor,
+        step: &StepContext,
+    ) -> std::result::Result<HostTensor, ExecutorError> {
+        Ok(self.timed(layer, || self.run_matmul(layer, a, b, step.step))?)
+    }
+}
