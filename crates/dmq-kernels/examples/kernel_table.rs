@@ -40,8 +40,73 @@ fn best(mut f: impl FnMut()) -> f64 {
     best
 }
 
+/// Seconds for `f` run once on each of `threads` threads at the same time.
+fn on_threads(threads: usize, f: impl Fn() + Sync) -> f64 {
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(&f);
+        }
+    });
+    t.elapsed().as_secs_f64()
+}
+
+/// This machine's limits, measured: f32 FMA (AVX-512 / AVX2), int8 `vpdpbusd` (VNNI), and
+/// read bandwidth of a 256 MiB sum. Printed first so every table row can be read against
+/// them.
+fn peaks() -> Vec<String> {
+    use dmq_kernels::available_threads;
+    use dmq_kernels::peak::{self, FmaWidth};
+    let threads = available_threads();
+    const ITERS: usize = 1 << 22;
+    let mut out = Vec::new();
+    for (name, width) in [
+        ("f32 FMA AVX-512", FmaWidth::Avx512),
+        ("f32 FMA AVX2", FmaWidth::Avx2),
+    ] {
+        if peak::fma_f32(width, 1).is_err() {
+            continue;
+        }
+        let s = (0..3)
+            .map(|_| {
+                on_threads(threads, || {
+                    drop(std::hint::black_box(peak::fma_f32(width, ITERS)))
+                })
+            })
+            .fold(f64::MAX, f64::min);
+        let g = (peak::fma_flops(width, ITERS) * threads as u64) as f64 / s / 1e9;
+        out.push(format!("{name}: {g:.1} GFLOP/s ({threads} threads)"));
+    }
+    if peak::vnni_i8(1).is_ok() {
+        let s = (0..3)
+            .map(|_| on_threads(threads, || drop(std::hint::black_box(peak::vnni_i8(ITERS)))))
+            .fold(f64::MAX, f64::min);
+        let g = (peak::vnni_ops(ITERS) * threads as u64) as f64 / s / 1e9;
+        out.push(format!(
+            "int8 vpdpbusd (VNNI): {g:.1} Gop/s ({threads} threads)"
+        ));
+    }
+    let big = vec![1.0f32; 64 << 20];
+    let s = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(big.iter().sum::<f32>());
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min);
+    out.push(format!(
+        "memory read (1 thread, 256 MiB sum): {:.1} GB/s",
+        (big.len() * 4) as f64 / s / 1e9
+    ));
+    out
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).collect();
+    for p in peaks() {
+        println!("- peak {p}");
+    }
+    println!();
     let device = Device::flex();
     let fmts = [
         "f32_burn",
