@@ -209,7 +209,7 @@ fn main() {
         run("unet-fmnist", m, w, &args, &device, &mut rows);
     }
     if want("dit") {
-        let (m, w) = match DiT::from_pretrained(&dir("dit"), &device) {
+        let (m, w) = match DiT::from_pretrained(dir("dit"), &device) {
             Ok(m) => (m, "trained weights"),
             Err(_) => (
                 DiT::new(&defaults::dit_fmnist().expect("config"), &device).expect("init"),
