@@ -13,6 +13,7 @@
 //! | [`eval`]    | `dmq-eval`   | Fashion-MNIST loader, classifier, FD, PSNR/SSIM, BitOPs |
 //! | [`kernels`] | `dmq-kernels`| integer GEMMs (int8, W4, W1, XNOR) with scalar references |
 //! | [`infer`]   | `dmq-infer`  | the integer inference path for exported models   |
+//! | [`search`]  | `dmq-search` | TMPQ-DM timestep and mixed-precision search       |
 
 pub use dmq_calib as calib;
 pub use dmq_eval as eval;
@@ -20,3 +21,4 @@ pub use dmq_infer as infer;
 pub use dmq_kernels as kernels;
 pub use dmq_models as models;
 pub use dmq_quant as quant;
+pub use dmq_search as search;

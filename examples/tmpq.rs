@@ -1,0 +1,404 @@
+//! TMPQ-DM on the embedded default models: searches which N timesteps to run and the
+//! per-layer weight/input bit-widths ({8, 6, 5, 4}) under a BitOPs budget (the all-6-bit
+//! configuration at N steps), with a super-network calibrated once per bit-width, then
+//! compares at equal BitOPs with (a) uniform timesteps at uniform 6 bits and (b) the searched
+//! timesteps at uniform 6 bits, against FP at 100 steps.
+//!
+//! ```text
+//! cargo run --release --example tmpq -- [--model unet|dit|both] [--n 10] [--samples 1000]
+//!     [--fitness-samples 200] [--fitness fd|proxy] [--epochs 10] [--population 30]
+//!     [--threads 1] [--calib-n 32] [--cfg 4] [--batch 100] [--seed 0]
+//!     [--out docs/results] [--work runs/tmpq] [--models-dir assets/models]
+//! ```
+//! `--fitness fd` scores candidates by FD against the test set on `--fitness-samples`
+//! samples; `proxy` by the MSE to the FP-100 samples from the same noise (cheaper: no
+//! feature statistics, stable on few samples; it rewards fidelity rather than realism).
+//! The search checkpoints after every epoch under `--work` and resumes. Writes
+//! `docs/results/tmpq.{json,md}` and the Pareto front of BitOPs against fitness as
+//! `docs/results/tmpq/<model>-pareto.png`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use dmq::calib::{CalibSet, PtqOptions, RecordOptions, model_bytes};
+use dmq::eval::classifier::FmnistClassifier;
+use dmq::eval::cli::{FlagError, Flags};
+use dmq::eval::data::fashion_mnist::{DEFAULT_DIR, Split, load_split};
+use dmq::eval::harness::{Reference, SampleSpec, Scores, generate, score};
+use dmq::eval::progress::Progress;
+use dmq::eval::report::{ResultRow, git_commit, read_rows, upsert_row, write_markdown};
+use dmq::models::dit::DiT;
+use dmq::models::scheduler::{DdimConfig, DdimScheduler};
+use dmq::models::unet::UNet2DModel;
+use dmq::models::{Denoiser, HostTensor, layer_inventory};
+use dmq::search::{
+    Budget, Candidate, CostModel, Evolution, EvolutionConfig, SearchSpace, SuperNet,
+    ThreadEvaluator, layer_slots, timestep_groups, uniform_timesteps,
+};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+struct Args {
+    models: Vec<String>,
+    n: usize,
+    samples: usize,
+    fitness_samples: usize,
+    fitness: String,
+    epochs: usize,
+    population: usize,
+    threads: usize,
+    calib_n: usize,
+    cfg: f64,
+    batch: usize,
+    seed: u64,
+    out: PathBuf,
+    work: PathBuf,
+    models_dir: PathBuf,
+}
+
+fn parse_args(f: &Flags) -> Result<Args, FlagError> {
+    let model: String = f.get("model", "both".into())?;
+    Ok(Args {
+        models: if model == "both" {
+            vec!["unet".into(), "dit".into()]
+        } else {
+            vec![model]
+        },
+        n: f.get("n", 10)?,
+        samples: f.get("samples", 1000)?,
+        fitness_samples: f.get("fitness-samples", 200)?,
+        fitness: f.get("fitness", "fd".into())?,
+        epochs: f.get("epochs", 10)?,
+        population: f.get("population", 30)?,
+        threads: f.get("threads", 1)?,
+        calib_n: f.get("calib-n", 32)?,
+        cfg: f.get("cfg", 4.0)?,
+        batch: f.get("batch", 100)?,
+        seed: f.get("seed", 0)?,
+        out: f.get("out", PathBuf::from("docs/results"))?,
+        work: f.get("work", PathBuf::from("runs/tmpq"))?,
+        models_dir: f.get("models-dir", PathBuf::from("assets/models"))?,
+    })
+}
+
+trait Model: Denoiser + Module + Clone + Sync {}
+impl Model for UNet2DModel {}
+impl Model for DiT {}
+
+/// Samples with `model` over the ascending `timesteps`.
+fn sample(
+    model: &dyn Denoiser,
+    timesteps: &[usize],
+    spec: &SampleSpec,
+    device: &Device,
+) -> Result<HostTensor, Error> {
+    let sched = DdimScheduler::with_timesteps(&DdimConfig::new(), timesteps)?;
+    Ok(generate(model, &sched, spec, device, &mut |_, _| {})?)
+}
+
+fn mse(a: &HostTensor, b: &HostTensor) -> f64 {
+    a.data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        / a.data.len().max(1) as f64
+}
+
+fn row(
+    name: &str,
+    method: &str,
+    bits: (u32, u32),
+    steps: usize,
+    s: &Scores,
+    bitops: f64,
+    bytes: usize,
+    wall: f64,
+    args: &Args,
+    extra: serde_json::Value,
+) -> ResultRow {
+    ResultRow {
+        model: name.into(),
+        method: method.into(),
+        w_bits: bits.0,
+        a_bits: bits.1,
+        steps,
+        samples: args.samples,
+        fd_test: s.fd_test,
+        fd_fp: s.fd_fp,
+        psnr_fp: s.fidelity.psnr,
+        ssim_fp: s.fidelity.ssim,
+        class_acc: s.class_acc,
+        bitops,
+        model_bytes: bytes,
+        wall_s: wall,
+        command: format!(
+            "cargo run --release --example tmpq -- {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        ),
+        commit: git_commit(),
+        extra,
+    }
+}
+
+fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Result<(), Error> {
+    let fp = fp.no_grad();
+    let info = fp.info();
+    let guidance = if info.num_classes.is_some() {
+        args.cfg
+    } else {
+        1.0
+    };
+    let cfg_calls = guidance != 1.0;
+    let classifier = FmnistClassifier::load(Path::new("assets/models/fmnist-classifier"), device)?;
+    let test = load_split(DEFAULT_DIR, Split::Test)?;
+    let json = args.out.join("tmpq.json");
+    std::fs::create_dir_all(args.out.join("tmpq"))?;
+    std::fs::create_dir_all(&args.work)?;
+    let spec = |n: usize| SampleSpec {
+        n,
+        guidance,
+        seed: 2024,
+        batch: args.batch,
+    };
+
+    // FP at 100 steps: the reference point for quality and BitOPs.
+    eprintln!("== {name}: FP-100 ({} samples)", args.samples);
+    let t = Instant::now();
+    let fp100_ts = uniform_timesteps(100, 1000)?;
+    let fp_images = sample(&fp, &fp100_ts, &spec(args.samples), device)?;
+    let reference = Reference::new(&classifier, &test, fp_images.clone(), device)?;
+    let s_fp = score(
+        &classifier,
+        &reference,
+        &fp_images,
+        info.num_classes,
+        device,
+    )?;
+    let calls = layer_inventory(&fp, device)?;
+    eprintln!(
+        "   FD {:.2} in {:.0} s",
+        s_fp.fd_test,
+        t.elapsed().as_secs_f64()
+    );
+
+    // The super-network: calibrated once per bit-width on FP trajectories.
+    let t_cal = Instant::now();
+    let calib_path = args.work.join(format!("{name}-calib.safetensors"));
+    let calib = match CalibSet::load(&calib_path) {
+        Ok(c) => c,
+        Err(_) => {
+            let sched = DdimScheduler::diffusers(&DdimConfig::new(), 100)?;
+            let c = CalibSet::record(
+                &fp,
+                &sched,
+                &RecordOptions {
+                    trajectories: args.calib_n,
+                    steps_kept: 20,
+                    guidance,
+                    batch: args.calib_n.min(64),
+                    seed: 1,
+                },
+                device,
+            )?;
+            c.save(&calib_path)?;
+            c
+        }
+    };
+    let bit_options = vec![8, 6, 5, 4];
+    let mut bar = Progress::new(&format!("{name} supernet"), bit_options.len() as u64, 0);
+    let net = SuperNet::calibrate(
+        &fp,
+        &bit_options,
+        &calib,
+        &PtqOptions {
+            act_samples: 64,
+            ..PtqOptions::default()
+        },
+        device,
+        &mut |b| bar.inc(format!("W{b}A{b}")),
+    )?;
+    bar.finish();
+    let calib_s = t_cal.elapsed().as_secs_f64();
+
+    let space = SearchSpace::new(
+        timestep_groups(args.n, 1000)?,
+        layer_slots(&fp),
+        bit_options.clone(),
+        false,
+    )?;
+    let cost = CostModel::new(&calls, &space, cfg_calls)?;
+    let six = space.uniform(1)?;
+    let budget = Budget {
+        max_bitops: cost.bitops(&space, &six),
+    };
+    let fp100_bitops = cost.uniform_bitops(100, 32, 32);
+
+    // Fitness of a candidate: FD (or the proxy) of its samples.
+    let fit_spec = spec(args.fitness_samples);
+    let fp_fit = HostTensor {
+        data: fp_images.data
+            [..args.fitness_samples.min(args.samples) * fp_images.data.len() / args.samples]
+            .to_vec(),
+        shape: vec![
+            args.fitness_samples.min(args.samples),
+            fp_images.shape[1],
+            fp_images.shape[2],
+            fp_images.shape[3],
+        ],
+    };
+    let fit_reference = Reference::new(&classifier, &test, fp_fit.clone(), device)?;
+    let quantized = |c: &Candidate| -> Result<M, Error> {
+        let mut m = fp.clone();
+        net.apply(&mut m, &space, c, 0)?;
+        Ok(m)
+    };
+    let fitness = |c: &Candidate| -> dmq::search::Result<f64> {
+        let r = (|| -> Result<f64, Error> {
+            let m = quantized(c)?;
+            let images = sample(&m, &c.timesteps, &fit_spec, device)?;
+            Ok(if args.fitness == "proxy" {
+                mse(&images, &fp_fit)
+            } else {
+                score(
+                    &classifier,
+                    &fit_reference,
+                    &images,
+                    info.num_classes,
+                    device,
+                )?
+                .fd_test
+            })
+        })();
+        r.map_err(|e| dmq::search::SearchError::Fitness(e.to_string()))
+    };
+    let evaluator = ThreadEvaluator::new(fitness, args.threads);
+    let config = EvolutionConfig {
+        population: args.population,
+        top_k: (args.population / 5).max(2),
+        mutations: args.population / 2,
+        crossovers: args.population / 5,
+        epochs: args.epochs,
+        x0_index: 1,
+        seed: args.seed,
+        ..EvolutionConfig::default()
+    };
+    let t_search = Instant::now();
+    let mut bar = Progress::new(&format!("{name} search"), args.epochs as u64 + 1, 0);
+    let result = Evolution::new(&space, &cost, budget, config)?
+        .with_checkpoint(
+            args.work
+                .join(format!("{name}-search-{}-{}.json", args.fitness, args.n)),
+        )
+        .run(&evaluator, &mut |r| {
+            bar.set(
+                r.epoch as u64 + 1,
+                format!("best {:.3} ({} evaluated)", r.best_fitness, r.evaluated),
+            )
+        })?;
+    bar.finish();
+    let search_s = t_search.elapsed().as_secs_f64();
+
+    // Final comparison on `samples` samples at equal BitOPs (the budget).
+    let best = result.best.candidate.clone();
+    let uniform_steps = Candidate {
+        timesteps: uniform_timesteps(args.n, 1000)?,
+        bits: six.bits.clone(),
+    };
+    let searched_steps = Candidate {
+        timesteps: best.timesteps.clone(),
+        bits: six.bits.clone(),
+    };
+    let mut rows = Vec::new();
+    rows.push(row(
+        name,
+        "fp",
+        (32, 32),
+        100,
+        &s_fp,
+        fp100_bitops,
+        4 * fp.num_params(),
+        0.0,
+        args,
+        serde_json::json!({"timesteps": "uniform 100"}),
+    ));
+    for (method, c) in [
+        ("tmpq-uniform-steps-6bit", &uniform_steps),
+        ("tmpq-searched-steps-6bit", &searched_steps),
+        ("tmpq", &best),
+    ] {
+        let m = quantized(c)?;
+        let images = sample(&m, &c.timesteps, &spec(args.samples), device)?;
+        let s = score(&classifier, &reference, &images, info.num_classes, device)?;
+        let bitops = cost.bitops(&space, c);
+        eprintln!(
+            "   {method}: FD {:.2}, {:.3e} BitOPs ({:.1}× less than FP-100)",
+            s.fd_test,
+            bitops,
+            fp100_bitops / bitops
+        );
+        let r = row(
+            name,
+            method,
+            (6, 6),
+            args.n,
+            &s,
+            bitops,
+            model_bytes(&m, args.n)?,
+            calib_s + if method == "tmpq" { search_s } else { 0.0 },
+            args,
+            serde_json::json!({"timesteps": c.timesteps, "mean_bits": space.mean_bits(c), "bitops_reduction_vs_fp100": fp100_bitops / bitops,
+                "fitness": args.fitness, "fitness_samples": args.fitness_samples, "evaluated": result.ranked.len(),
+                "layer_bits": if method == "tmpq" { serde_json::json!(space.layers.iter().enumerate().map(|(l, s)| (s.name.clone(), space.layer_bits(c, 0, l))).collect::<Vec<_>>()) } else { serde_json::Value::Null }}),
+        );
+        rows.push(r);
+    }
+    for r in rows {
+        upsert_row(&json, r)?;
+    }
+    let front: Vec<(f64, f64)> = result
+        .pareto_front()
+        .iter()
+        .map(|s| (s.bitops / 1e9, s.fitness))
+        .collect();
+    dmq::eval::plot::line_chart_png(
+        &args.out.join(format!("tmpq/{name}-pareto.png")),
+        "Pareto front",
+        "GBitOPs",
+        &[("front", &front)],
+    )?;
+    let all = read_rows(&json)?;
+    write_markdown(
+        &args.out.join("tmpq.md"),
+        "# TMPQ-DM: joint timestep and mixed-precision search\n\nRows per model: FP at 100 uniform DDIM steps; at N steps and the BitOPs budget of the all-6-bit configuration: uniform timesteps at 6 bits (`tmpq-uniform-steps-6bit`), the searched timesteps at 6 bits (`tmpq-searched-steps-6bit`) and the searched timesteps with the searched per-layer bits (`tmpq`, bits column = the budget's). `extra` in tmpq.json holds the timesteps, per-layer bits and the BitOPs reduction against FP-100.",
+        &all,
+        "Pareto fronts (BitOPs against the search fitness): `tmpq/<model>-pareto.png`.",
+    )?;
+    Ok(())
+}
+
+fn main() {
+    let args = parse_args(&Flags::from_env()).unwrap_or_else(|e| Flags::exit_usage(e));
+    let device = Device::flex();
+    for m in args.models.clone() {
+        let dir = args.models_dir.join(format!("{m}-fmnist"));
+        let r = match m.as_str() {
+            "unet" => UNet2DModel::from_pretrained(&dir, &device)
+                .map_err(Error::from)
+                .and_then(|fp| run_model(fp, "unet-fmnist", &args, &device)),
+            "dit" => DiT::from_pretrained(&dir, &device)
+                .map_err(Error::from)
+                .and_then(|fp| run_model(fp, "dit-fmnist", &args, &device)),
+            other => {
+                eprintln!("unknown --model {other}: use unet, dit or both");
+                std::process::exit(2)
+            }
+        };
+        if let Err(e) = r {
+            eprintln!("error ({m}): {e}");
+            std::process::exit(1);
+        }
+    }
+}
