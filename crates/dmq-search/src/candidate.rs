@@ -185,6 +185,12 @@ impl SearchSpace {
                 "timestep {t} of group {i} outside {g:?}"
             )));
         }
+        self.check_bits(c)
+    }
+
+    /// Checks the bit rows of `c` only (its timesteps may be any list, e.g. a baseline's
+    /// uniform timesteps).
+    pub fn check_bits(&self, c: &Candidate) -> Result<()> {
         if c.bits.len() != self.rows() || c.bits.iter().any(|r| r.len() != self.genes()) {
             return Err(SearchError::Candidate(format!(
                 "bit rows {:?}, expected {} rows of {} genes",

@@ -148,7 +148,8 @@ impl SuperNet {
     }
 
     /// Sets every layer of `model` to the quantizers candidate `c` selects at selected
-    /// step `step` (any step in shared mode). `model` has the architecture calibrated.
+    /// step `step` (any step in shared mode). Only the bits are checked: the timesteps are
+    /// the sampler's business (baselines use timesteps outside the groups). `model` has the architecture calibrated.
     pub fn apply<M: Denoiser + ?Sized>(
         &self,
         model: &mut M,
@@ -156,7 +157,7 @@ impl SuperNet {
         c: &Candidate,
         step: usize,
     ) -> Result<()> {
-        space.check(c)?;
+        space.check_bits(c)?;
         if space.layers != self.layers || space.bit_options != self.bit_options {
             return Err(SearchError::Option(
                 "the search space was not built from this super-network".into(),
