@@ -218,14 +218,21 @@ fn main() {
         };
         run("dit-fmnist", m, w, &args, &device, &mut rows);
     }
-    let json = serde_json::to_vec_pretty(&serde_json::json!({
-        "command": format!("cargo run --release --example int_sample -- {}",
-            std::env::args().skip(1).collect::<Vec<_>>().join(" ")),
-        "commit": dmq::eval::report::git_commit(),
-        "threads": dmq::kernels::available_threads(),
-        "rows": rows,
-    }))
-    .expect("json");
+    // A JSON array of records (DESIGN.md §6): every row names its command and commit.
+    let command = format!(
+        "cargo run --release --example int_sample -- {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    let (commit, threads) = (
+        dmq::eval::report::git_commit(),
+        dmq::kernels::available_threads(),
+    );
+    for r in &mut rows {
+        r["command"] = command.clone().into();
+        r["commit"] = commit.clone().into();
+        r["threads"] = threads.into();
+    }
+    let json = serde_json::to_vec_pretty(&rows).expect("json");
     if let Err(e) = dmq::quant::file::write_atomic(&args.out, &json) {
         eprintln!("error: {e}");
         std::process::exit(1);
