@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release --example model_card -- --model unet|dit [--dir assets/models/unet-fmnist]
-//!     [--n 500] [--steps 50] [--cfg 4] [--batch 50]
+//!     [--n 500] [--steps 50] [--cfg 1.5] [--batch 50]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
         )?,
         n: f.get("n", 500)?,
         steps: f.get("steps", 50)?,
-        cfg: f.get("cfg", 4.0)?,
+        cfg: f.get("cfg", 1.5)?,
         batch: f.get("batch", 50)?,
         model,
     })

@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release --example ptq -- [--model unet|dit|both] [--samples 1000] [--steps 20]
 //!     [--presets W8A8,W4A8,W4A4] [--methods naive,qdiffusion] [--calib-n 64]
-//!     [--calib-steps 10] [--recon-iters 400] [--recon-act-iters 200] [--cfg 4]
+//!     [--calib-steps 10] [--recon-iters 400] [--recon-act-iters 200] [--cfg 1.5]
 //!     [--batch 100] [--out docs/results] [--work runs/ptq] [--models-dir assets/models]
 //! ```
 //! Writes `docs/results/ptq.json` (one row per model × method × bits; reruns replace rows),
@@ -17,24 +17,24 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use dmq::calib::{
-    CalibSet, PtqOptions, QuantConfig, ReconCheckpoint, ReconOptions, RecordOptions, layer_bits,
-    model_bytes, ptq, qdiffusion,
+    PtqOptions, QuantConfig, ReconCheckpoint, ReconOptions, layer_bits, model_bytes, ptq,
+    qdiffusion,
 };
 use dmq::eval::classifier::FmnistClassifier;
 use dmq::eval::cli::{FlagError, Flags};
 use dmq::eval::data::fashion_mnist::{DEFAULT_DIR, Split, load_split};
-use dmq::eval::harness::{Reference, SampleSpec, Scores, bitops_per_image, generate, score};
+use dmq::eval::harness::{Reference, SampleSpec, Scores, bitops_per_image, score};
 use dmq::eval::progress::Progress;
 use dmq::eval::report::{ResultRow, git_commit, read_rows, upsert_row, write_markdown};
-use dmq::models::dit::DiT;
+use dmq::models::layer_inventory;
 use dmq::models::scheduler::{DdimConfig, DdimScheduler};
-use dmq::models::unet::UNet2DModel;
-use dmq::models::{Denoiser, HostTensor, layer_inventory};
 
-type Error = Box<dyn std::error::Error>;
+mod common;
+use common::{
+    Error, Model, ModelJob, calib_set, for_each_model, grid_png, list, model_list, sample_images,
+};
 
 struct Args {
     models: Vec<String>,
@@ -53,21 +53,10 @@ struct Args {
     models_dir: PathBuf,
 }
 
-fn list(s: String) -> Vec<String> {
-    s.split(',')
-        .map(|x| x.trim().to_string())
-        .filter(|x| !x.is_empty())
-        .collect()
-}
-
 fn parse_args(f: &Flags) -> Result<Args, FlagError> {
     let model: String = f.get("model", "both".into())?;
     Ok(Args {
-        models: if model == "both" {
-            vec!["unet".into(), "dit".into()]
-        } else {
-            list(model)
-        },
+        models: model_list(model),
         samples: f.get("samples", 1000)?,
         steps: f.get("steps", 20)?,
         presets: list(f.get("presets", "W8A8,W4A8,W4A4".into())?),
@@ -76,54 +65,12 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
         calib_steps: f.get("calib-steps", 10)?,
         recon_iters: f.get("recon-iters", 400)?,
         recon_act_iters: f.get("recon-act-iters", 200)?,
-        cfg: f.get("cfg", 4.0)?,
+        cfg: f.get("cfg", 1.5)?,
         batch: f.get("batch", 100)?,
         out: f.get("out", PathBuf::from("docs/results"))?,
         work: f.get("work", PathBuf::from("runs/ptq"))?,
         models_dir: f.get("models-dir", PathBuf::from("assets/models"))?,
     })
-}
-
-/// A default model the example can quantize.
-trait Model: Denoiser + Module + Clone {}
-impl Model for UNet2DModel {}
-impl Model for DiT {}
-
-fn sample_images<M: Denoiser>(
-    model: &M,
-    sched: &DdimScheduler,
-    spec: &SampleSpec,
-    label: &str,
-    device: &Device,
-) -> Result<(HostTensor, f64), Error> {
-    let mut bar = Progress::new(label, spec.n as u64, 0);
-    let t = Instant::now();
-    let images = generate(model, sched, spec, device, &mut |done, _| {
-        bar.set(done as u64, "")
-    })?;
-    bar.finish();
-    Ok((images, t.elapsed().as_secs_f64()))
-}
-
-fn grid_png(path: &Path, fp: &HostTensor, q: &HostTensor, device: &Device) -> Result<(), Error> {
-    let n = fp.shape[0].min(40);
-    let take = |h: &HostTensor| {
-        let per: usize = h.shape[1..].iter().product();
-        Tensor::<4>::from_data(
-            TensorData::new(
-                h.data[..n * per].to_vec(),
-                [n, h.shape[1], h.shape[2], h.shape[3]],
-            ),
-            device,
-        )
-    };
-    let a = dmq::eval::image::grid(take(fp), 10, 2)?;
-    let b = dmq::eval::image::grid(take(q), 10, 2)?;
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    dmq::eval::image::side_by_side(&[a, b], 12).save_png(path)?;
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -224,32 +171,15 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         s.fd_test, s.class_acc
     );
 
-    std::fs::create_dir_all(&args.work)?;
-    let calib_path = args.work.join(format!(
-        "{name}-calib-n{}-s{}-{}.safetensors",
-        args.calib_n, args.calib_steps, args.steps
-    ));
-    let t = Instant::now();
-    let calib = match CalibSet::load(&calib_path) {
-        Ok(c) => c,
-        Err(_) => {
-            let c = CalibSet::record(
-                &fp,
-                &sched,
-                &RecordOptions {
-                    trajectories: args.calib_n,
-                    steps_kept: args.calib_steps,
-                    guidance: cfg_scale,
-                    batch: args.calib_n.min(64),
-                    seed: 7,
-                },
-                device,
-            )?;
-            c.save(&calib_path)?;
-            c
-        }
-    };
-    let calib_record_s = t.elapsed().as_secs_f64();
+    let (calib, calib_record_s) = calib_set(
+        &fp,
+        &sched,
+        name,
+        (args.calib_n, args.calib_steps),
+        cfg_scale,
+        &args.work,
+        device,
+    )?;
     eprintln!(
         "{name}: calibration set of {} entries ({calib_record_s:.0} s)",
         calib.len()
@@ -359,25 +289,18 @@ fn main() {
     let args = parse_args(&Flags::from_env()).unwrap_or_else(|e| Flags::exit_usage(e));
     let device = Device::flex().autodiff();
     let result = (|| -> Result<(), Error> {
-        for m in &args.models {
-            match m.as_str() {
-                "unet" => run_model(
-                    UNet2DModel::from_pretrained(&args.models_dir.join("unet-fmnist"), &device)?,
-                    "unet-fmnist",
-                    &args,
-                    &device,
-                )?,
-                "dit" => run_model(
-                    DiT::from_pretrained(args.models_dir.join("dit-fmnist"), &device)?,
-                    "dit-fmnist",
-                    &args,
-                    &device,
-                )?,
-                other => {
-                    return Err(format!("unknown --model {other}: use unet, dit or both").into());
-                }
+        struct Job<'a>(&'a Args, &'a Device);
+        impl ModelJob for Job<'_> {
+            fn run<M: Model>(&mut self, fp: M, name: &str) -> Result<(), Error> {
+                run_model(fp, name, self.0, self.1)
             }
         }
+        for_each_model(
+            &args.models,
+            &args.models_dir,
+            &device,
+            &mut Job(&args, &device),
+        )?;
         let json = args.out.join("ptq.json");
         let rows = read_rows(&json)?;
         let header = format!(

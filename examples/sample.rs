@@ -2,7 +2,7 @@
 //! directory) and writes it as PNG.
 //!
 //! ```text
-//! cargo run --release --example sample [-- --model unet|dit --n 64 --steps 50 --cfg 4
+//! cargo run --release --example sample [-- --model unet|dit --n 64 --steps 50 --cfg 1.5
 //!     --seed 0 --backend flex --out samples.png --dir assets/models/unet-fmnist]
 //! ```
 //! `--backend wgpu` needs the build feature: `cargo run --release --features wgpu --example sample -- --backend wgpu`.
@@ -81,7 +81,7 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
     Ok(Args {
         n: f.get("n", if model == "dit" { 60 } else { 64 })?,
         steps: f.get("steps", 50)?,
-        cfg: f.get("cfg", 4.0)?,
+        cfg: f.get("cfg", 1.5)?,
         seed: f.get("seed", 0)?,
         backend: f.get("backend", "flex".into())?,
         out: f.get("out", PathBuf::from(format!("samples-{model}.png")))?,

@@ -7,7 +7,7 @@
 //! ```text
 //! cargo run --release --example tmpq -- [--model unet|dit|both] [--n 10] [--samples 1000]
 //!     [--fitness-samples 200] [--fitness fd|proxy] [--epochs 10] [--population 30]
-//!     [--threads 1] [--calib-n 32] [--cfg 4] [--batch 100] [--seed 0]
+//!     [--threads 1] [--calib-n 32] [--cfg 1.5] [--batch 100] [--seed 0]
 //!     [--out docs/results] [--work runs/tmpq] [--models-dir assets/models]
 //! ```
 //! `--fitness fd` scores candidates by FD against the test set on `--fitness-samples`
@@ -74,7 +74,7 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
         population: f.get("population", 30)?,
         threads: f.get("threads", 1)?,
         calib_n: f.get("calib-n", 32)?,
-        cfg: f.get("cfg", 4.0)?,
+        cfg: f.get("cfg", 1.5)?,
         batch: f.get("batch", 100)?,
         seed: f.get("seed", 0)?,
         out: f.get("out", PathBuf::from("docs/results"))?,

@@ -17,6 +17,7 @@
 
 pub use dmq_calib as calib;
 pub use dmq_eval as eval;
+pub use dmq_finetune as finetune;
 pub use dmq_infer as infer;
 pub use dmq_kernels as kernels;
 pub use dmq_models as models;

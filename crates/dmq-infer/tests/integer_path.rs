@@ -23,15 +23,7 @@ use dmq_models::unet::{UNet2DModel, UNetConfig};
 use dmq_models::{Denoiser, ForwardCtx, HostTensor, ModelError, StepContext};
 
 fn tiny_unet(device: &Device) -> UNet2DModel {
-    let cfg = UNetConfig::from_json(&serde_json::json!({
-        "sample_size": 8, "in_channels": 1, "out_channels": 1,
-        "block_out_channels": [8, 16], "layers_per_block": 1,
-        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-        "attention_head_dim": 8, "norm_num_groups": 4
-    }))
-    .unwrap();
-    UNet2DModel::new(&cfg, device).unwrap()
+    UNet2DModel::new(&dmq_models::defaults::tiny_unet().unwrap(), device).unwrap()
 }
 
 fn tiny_dit(device: &Device) -> DiT {

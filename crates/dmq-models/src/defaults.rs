@@ -40,3 +40,16 @@ pub fn unet_fmnist() -> Result<UNetConfig> {
 pub fn dit_fmnist() -> Result<DiTConfig> {
     DiTConfig::from_json_value(&dit_fmnist_json())
 }
+
+/// A test-size UNet: 8×8×1, levels (8, 16), one plain and one attention level, a shortcut
+/// conv and a downsampler, so every layer kind and policy class appears; a forward pass costs
+/// well under a millisecond on the CPU.
+pub fn tiny_unet() -> Result<UNetConfig> {
+    UNetConfig::from_json(&serde_json::json!({
+        "sample_size": 8, "in_channels": 1, "out_channels": 1,
+        "block_out_channels": [8, 16], "layers_per_block": 1,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+        "attention_head_dim": 8, "norm_num_groups": 4
+    }))
+}

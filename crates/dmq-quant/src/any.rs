@@ -12,8 +12,8 @@ use crate::qtensor::{AffineParams, QuantizedTensor};
 use crate::quantizer::Quantizer;
 use crate::spec::QuantSpec;
 use crate::{
-    AdaRoundQuantizer, BinaryQuantizer, LsqQuantizer, MultiBasisBinarizer, TimeIndexed,
-    UniformQuantizer,
+    AdaRoundQuantizer, BinaryQuantizer, LsqQuantizer, MultiBasisBinarizer, QaLoraQuantizer,
+    TimeIndexed, UniformQuantizer,
 };
 
 macro_rules! forward_quantizer {
@@ -48,6 +48,8 @@ pub enum WeightQuantizer {
     Binary(BinaryQuantizer),
     /// Two-basis binarizer (BinaryDM EBB/LMB).
     MultiBasis(MultiBasisBinarizer),
+    /// Integer base + LoRA offsets (EfficientDM's QALoRA).
+    QaLora(QaLoraQuantizer),
 }
 
 forward_quantizer!(WeightQuantizer {
@@ -55,7 +57,8 @@ forward_quantizer!(WeightQuantizer {
     Lsq,
     AdaRound,
     Binary,
-    MultiBasis
+    MultiBasis,
+    QaLora
 });
 
 /// An activation quantizer of any kind.

@@ -11,6 +11,7 @@
 //! - [`TimeIndexed`]: per-step (TALSQ) or per-group parameter sets chosen by an explicit step
 //!   index, re-sampled to other step counts.
 //! - [`AdaRoundQuantizer`]: learned rounding with the annealed regulariser ([`BetaSchedule`]).
+//! - [`QaLoraQuantizer`]: EfficientDM's QALoRA, LoRA offsets on a frozen integer base.
 //! - [`BinaryQuantizer`] and [`MultiBasisBinarizer`] (EBB) for 1-bit weights.
 //! - [`init_params`] / [`RunningRange`]: max, MSE (L_2.4), percentile, LSQ and EMA ranges.
 //! - [`pack`] and [`QuantizedTensor`]: real packed integers, saved to safetensors by
@@ -41,6 +42,7 @@ pub mod error;
 pub mod file;
 pub mod lsq;
 pub mod pack;
+pub mod qalora;
 pub mod qtensor;
 pub mod quantizer;
 pub mod range;
@@ -55,6 +57,7 @@ pub use binary::{BinaryQuantizer, MultiBasisBinarizer, ebb_regularizer};
 pub use error::{QuantError, Result};
 pub use file::QuantizedFile;
 pub use lsq::LsqQuantizer;
+pub use qalora::QaLoraQuantizer;
 pub use qtensor::{AffineParams, QuantizedTensor};
 pub use quantizer::Quantizer;
 pub use range::{RangeInit, RunningRange, init_params};

@@ -23,6 +23,8 @@ use crate::candidate::{Candidate, LayerSlot, SearchSpace};
 use crate::error::{Result, SearchError};
 
 /// The quantizers of one layer at one bit-width.
+// Few sets per layer and bit-width, built once: boxing the dense variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 enum Set {
     Dense {

@@ -104,6 +104,21 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// The saved [`TrainState`] alone (cheap: no tensors are read), or `None` when there is no
+    /// checkpoint; lets a caller refuse a checkpoint of another run before building modules.
+    pub fn state(&self) -> Result<Option<TrainState>> {
+        for dir in [self.dir.clone(), self.sibling(".old")] {
+            let p = dir.join("state.json");
+            if p.exists() {
+                let bytes = std::fs::read(&p).map_err(io(&p))?;
+                return serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| err(&dir, format!("state.json: {e}")));
+            }
+        }
+        Ok(None)
+    }
+
     /// Loads the checkpoint into freshly built modules and optimizer, or `None` when there is
     /// none. Falls back to `<dir>.old` if a save was interrupted between its two renames.
     #[allow(clippy::type_complexity)]
@@ -123,14 +138,26 @@ impl Checkpoint {
         let state: TrainState =
             serde_json::from_slice(&std::fs::read(dir.join("state.json")).map_err(io(&dir))?)
                 .map_err(|e| err(&dir, format!("state.json: {e}")))?;
+        // Read every file into memory: burn's file records are lazy, and the next save replaces
+        // (then deletes) this directory while frozen parameters would still point into it.
+        let read = |name: &str| -> Result<burn::tensor::Bytes> {
+            let p = dir.join(name);
+            Ok(burn::tensor::Bytes::from_bytes_vec(
+                std::fs::read(&p).map_err(io(&p))?,
+            ))
+        };
+        let record = |name: &str| -> Result<burn::store::ModuleRecord> {
+            burn::store::ModuleRecord::from_bytes(read(name)?)
+                .map_err(|e| err(&dir, format!("{name}: {e}")))
+        };
         let model = model
-            .try_load_file(dir.join("model.bpk"))
+            .try_load_record(record("model.bpk")?)
             .map_err(|e| err(&dir, format!("model.bpk: {e}")))?;
         let ema = ema
-            .try_load_file(dir.join("ema.bpk"))
+            .try_load_record(record("ema.bpk")?)
             .map_err(|e| err(&dir, format!("ema.bpk: {e}")))?;
         let optim = optim
-            .load(dir.join("optim.bpk"))
+            .from_bytes(read("optim.bpk")?)
             .map_err(|e| err(&dir, format!("optim.bpk: {e}")))?;
         Ok(Some((model, ema, optim, state)))
     }

@@ -1,0 +1,48 @@
+//! Fine-tuning methods of dmq.
+//!
+//! - [`efficientdm`]: EfficientDM (He et al., ICLR 2024; ALGORITHMS.md §3): naive PTQ, then
+//!   QALoRA weights ([`dmq_quant::QaLoraQuantizer`], integer base + LoRA offsets inside the
+//!   rounding) and TALSQ activations (one learnable (Δ_x, z_x) per step) trained by data-free
+//!   distillation from the FP model along its own trajectories, with per-layer scale-aware
+//!   LoRA learning rates. [`finalize`] moves TALSQ to the sampling schedule and rounds z_x so
+//!   the model equals its integer export ([`dmq_calib::export_layers`]).
+//!
+//! ```no_run
+//! use burn::tensor::Device;
+//! use dmq_calib::{CalibSet, QuantConfig};
+//! use dmq_finetune::{EfficientDmConfig, efficientdm, finalize};
+//! use dmq_models::Denoiser;
+//! use dmq_models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
+//! use dmq_models::unet::UNet2DModel;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let device = Device::flex().autodiff();
+//! let fp = UNet2DModel::from_pretrained(std::path::Path::new("assets/models/unet-fmnist"), &device)?;
+//! let calib = CalibSet::load("calib.safetensors")?;
+//! let train = DdimScheduler::diffusers(&DdimConfig::new().with_eta(1.0), 100)?;
+//! let (student, report) = efficientdm(
+//!     &fp, &QuantConfig::preset("W4A4")?, &calib, &train,
+//!     &EfficientDmConfig::default(), Some("runs/edm".as_ref()), &device, &mut |_| {},
+//! )?;
+//! let infer = DdimScheduler::diffusers(&DdimConfig::new(), 20)?;
+//! let ts: Vec<f64> = infer.timesteps().iter().map(|&t| t as f64).collect();
+//! let deployed = finalize(student, &ts)?;
+//! let file = dmq_calib::export_layers(&deployed, 20)?;
+//! # Ok(()) }
+//! ```
+
+pub mod efficientdm;
+pub mod error;
+pub mod lr;
+pub mod policy;
+pub mod student;
+
+pub use efficientdm::{
+    EfficientDmConfig, FinetuneProgress, FinetuneReport, distill_loss, efficientdm,
+};
+pub use error::{FinetuneError, Result};
+pub use lr::{LayerLr, LrConfig, layer_lrs, lr_scheduler};
+pub use policy::{LayerPolicy, PolicyPlan, Treatment, plan_layers};
+pub use student::{
+    StudentOptions, StudentReport, build_student, finalize, is_sub_grid, set_trainable, talsq,
+    trainable_count,
+};

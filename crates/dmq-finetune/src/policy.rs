@@ -1,0 +1,219 @@
+//! EfficientDM's layer policy (ALGORITHMS.md §3.2), computed from the model's layer graph
+//! instead of the reference's hard-coded module indices (`special_module_count_list`).
+//!
+//! Classes, from the layer inventory (call order of one forward pass):
+//! - **edges**: the first convolution (it reads x_t: UNet `conv_in`, DiT `pos_embed.proj`) and
+//!   the last layer called (UNet `conv_out`, DiT `proj_out_2`);
+//! - **time embedding**: the timestep MLP (diffusers `TimestepEmbedding`, i.e. a path component
+//!   `time_embedding` in UNet2DModel, `timestep_embedder` in DiT's AdaLayerNormZero);
+//! - **skip**: residual shortcut convs (`*.conv_shortcut`, LDM `skip_connection`);
+//! - **downsample**: downsampler convs (`*.downsamplers.*`, LDM `Downsample.op`);
+//! - everything else (convs and linears) gets QALoRA + TALSQ. Attention matmuls stay FP.
+//!
+//! Reference defaults: edges and time embedding W8A8 with a per-tensor (not temporal)
+//! activation quantizer, frozen; skip and downsample convs FP.
+
+use dmq_calib::{LayerRule, QuantConfig};
+use dmq_models::LayerCall;
+use dmq_models::layers::LayerKind;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// What happens to one class of layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Treatment {
+    /// QALoRA weights and TALSQ activations at the preset's bits, trained.
+    Lora,
+    /// W8A8 (per-channel weights, per-tensor activations), not trained.
+    Int8Frozen,
+    /// Full precision.
+    Fp,
+}
+
+/// Treatment of each special class (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerPolicy {
+    /// First convolution and last layer.
+    pub edges: Treatment,
+    /// Timestep-embedding MLP.
+    pub time_embedding: Treatment,
+    /// Residual shortcut convolutions.
+    pub skip: Treatment,
+    /// Downsampler convolutions.
+    pub downsample: Treatment,
+}
+
+impl Default for LayerPolicy {
+    /// The reference's policy.
+    fn default() -> Self {
+        Self {
+            edges: Treatment::Int8Frozen,
+            time_embedding: Treatment::Int8Frozen,
+            skip: Treatment::Fp,
+            downsample: Treatment::Fp,
+        }
+    }
+}
+
+/// The policy resolved on one model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyPlan {
+    /// The PTQ config that realises the policy on top of the preset (matmuls FP, one rule per
+    /// special layer).
+    pub config: QuantConfig,
+    /// Layers that get QALoRA + TALSQ (call order).
+    pub lora: Vec<String>,
+    /// Layers quantized W8A8 and frozen.
+    pub frozen: Vec<String>,
+    /// Layers kept in FP (attention matmuls not listed).
+    pub fp: Vec<String>,
+}
+
+fn is_time_embedding(name: &str) -> bool {
+    name.split('.')
+        .any(|p| p == "time_embedding" || p == "timestep_embedder")
+}
+
+fn is_skip(name: &str) -> bool {
+    name.ends_with(".conv_shortcut") || name == "conv_shortcut"
+}
+
+fn is_downsample(name: &str) -> bool {
+    name.split('.').any(|p| p == "downsamplers")
+}
+
+/// Classifies every linear and conv layer of `calls` under `policy` and builds the PTQ config
+/// from `preset` (whose weight spec must be per output channel).
+pub fn plan_layers(
+    preset: &QuantConfig,
+    calls: &[LayerCall],
+    policy: &LayerPolicy,
+) -> Result<PolicyPlan> {
+    let mut names: Vec<(String, LayerKind)> = Vec::new();
+    for c in calls {
+        if c.kind != LayerKind::Matmul && !names.iter().any(|(n, _)| *n == c.name) {
+            names.push((c.name.clone(), c.kind));
+        }
+    }
+    let first = names.iter().position(|(_, k)| *k == LayerKind::Conv2d);
+    let last = names.len().checked_sub(1);
+    let mut config = preset.clone().without_matmuls();
+    config.name = format!("{} (EfficientDM policy)", preset.name);
+    let mut plan = PolicyPlan {
+        config,
+        lora: vec![],
+        frozen: vec![],
+        fp: vec![],
+    };
+    for (i, (name, _)) in names.iter().enumerate() {
+        let treatment = if Some(i) == first || Some(i) == last {
+            policy.edges
+        } else if is_time_embedding(name) {
+            policy.time_embedding
+        } else if is_skip(name) {
+            policy.skip
+        } else if is_downsample(name) {
+            policy.downsample
+        } else {
+            Treatment::Lora
+        };
+        match treatment {
+            Treatment::Lora => {
+                if preset.weight.is_none() {
+                    plan.fp.push(name.clone());
+                } else {
+                    plan.lora.push(name.clone());
+                }
+            }
+            Treatment::Int8Frozen => {
+                plan.config
+                    .rules
+                    .push(LayerRule::bits(name, Some(8), Some(8))?);
+                plan.frozen.push(name.clone());
+            }
+            Treatment::Fp => {
+                plan.config.rules.push(LayerRule::fp(name));
+                plan.fp.push(name.clone());
+            }
+        }
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(name: &str, kind: LayerKind) -> LayerCall {
+        LayerCall {
+            name: name.into(),
+            kind,
+            weight_shape: vec![4, 4],
+            macs: 1,
+        }
+    }
+
+    #[test]
+    fn classes_follow_the_graph() {
+        use LayerKind::*;
+        let calls = vec![
+            call("time_embedding.linear_1", Linear),
+            call("time_embedding.linear_2", Linear),
+            call("conv_in", Conv2d),
+            call("down_blocks.0.resnets.0.conv1", Conv2d),
+            call("down_blocks.0.resnets.0.conv_shortcut", Conv2d),
+            call("down_blocks.0.downsamplers.0.conv", Conv2d),
+            call("mid_block.attentions.0.qk", Matmul),
+            call("mid_block.attentions.0.to_q", Linear),
+            call("conv_out", Conv2d),
+        ];
+        let p = plan_layers(
+            &QuantConfig::preset("W4A4").unwrap(),
+            &calls,
+            &LayerPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.frozen,
+            vec![
+                "time_embedding.linear_1",
+                "time_embedding.linear_2",
+                "conv_in",
+                "conv_out"
+            ]
+        );
+        assert_eq!(
+            p.lora,
+            vec![
+                "down_blocks.0.resnets.0.conv1",
+                "mid_block.attentions.0.to_q"
+            ]
+        );
+        assert_eq!(
+            p.fp,
+            vec![
+                "down_blocks.0.resnets.0.conv_shortcut",
+                "down_blocks.0.downsamplers.0.conv"
+            ]
+        );
+        assert!(p.config.matmul.is_none() && p.config.softmax.is_none());
+        // DiT names: the per-block timestep MLP is frozen, the adaLN linear is trained
+        let dit = vec![
+            call("pos_embed.proj", Conv2d),
+            call(
+                "transformer_blocks.0.norm1.emb.timestep_embedder.linear_1",
+                Linear,
+            ),
+            call("transformer_blocks.0.norm1.linear", Linear),
+            call("proj_out_2", Linear),
+        ];
+        let policy = LayerPolicy {
+            skip: Treatment::Lora,
+            ..LayerPolicy::default()
+        };
+        let p = plan_layers(&QuantConfig::preset("W4A8").unwrap(), &dit, &policy).unwrap();
+        assert_eq!(p.lora, vec!["transformer_blocks.0.norm1.linear"]);
+        assert_eq!(p.frozen.len(), 3);
+    }
+}

@@ -1,0 +1,152 @@
+//! Helpers shared by the result-table examples (`ptq`, `efficientdm`): sampling with a
+//! progress bar, and the FP-vs-quantized sample grid PNG.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use dmq::eval::harness::{SampleSpec, generate};
+use dmq::eval::progress::Progress;
+use dmq::models::dit::DiT;
+use dmq::models::scheduler::DdimScheduler;
+use dmq::models::unet::UNet2DModel;
+use dmq::models::{Denoiser, HostTensor};
+
+pub type Error = Box<dyn std::error::Error>;
+
+/// A default model the examples can quantize.
+pub trait Model: Denoiser + Module + Clone {}
+impl Model for UNet2DModel {}
+impl Model for DiT {}
+
+/// `spec.n` samples from `model` with a progress bar; returns them and the seconds taken.
+pub fn sample_images<M: Denoiser>(
+    model: &M,
+    sched: &DdimScheduler,
+    spec: &SampleSpec,
+    label: &str,
+    device: &Device,
+) -> Result<(HostTensor, f64), Error> {
+    let mut bar = Progress::new(label, spec.n as u64, 0);
+    let t = Instant::now();
+    let images = generate(model, sched, spec, device, &mut |done, _| {
+        bar.set(done as u64, "")
+    })?;
+    bar.finish();
+    Ok((images, t.elapsed().as_secs_f64()))
+}
+
+/// The first 40 FP samples (left) next to the same-noise quantized samples (right), as PNG.
+pub fn grid_png(
+    path: &Path,
+    fp: &HostTensor,
+    q: &HostTensor,
+    device: &Device,
+) -> Result<(), Error> {
+    let n = fp.shape[0].min(40);
+    let take = |h: &HostTensor| {
+        let per: usize = h.shape[1..].iter().product();
+        Tensor::<4>::from_data(
+            TensorData::new(
+                h.data[..n * per].to_vec(),
+                [n, h.shape[1], h.shape[2], h.shape[3]],
+            ),
+            device,
+        )
+    };
+    let a = dmq::eval::image::grid(take(fp), 10, 2)?;
+    let b = dmq::eval::image::grid(take(q), 10, 2)?;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    dmq::eval::image::side_by_side(&[a, b], 12).save_png(path)?;
+    Ok(())
+}
+
+/// The calibration set of `name` (`n` FP trajectories, `steps_kept` of `sched`'s steps, CFG
+/// `guidance`), loaded from `work` or recorded there; returns it and the seconds taken.
+pub fn calib_set<M: Denoiser>(
+    fp: &M,
+    sched: &DdimScheduler,
+    name: &str,
+    (n, steps_kept): (usize, usize),
+    guidance: f64,
+    work: &Path,
+    device: &Device,
+) -> Result<(dmq::calib::CalibSet, f64), Error> {
+    use dmq::calib::{CalibSet, RecordOptions};
+    use dmq::models::scheduler::Scheduler;
+    std::fs::create_dir_all(work)?;
+    let path = work.join(format!(
+        "{name}-calib-n{n}-s{steps_kept}-{}.safetensors",
+        sched.num_steps()
+    ));
+    let t = Instant::now();
+    let calib = match CalibSet::load(&path) {
+        Ok(c) => c,
+        Err(_) => {
+            let c = CalibSet::record(
+                fp,
+                sched,
+                &RecordOptions {
+                    trajectories: n,
+                    steps_kept,
+                    guidance,
+                    batch: n.min(64),
+                    seed: 7,
+                },
+                device,
+            )?;
+            c.save(&path)?;
+            c
+        }
+    };
+    Ok((calib, t.elapsed().as_secs_f64()))
+}
+
+/// A comma-separated flag value as a list (`"W8A8, W4A4"` → `["W8A8", "W4A4"]`).
+pub fn list(s: String) -> Vec<String> {
+    s.split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+/// `--model unet|dit|both` as the list of models to run.
+pub fn model_list(flag: String) -> Vec<String> {
+    if flag == "both" {
+        vec!["unet".into(), "dit".into()]
+    } else {
+        list(flag)
+    }
+}
+
+/// Work done on one default model (generic over the model type).
+pub trait ModelJob {
+    /// Runs on `fp`, called `name` (`unet-fmnist`, `dit-fmnist`).
+    fn run<M: Model>(&mut self, fp: M, name: &str) -> Result<(), Error>;
+}
+
+/// Loads each of `models` (`unet`, `dit`) from `models_dir` and runs `job` on it.
+pub fn for_each_model(
+    models: &[String],
+    models_dir: &Path,
+    device: &Device,
+    job: &mut impl ModelJob,
+) -> Result<(), Error> {
+    for m in models {
+        match m.as_str() {
+            "unet" => job.run(
+                UNet2DModel::from_pretrained(&models_dir.join("unet-fmnist"), device)?,
+                "unet-fmnist",
+            )?,
+            "dit" => job.run(
+                DiT::from_pretrained(models_dir.join("dit-fmnist"), device)?,
+                "dit-fmnist",
+            )?,
+            other => return Err(format!("unknown --model {other}: use unet, dit or both").into()),
+        }
+    }
+    Ok(())
+}
