@@ -1,6 +1,6 @@
 //! Fine-tuning methods of dmq.
 //!
-//! - [`efficientdm`]: EfficientDM (He et al., ICLR 2024; ALGORITHMS.md §3): naive PTQ, then
+//! - [`efficientdm()`]: EfficientDM (He et al., ICLR 2024; ALGORITHMS.md §3): naive PTQ, then
 //!   QALoRA weights ([`dmq_quant::QaLoraQuantizer`], integer base + LoRA offsets inside the
 //!   rounding) and TALSQ activations (one learnable (Δ_x, z_x) per step) trained by data-free
 //!   distillation from the FP model along its own trajectories, with per-layer scale-aware
