@@ -7,7 +7,7 @@
 //! cargo run --release -p dmq-kernels --example conv_table
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -15,19 +15,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use dmq_kernels::conv::{self, Conv2dParams};
 use dmq_kernels::{ActQuant, GemmOptions, gemm_acts_f32, testdata};
 
-fn best(mut f: impl FnMut()) -> f64 {
-    f();
-    let start = Instant::now();
-    let mut best = f64::MAX;
-    for _ in 0..30 {
-        let t = Instant::now();
-        f();
-        best = best.min(t.elapsed().as_secs_f64());
-        if start.elapsed() > Duration::from_millis(1500) {
-            break;
-        }
-    }
-    best
+fn best(f: impl FnMut()) -> f64 {
+    dmq_kernels::peak::min_wall_time(f, 30, Duration::from_millis(1500))
 }
 
 fn main() {

@@ -24,20 +24,8 @@ fn quantize(w: &[f32], n: usize, k: usize, bits: u32) -> QuantizedTensor {
     testdata::quantize_rows(w, n, k, bits).expect("valid shapes")
 }
 
-/// Minimum wall time of `f` over up to 40 runs or about 1.5 s.
-fn best(mut f: impl FnMut()) -> f64 {
-    f();
-    let start = Instant::now();
-    let mut best = f64::MAX;
-    for _ in 0..40 {
-        let t = Instant::now();
-        f();
-        best = best.min(t.elapsed().as_secs_f64());
-        if start.elapsed() > Duration::from_millis(1500) {
-            break;
-        }
-    }
-    best
+fn best(f: impl FnMut()) -> f64 {
+    dmq_kernels::peak::min_wall_time(f, 40, Duration::from_millis(1500))
 }
 
 /// Seconds for `f` run once on each of `threads` threads at the same time.

@@ -135,3 +135,21 @@ unsafe fn vnni_loop(iters: usize) -> i32 {
     }
     _mm512_reduce_add_epi32(s)
 }
+
+/// Minimum wall time in seconds of `f` over up to `max_runs` runs after one warm-up run,
+/// stopping early once `budget` has elapsed (the kernel tables' timer: the minimum is the
+/// least noisy estimate on a shared machine).
+pub fn min_wall_time(mut f: impl FnMut(), max_runs: usize, budget: std::time::Duration) -> f64 {
+    f();
+    let start = std::time::Instant::now();
+    let mut best = f64::MAX;
+    for _ in 0..max_runs.max(1) {
+        let t = std::time::Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+        if start.elapsed() > budget {
+            break;
+        }
+    }
+    best
+}
