@@ -6,6 +6,8 @@
 //!   distillation from the FP model along its own trajectories, with per-layer scale-aware
 //!   LoRA learning rates. [`finalize`] moves TALSQ to the sampling schedule and rounds z_x so
 //!   the model equals its integer export ([`dmq_calib::export_layers`]).
+//! - [`quest_select`]: QuEST's layer selection (time-embedding and activation-sensitive sets,
+//!   the fine-tuned parameter fraction); the QuEST fine-tuning stages build on it.
 //!
 //! ```no_run
 //! use burn::tensor::Device;
@@ -34,6 +36,7 @@ pub mod efficientdm;
 pub mod error;
 pub mod lr;
 pub mod policy;
+pub mod quest_select;
 pub mod student;
 
 pub use efficientdm::{
@@ -42,6 +45,7 @@ pub use efficientdm::{
 pub use error::{FinetuneError, Result};
 pub use lr::{LayerLr, LrConfig, layer_lrs, lr_scheduler};
 pub use policy::{LayerPolicy, PolicyPlan, Treatment, plan_layers};
+pub use quest_select::{QuestSelection, SelectionRules, on_time_embedding_path, select_layers};
 pub use student::{
     StudentOptions, StudentReport, build_student, finalize, is_sub_grid, set_trainable, talsq,
     trainable_count,

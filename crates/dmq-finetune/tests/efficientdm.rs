@@ -593,6 +593,68 @@ fn dit_with_guidance(device: &Device) {
     assert!(out.iter().all(|v| v.is_finite()));
 }
 
+/// QuEST's sets on the tiny models' real inventories (shared test file: the same fixtures).
+fn quest_layer_selection(device: &Device) {
+    use dmq_finetune::{SelectionRules, select_layers};
+    let calls = dmq_models::layer_inventory(&tiny_unet(device), device).unwrap();
+    let sel = select_layers(&calls, &SelectionRules::for_model(&calls)).unwrap();
+    assert!(!sel.time_embedding.is_empty());
+    assert!(
+        sel.time_embedding
+            .iter()
+            .all(|n| n.ends_with(".time_emb_proj")),
+        "{sel:?}"
+    );
+    assert!(!sel.sensitive.is_empty());
+    assert!(
+        sel.sensitive
+            .iter()
+            .all(|n| n.ends_with(".to_q") || n.ends_with(".to_k") || n.ends_with(".to_v"))
+    );
+    assert!(!sel.stage_b_acts.iter().any(|n| n.contains("time_emb")));
+    assert!(sel.stage_b_acts.iter().any(|n| n == "conv_in"));
+    // closed form: weight + bias of every selected layer over all linear/conv layers
+    let p =
+        |c: &dmq_models::LayerCall| c.weight_shape.iter().product::<usize>() + c.weight_shape[0];
+    let mut seen = std::collections::BTreeSet::new();
+    let dense: Vec<_> = calls
+        .iter()
+        .filter(|c| c.kind != dmq_models::layers::LayerKind::Matmul && seen.insert(c.name.clone()))
+        .collect();
+    let tuned: usize = dense
+        .iter()
+        .filter(|c| sel.time_embedding.contains(&c.name) || sel.sensitive.contains(&c.name))
+        .map(|c| p(c))
+        .sum();
+    assert_eq!(sel.tuned_params, tuned);
+    assert!(sel.tuned_fraction() > 0.0 && sel.tuned_fraction() < 0.5);
+    // DiT defaults: adaLN modulation + timestep MLP in stage A, FF and self-attention in B
+    let dcalls = dmq_models::layer_inventory(&tiny_dit(device), device).unwrap();
+    let d = select_layers(&dcalls, &SelectionRules::for_model(&dcalls)).unwrap();
+    assert!(d.time_embedding.iter().any(|n| n.ends_with("norm1.linear")));
+    assert!(
+        d.time_embedding
+            .iter()
+            .any(|n| n.contains("timestep_embedder.linear_"))
+    );
+    assert!(d.sensitive.iter().any(|n| n.contains(".ff.net.")));
+    assert!(d.stage_b_acts.iter().any(|n| n == "pos_embed.proj"));
+    // a pattern that matches nothing, or overlapping sets, is an error
+    let bad = SelectionRules {
+        sensitive: vec!["*.to_qq".into()],
+        ..SelectionRules::unet()
+    };
+    assert!(matches!(
+        select_layers(&calls, &bad),
+        Err(FinetuneError::Option(_))
+    ));
+    let overlap = SelectionRules {
+        sensitive: vec!["*.time_emb_proj".into()],
+        ..SelectionRules::unet()
+    };
+    assert!(select_layers(&calls, &overlap).is_err());
+}
+
 macro_rules! per_backend {
     ($($name:ident),*) => {
         #[cfg(feature = "flex")]
@@ -609,5 +671,6 @@ per_backend!(
     student_policy_and_learning_rates,
     talsq_indexing_and_resampling,
     distillation_checkpoint_and_export,
-    dit_with_guidance
+    dit_with_guidance,
+    quest_layer_selection
 );
