@@ -194,6 +194,8 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
             &dmq::quant::QuantizedFile::load(&export_path)?,
             device,
         )?;
+        // loaded parameters are trainable by default: sampling would record an autodiff graph
+        let loaded = loaded.no_grad();
         let rt = round_trip_error(&deployed, &loaded, &sched, device)?;
         eprintln!(
             "{name} {preset_name}: export loaded back, max |Δ output| = {rt:.2e} over {} steps",

@@ -193,7 +193,8 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
                 "naive" => {
                     let mut m = fp.clone();
                     ptq(&mut m, &qcfg, &calib, &PtqOptions::default(), device)?;
-                    m
+                    // quantizer parameters are trainable: sampling would record a graph
+                    m.no_grad()
                 }
                 "qdiffusion" => {
                     let opts = ReconOptions {
