@@ -24,11 +24,11 @@ use dmq::calib::{QuantConfig, export_layers, layer_bits, model_bytes};
 use dmq::eval::classifier::FmnistClassifier;
 use dmq::eval::cli::{FlagError, Flags};
 use dmq::eval::data::fashion_mnist::{DEFAULT_DIR, Split, load_split};
-use dmq::eval::harness::{Reference, SampleSpec, bitops_per_image, score};
+use dmq::eval::harness::{Reference, SampleSpec, Scores, bitops_per_image, score};
 use dmq::eval::plot::line_chart_png;
 use dmq::eval::progress::Progress;
 use dmq::eval::report::{ResultRow, git_commit, read_rows, upsert_row, write_markdown};
-use dmq::finetune::{EfficientDmConfig, StudentOptions, efficientdm, finalize};
+use dmq::finetune::{EfficientDmConfig, StudentOptions, build_student, efficientdm, finalize};
 use dmq::infer::load_export;
 use dmq::models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
 use dmq::models::{ForwardCtx, HostTensor, layer_inventory};
@@ -54,6 +54,7 @@ struct Args {
     out: PathBuf,
     work: PathBuf,
     models_dir: PathBuf,
+    score_init: bool,
 }
 
 fn parse_args(f: &Flags) -> Result<Args, FlagError> {
@@ -74,6 +75,7 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
         out: f.get("out", PathBuf::from("docs/results"))?,
         work: f.get("work", PathBuf::from("runs/ptq"))?,
         models_dir: f.get("models-dir", PathBuf::from("assets/models"))?,
+        score_init: !f.switch("skip-init"),
     })
 }
 
@@ -119,6 +121,122 @@ fn round_trip_error<M: Model>(
     Ok(worst)
 }
 
+/// What every scored model of one run shares.
+struct Ctx<'a, M: Model> {
+    args: &'a Args,
+    name: &'a str,
+    fp: &'a M,
+    sched: &'a DdimScheduler,
+    spec: &'a SampleSpec,
+    classifier: &'a FmnistClassifier,
+    reference: &'a Reference,
+    fp_images: &'a HostTensor,
+    calls: &'a [dmq::models::LayerCall],
+    cfg_calls: bool,
+    device: &'a Device,
+}
+
+/// A deployed model scored through its integer export.
+struct Evaluated<M> {
+    loaded: M,
+    scores: Scores,
+    bitops: f64,
+    round_trip: f32,
+    sample_s: f64,
+}
+
+impl<M: Model> Evaluated<M> {
+    fn row(
+        &self,
+        ctx: &Ctx<'_, M>,
+        preset: &QuantConfig,
+        method: &str,
+        wall_s: f64,
+        extra: serde_json::Value,
+    ) -> Result<ResultRow, Error> {
+        let s = &self.scores;
+        Ok(ResultRow {
+            model: ctx.name.into(),
+            method: method.into(),
+            w_bits: preset.weight.map_or(32, |s| s.cost_bits()),
+            a_bits: preset.act.map_or(32, |s| s.cost_bits()),
+            steps: ctx.args.steps,
+            samples: ctx.args.samples,
+            fd_test: s.fd_test,
+            fd_fp: s.fd_fp,
+            psnr_fp: s.fidelity.psnr,
+            ssim_fp: s.fidelity.ssim,
+            class_acc: s.class_acc,
+            bitops: self.bitops,
+            model_bytes: model_bytes(&self.loaded, ctx.args.steps)?,
+            wall_s,
+            command: command(),
+            commit: git_commit(),
+            extra,
+        })
+    }
+}
+
+/// Exports `deployed` (merged integer layers), loads the export back into a fresh FP model,
+/// checks the round trip, then samples and scores the loaded model; writes its sample grid
+/// as `<out>/efficientdm/<tag>.png`.
+fn deploy_and_score<M: Model>(
+    ctx: &Ctx<'_, M>,
+    deployed: M,
+    tag: &str,
+    method: &str,
+) -> Result<Evaluated<M>, Error> {
+    let (args, device) = (ctx.args, ctx.device);
+    let file = export_layers(&deployed, args.steps)?;
+    let export_path = args.work.join(format!("{tag}-{method}-int.safetensors"));
+    file.save(&export_path)?;
+    let mut loaded = ctx.fp.clone();
+    load_export(
+        &mut loaded,
+        &dmq::quant::QuantizedFile::load(&export_path)?,
+        device,
+    )?;
+    // loaded parameters are trainable by default: sampling would record an autodiff graph
+    let loaded = loaded.no_grad();
+    let round_trip = round_trip_error(&deployed, &loaded, ctx.sched, device)?;
+    eprintln!(
+        "{tag} {method}: export loaded back, max |Δ output| = {round_trip:.2e} over {} steps",
+        args.steps
+    );
+    let (images, sample_s) = sample_images(
+        &loaded,
+        ctx.sched,
+        ctx.spec,
+        &format!("{tag} {method}"),
+        device,
+    )?;
+    let scores = score(
+        ctx.classifier,
+        ctx.reference,
+        &images,
+        loaded.info().num_classes,
+        device,
+    )?;
+    let bitops =
+        bitops_per_image(ctx.calls, &layer_bits(&loaded), args.steps, ctx.cfg_calls).bitops;
+    grid_png(
+        &args
+            .out
+            .join("efficientdm")
+            .join(format!("{tag}-{method}.png")),
+        ctx.fp_images,
+        &images,
+        device,
+    )?;
+    Ok(Evaluated {
+        loaded,
+        scores,
+        bitops,
+        round_trip,
+        sample_s,
+    })
+}
+
 fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Result<(), Error> {
     let fp = fp.no_grad();
     let info = fp.info();
@@ -152,6 +270,19 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         device,
     )?;
     let json = args.out.join("efficientdm.json");
+    let ctx = Ctx {
+        args,
+        name,
+        fp: &fp,
+        sched: &sched,
+        spec: &spec,
+        classifier: &classifier,
+        reference: &reference,
+        fp_images: &fp_images,
+        calls: &calls,
+        cfg_calls,
+        device,
+    };
     for preset_name in &args.presets {
         let preset = QuantConfig::preset(preset_name)?;
         let cfg = EfficientDmConfig {
@@ -163,6 +294,22 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
             guidance: args.train_cfg,
             ..EfficientDmConfig::default()
         };
+        if args.score_init {
+            // the naive PTQ the fine-tuning starts from, under the same layer policy
+            let t = std::time::Instant::now();
+            let (init, _) = build_student(&fp, &preset, &calib, &eval_ts, &cfg.student, device)?;
+            let init_s = t.elapsed().as_secs_f64();
+            let ev = deploy_and_score(
+                &ctx,
+                finalize(init, &eval_ts)?,
+                &format!("{name}-{preset_name}-init"),
+                "efficientdm-init",
+            )?;
+            upsert_row(&json, ev.row(&ctx, &preset, "efficientdm-init", init_s, serde_json::json!({
+                "cfg": cfg_scale, "what": "EfficientDM's naive PTQ initialisation (its layer policy), before fine-tuning",
+                "export_round_trip_max_abs": ev.round_trip, "sample_s": ev.sample_s, "class_share": ev.scores.class_share,
+            }))?)?;
+        }
         let total = (args.epochs * args.ft_steps) as u64;
         let mut bar = Progress::new(&format!("{name} {preset_name} EfficientDM"), total, 0);
         let ck = args.work.join(format!("{name}-{preset_name}-efficientdm"));
@@ -183,35 +330,14 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         )?;
         bar.finish();
         let deployed = finalize(student, &eval_ts)?;
-        let file = export_layers(&deployed, args.steps)?;
-        let export_path = args
-            .work
-            .join(format!("{name}-{preset_name}-efficientdm-int.safetensors"));
-        file.save(&export_path)?;
-        let mut loaded = fp.clone();
-        load_export(
-            &mut loaded,
-            &dmq::quant::QuantizedFile::load(&export_path)?,
-            device,
+        let ev = deploy_and_score(
+            &ctx,
+            deployed,
+            &format!("{name}-{preset_name}"),
+            "efficientdm",
         )?;
-        // loaded parameters are trainable by default: sampling would record an autodiff graph
-        let loaded = loaded.no_grad();
-        let rt = round_trip_error(&deployed, &loaded, &sched, device)?;
-        eprintln!(
-            "{name} {preset_name}: export loaded back, max |Δ output| = {rt:.2e} over {} steps",
-            args.steps
-        );
-        let label = format!("{name} efficientdm {preset_name}");
-        let (images, sample_s) = sample_images(&loaded, &sched, &spec, &label, device)?;
-        let s = score(&classifier, &reference, &images, info.num_classes, device)?;
-        let bits = bitops_per_image(&calls, &layer_bits(&loaded), args.steps, cfg_calls).bitops;
+        let (s, rt, sample_s) = (&ev.scores, ev.round_trip, ev.sample_s);
         let dir = args.out.join("efficientdm");
-        grid_png(
-            &dir.join(format!("{name}-{preset_name}.png")),
-            &fp_images,
-            &images,
-            device,
-        )?;
         let curve: Vec<(f64, f64)> = rep
             .epoch_losses
             .iter()
@@ -223,30 +349,14 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
             "step",
             &[("loss", &curve)],
         )?;
-        let (w, a) = (
-            preset.weight.map_or(32, |s| s.cost_bits()),
-            preset.act.map_or(32, |s| s.cost_bits()),
-        );
         upsert_row(
             &json,
-            ResultRow {
-                model: name.into(),
-                method: "efficientdm".into(),
-                w_bits: w,
-                a_bits: a,
-                steps: args.steps,
-                samples: args.samples,
-                fd_test: s.fd_test,
-                fd_fp: s.fd_fp,
-                psnr_fp: s.fidelity.psnr,
-                ssim_fp: s.fidelity.ssim,
-                class_acc: s.class_acc,
-                bitops: bits,
-                model_bytes: model_bytes(&loaded, args.steps)?,
-                wall_s: rep.init_s + rep.train_s,
-                command: command(),
-                commit: git_commit(),
-                extra: serde_json::json!({
+            ev.row(
+                &ctx,
+                &preset,
+                "efficientdm",
+                rep.init_s + rep.train_s,
+                serde_json::json!({
                     "cfg": cfg_scale, "train_cfg": args.train_cfg, "ft_steps": args.ft_steps,
                     "epochs": args.epochs, "optimizer_steps": rep.steps, "rank": args.rank,
                     "init_s": rep.init_s, "train_s": rep.train_s, "sample_s": sample_s,
@@ -256,8 +366,9 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
                     "first_epoch_loss": rep.epoch_losses.first().map(|l| l.1),
                     "last_epoch_loss": rep.epoch_losses.last().map(|l| l.1),
                 }),
-            },
+            )?,
         )?;
+        let label = format!("{name} efficientdm {preset_name}");
         eprintln!(
             "{label}: FD test {:.2}, FD fp {:.2}, PSNR {:.2} dB, SSIM {:.3}, class acc {:?}, fine-tune {:.0} s",
             s.fd_test,
@@ -287,14 +398,18 @@ fn write_table(args: &Args) -> Result<(), Error> {
                 .filter(|r| r.method == "fp")
                 .cloned(),
         );
-        for r in &ours {
+        let mut bits: Vec<(u32, u32)> = ours.iter().map(|r| (r.w_bits, r.a_bits)).collect();
+        bits.dedup();
+        for (w, a) in bits {
+            let at = |r: &&ResultRow| r.w_bits == w && r.a_bits == a;
             rows.extend(
                 ptq.iter()
                     .filter(same)
-                    .filter(|p| p.method != "fp" && p.w_bits == r.w_bits && p.a_bits == r.a_bits)
+                    .filter(|p| p.method != "fp")
+                    .filter(at)
                     .cloned(),
             );
-            rows.push((*r).clone());
+            rows.extend(ours.iter().copied().filter(at).cloned());
         }
     }
     let header = format!(
@@ -305,7 +420,7 @@ fn write_table(args: &Args) -> Result<(), Error> {
          data-free distillation on {}-step DDIM (η = 1) trajectories, {} trajectories of batch 2 \
          (CFG {} for the DiT), AdamW with LoRA lr mean(Δ_w)/2500 per layer, Δ_w 1e-6, TALSQ 5e-4, \
          linear decay. The scored model is the merged integer export loaded back into the FP \
-         model. FP, naive and Q-Diffusion rows come from `ptq.json` at the same samples and steps \
+         model; `efficientdm-init` is that same pipeline on the naive initialisation (no fine-tuning). FP, naive and Q-Diffusion rows come from `ptq.json` at the same samples and steps \
          (see `ptq.md` for their settings; note that naive there quantizes the attention matmuls \
          and every layer, EfficientDM keeps the edges at 8 bits). Wall s = fine-tuning (with its \
          naive init) for EfficientDM, calibration/reconstruction for the baselines.\n\n\
