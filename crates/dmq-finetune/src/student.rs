@@ -221,17 +221,18 @@ pub fn set_trainable<M: Denoiser + Module>(model: M) -> M {
     model
 }
 
-fn numel<const D: usize>(p: &Param<burn::tensor::Tensor<D>>) -> usize {
-    p.val().dims().iter().product()
+/// Scalars of `p` if it is trainable, else 0.
+fn trainable<const D: usize>(p: &Param<burn::tensor::Tensor<D>>) -> usize {
+    if p.is_require_grad() {
+        p.val().dims().iter().product()
+    } else {
+        0
+    }
 }
 
 /// Number of trainable scalars in the quantizable layers.
 pub fn trainable_count<M: Denoiser + ?Sized>(model: &M) -> usize {
     let mut n = 0;
-    let count1 =
-        |p: &Param<burn::tensor::Tensor<1>>| if p.is_require_grad() { numel(p) } else { 0 };
-    let count2 =
-        |p: &Param<burn::tensor::Tensor<2>>| if p.is_require_grad() { numel(p) } else { 0 };
     model.for_each_layer(&mut |layer| {
         let (w, a) = match layer {
             LayerRef::Linear(l) => (&l.w_quant, &l.a_quant),
@@ -239,11 +240,11 @@ pub fn trainable_count<M: Denoiser + ?Sized>(model: &M) -> usize {
             LayerRef::Matmul(_) => return,
         };
         if let Some(WeightQuantizer::QaLora(q)) = w {
-            n += count2(&q.lora_a) + count2(&q.lora_b) + count1(&q.delta);
+            n += trainable(&q.lora_a) + trainable(&q.lora_b) + trainable(&q.delta);
         }
         if let Some(ActQuantizer::TimeLsq(t)) = a {
             for s in &t.sets {
-                n += count1(&s.delta) + count1(&s.zero);
+                n += trainable(&s.delta) + trainable(&s.zero);
             }
         }
     });

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{QuantError, Result};
 use crate::qtensor::{AffineParams, QuantizedTensor, check_finite};
-use crate::quantizer::{Quantizer, to_host};
+use crate::quantizer::{Quantizer, check_weight_shape, to_host};
 use crate::spec::{Granularity, QuantSpec};
 use crate::ste::floor_ste;
 
@@ -164,13 +164,7 @@ impl Quantizer for AdaRoundQuantizer {
 
     fn fake_quant<const D: usize>(&self, w: Tensor<D>, _step: usize) -> Result<Tensor<D>> {
         let dims = w.dims();
-        if dims.as_slice() != self.shape.as_slice() {
-            return Err(QuantError::ShapeMismatch {
-                expected: format!("{:?}", self.shape),
-                got: format!("{dims:?}"),
-                context: "AdaRoundQuantizer::fake_quant".into(),
-            });
-        }
+        check_weight_shape(&self.shape, &dims, "AdaRoundQuantizer::fake_quant")?;
         let (qmin, qmax) = self.spec.int_range().unwrap_or((0, 0));
         let d: Tensor<D> = self.broadcast(self.delta.val());
         let z: Tensor<D> = self.broadcast(self.zero.val());
@@ -196,13 +190,7 @@ impl Quantizer for AdaRoundQuantizer {
     fn export<const D: usize>(&self, w: Tensor<D>, step: usize) -> Result<QuantizedTensor> {
         let params = self.affine_params(step)?;
         let shape = w.dims().to_vec();
-        if shape != self.shape {
-            return Err(QuantError::ShapeMismatch {
-                expected: format!("{:?}", self.shape),
-                got: format!("{shape:?}"),
-                context: "AdaRoundQuantizer::export".into(),
-            });
-        }
+        check_weight_shape(&self.shape, &shape, "AdaRoundQuantizer::export")?;
         let (qmin, qmax) = self.spec.int_range().unwrap_or((0, 0));
         let w = to_host(w, "AdaRound export weight")?;
         check_finite(&w, "AdaRound export weight")?;

@@ -20,7 +20,7 @@ use burn::tensor::{Distribution, Tensor, TensorData};
 
 use crate::error::{QuantError, Result};
 use crate::qtensor::{AffineParams, QuantizedTensor, round_scalar};
-use crate::quantizer::{Quantizer, to_host};
+use crate::quantizer::{Quantizer, check_weight_shape, to_host};
 use crate::spec::{Granularity, QuantSpec};
 use crate::ste::round_ste;
 
@@ -144,13 +144,7 @@ impl Quantizer for QaLoraQuantizer {
     /// `x` only supplies the shape (the base codes replace the FP weight).
     fn fake_quant<const D: usize>(&self, x: Tensor<D>, _step: usize) -> Result<Tensor<D>> {
         let dims = x.dims();
-        if dims.as_slice() != self.shape.as_slice() {
-            return Err(QuantError::ShapeMismatch {
-                expected: format!("{:?}", self.shape),
-                got: format!("{dims:?}"),
-                context: "QaLoraQuantizer::fake_quant".into(),
-            });
-        }
+        check_weight_shape(&self.shape, &dims, "QaLoraQuantizer::fake_quant")?;
         let delta = self.delta.val().unsqueeze_dim::<2>(1);
         let zero = self.zero.val().unsqueeze_dim::<2>(1);
         let w = (self.merged_codes()? - zero) * delta;
@@ -167,13 +161,7 @@ impl Quantizer for QaLoraQuantizer {
 
     /// The merged codes (not a re-quantization of `x`): dequantizes to the fake-quant weight.
     fn export<const D: usize>(&self, x: Tensor<D>, _step: usize) -> Result<QuantizedTensor> {
-        if x.dims().as_slice() != self.shape.as_slice() {
-            return Err(QuantError::ShapeMismatch {
-                expected: format!("{:?}", self.shape),
-                got: format!("{:?}", x.dims()),
-                context: "QaLoraQuantizer::export".into(),
-            });
-        }
+        check_weight_shape(&self.shape, &x.dims(), "QaLoraQuantizer::export")?;
         self.merged()
     }
 }

@@ -42,3 +42,15 @@ pub(crate) fn to_host<const D: usize>(t: Tensor<D>, context: &str) -> Result<Vec
             reason: format!("{e:?}"),
         })
 }
+
+/// `Ok` when a weight of shape `got` is the one a per-element quantizer was built for.
+pub(crate) fn check_weight_shape(expected: &[usize], got: &[usize], context: &str) -> Result<()> {
+    if expected == got {
+        return Ok(());
+    }
+    Err(crate::QuantError::ShapeMismatch {
+        expected: format!("{expected:?}"),
+        got: format!("{got:?}"),
+        context: context.into(),
+    })
+}
