@@ -17,26 +17,20 @@
 //! Q-Diffusion rows of `ptq.json` taken at the same samples and steps. Sample grids and loss
 //! curves are PNGs under `docs/results/efficientdm/`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::Device;
-use dmq::calib::{QuantConfig, export_layers, layer_bits, model_bytes};
-use dmq::eval::classifier::FmnistClassifier;
+use dmq::calib::QuantConfig;
 use dmq::eval::cli::{FlagError, Flags};
-use dmq::eval::data::fashion_mnist::{DEFAULT_DIR, Split, load_split};
-use dmq::eval::harness::{Reference, SampleSpec, Scores, bitops_per_image, score};
 use dmq::eval::plot::line_chart_png;
 use dmq::eval::progress::Progress;
-use dmq::eval::report::{ResultRow, git_commit, read_rows, upsert_row, write_markdown};
+use dmq::eval::report::{read_rows, upsert_row, write_markdown};
 use dmq::finetune::{EfficientDmConfig, StudentOptions, build_student, efficientdm, finalize};
-use dmq::infer::load_export;
 use dmq::models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
-use dmq::models::{ForwardCtx, HostTensor, layer_inventory};
 
 mod common;
-use common::{
-    Error, Model, ModelJob, calib_set, for_each_model, grid_png, list, model_list, sample_images,
-};
+use common::deploy::{Ctx, comparison_rows, deploy_and_score};
+use common::{Error, Model, ModelJob, calib_set, eval_sampling, for_each_model, list, model_list};
 
 struct Args {
     models: Vec<String>,
@@ -87,179 +81,12 @@ fn command() -> String {
     )
 }
 
-/// Largest |a − b| between the deployed student and the export loaded back, at every sampling
-/// step on calibration-shaped noise.
-fn round_trip_error<M: Model>(
-    a: &M,
-    b: &M,
-    sched: &DdimScheduler,
-    device: &Device,
-) -> Result<f32, Error> {
-    let info = a.info();
-    let x = dmq::models::noise::NoiseRng::new(5).tensor(
-        [2, info.in_channels, info.sample_size, info.sample_size],
-        device,
-    );
-    let class = info
-        .num_classes
-        .map(|_| dmq::models::sampler::labels(&[1, 2], device));
-    let mut worst = 0f32;
-    for k in 0..sched.num_steps() {
-        let t = sched.timestep(k)? as f32;
-        let ctx = ForwardCtx::new(dmq::models::StepContext {
-            step: k,
-            timestep: t as f64,
-            num_steps: sched.num_steps(),
-        });
-        let tt = burn::tensor::Tensor::<1>::from_floats([t, t], device);
-        let ya = HostTensor::from_tensor(&a.forward(x.clone(), tt.clone(), class.clone(), &ctx)?);
-        let yb = HostTensor::from_tensor(&b.forward(x.clone(), tt, class.clone(), &ctx)?);
-        for (p, q) in ya.data.iter().zip(&yb.data) {
-            worst = worst.max((p - q).abs());
-        }
-    }
-    Ok(worst)
-}
-
-/// What every scored model of one run shares.
-struct Ctx<'a, M: Model> {
-    args: &'a Args,
-    name: &'a str,
-    fp: &'a M,
-    sched: &'a DdimScheduler,
-    spec: &'a SampleSpec,
-    classifier: &'a FmnistClassifier,
-    reference: &'a Reference,
-    fp_images: &'a HostTensor,
-    calls: &'a [dmq::models::LayerCall],
-    cfg_calls: bool,
-    device: &'a Device,
-}
-
-/// A deployed model scored through its integer export.
-struct Evaluated<M> {
-    loaded: M,
-    scores: Scores,
-    bitops: f64,
-    round_trip: f32,
-    sample_s: f64,
-}
-
-impl<M: Model> Evaluated<M> {
-    fn row(
-        &self,
-        ctx: &Ctx<'_, M>,
-        preset: &QuantConfig,
-        method: &str,
-        wall_s: f64,
-        extra: serde_json::Value,
-    ) -> Result<ResultRow, Error> {
-        let s = &self.scores;
-        Ok(ResultRow {
-            model: ctx.name.into(),
-            method: method.into(),
-            w_bits: preset.weight.map_or(32, |s| s.cost_bits()),
-            a_bits: preset.act.map_or(32, |s| s.cost_bits()),
-            steps: ctx.args.steps,
-            samples: ctx.args.samples,
-            fd_test: s.fd_test,
-            fd_fp: s.fd_fp,
-            psnr_fp: s.fidelity.psnr,
-            ssim_fp: s.fidelity.ssim,
-            class_acc: s.class_acc,
-            bitops: self.bitops,
-            model_bytes: model_bytes(&self.loaded, ctx.args.steps)?,
-            wall_s,
-            command: command(),
-            commit: git_commit(),
-            extra,
-        })
-    }
-}
-
-/// Exports `deployed` (merged integer layers), loads the export back into a fresh FP model,
-/// checks the round trip, then samples and scores the loaded model; writes its sample grid
-/// as `<out>/efficientdm/<tag>.png`.
-fn deploy_and_score<M: Model>(
-    ctx: &Ctx<'_, M>,
-    deployed: M,
-    tag: &str,
-    method: &str,
-) -> Result<Evaluated<M>, Error> {
-    let (args, device) = (ctx.args, ctx.device);
-    let file = export_layers(&deployed, args.steps)?;
-    let export_path = args.work.join(format!("{tag}-{method}-int.safetensors"));
-    file.save(&export_path)?;
-    let mut loaded = ctx.fp.clone();
-    load_export(
-        &mut loaded,
-        &dmq::quant::QuantizedFile::load(&export_path)?,
-        device,
-    )?;
-    // loaded parameters are trainable by default: sampling would record an autodiff graph
-    let loaded = loaded.no_grad();
-    let round_trip = round_trip_error(&deployed, &loaded, ctx.sched, device)?;
-    eprintln!(
-        "{tag} {method}: export loaded back, max |Δ output| = {round_trip:.2e} over {} steps",
-        args.steps
-    );
-    let (images, sample_s) = sample_images(
-        &loaded,
-        ctx.sched,
-        ctx.spec,
-        &format!("{tag} {method}"),
-        device,
-    )?;
-    let scores = score(
-        ctx.classifier,
-        ctx.reference,
-        &images,
-        loaded.info().num_classes,
-        device,
-    )?;
-    let bitops =
-        bitops_per_image(ctx.calls, &layer_bits(&loaded), args.steps, ctx.cfg_calls).bitops;
-    grid_png(
-        &args
-            .out
-            .join("efficientdm")
-            .join(format!("{tag}-{method}.png")),
-        ctx.fp_images,
-        &images,
-        device,
-    )?;
-    Ok(Evaluated {
-        loaded,
-        scores,
-        bitops,
-        round_trip,
-        sample_s,
-    })
-}
-
 fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Result<(), Error> {
     let fp = fp.no_grad();
-    let info = fp.info();
-    let cfg_scale = if info.num_classes.is_some() {
-        args.cfg
-    } else {
-        1.0
-    };
-    let sched = DdimScheduler::diffusers(&DdimConfig::new(), args.steps)?;
+    let (cfg_scale, sched, spec) =
+        eval_sampling(&fp, args.steps, args.samples, args.cfg, args.batch)?;
     let train = DdimScheduler::diffusers(&DdimConfig::new().with_eta(1.0), args.ft_steps)?;
     let eval_ts: Vec<f64> = sched.timesteps().iter().map(|&t| t as f64).collect();
-    let spec = SampleSpec {
-        n: args.samples,
-        guidance: cfg_scale,
-        seed: 2024,
-        batch: args.batch,
-    };
-    let classifier = FmnistClassifier::load(Path::new("assets/models/fmnist-classifier"), device)?;
-    let test = load_split(DEFAULT_DIR, Split::Test)?;
-    let calls = layer_inventory(&fp, device)?;
-    let cfg_calls = info.num_classes.is_some() && cfg_scale != 1.0;
-    let (fp_images, _) = sample_images(&fp, &sched, &spec, &format!("{name} fp"), device)?;
-    let reference = Reference::new(&classifier, &test, fp_images.clone(), device)?;
     let (calib, _) = calib_set(
         &fp,
         &sched,
@@ -270,19 +97,16 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         device,
     )?;
     let json = args.out.join("efficientdm.json");
-    let ctx = Ctx {
-        args,
+    let ctx = Ctx::new(
         name,
-        fp: &fp,
-        sched: &sched,
-        spec: &spec,
-        classifier: &classifier,
-        reference: &reference,
-        fp_images: &fp_images,
-        calls: &calls,
-        cfg_calls,
+        &fp,
+        &sched,
+        &spec,
+        &args.work,
+        args.out.join("efficientdm"),
+        command(),
         device,
-    };
+    )?;
     for preset_name in &args.presets {
         let preset = QuantConfig::preset(preset_name)?;
         let cfg = EfficientDmConfig {
@@ -385,33 +209,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
 fn write_table(args: &Args) -> Result<(), Error> {
     let mine = read_rows(&args.out.join("efficientdm.json"))?;
     let ptq = read_rows(&args.out.join("ptq.json")).unwrap_or_default();
-    let mut rows: Vec<ResultRow> = Vec::new();
-    let mut models: Vec<&str> = mine.iter().map(|r| r.model.as_str()).collect();
-    models.dedup();
-    for m in models {
-        let ours: Vec<&ResultRow> = mine.iter().filter(|r| r.model == m).collect();
-        let (steps, samples) = (ours[0].steps, ours[0].samples);
-        let same = |r: &&ResultRow| r.model == m && r.steps == steps && r.samples == samples;
-        rows.extend(
-            ptq.iter()
-                .filter(same)
-                .filter(|r| r.method == "fp")
-                .cloned(),
-        );
-        let mut bits: Vec<(u32, u32)> = ours.iter().map(|r| (r.w_bits, r.a_bits)).collect();
-        bits.dedup();
-        for (w, a) in bits {
-            let at = |r: &&ResultRow| r.w_bits == w && r.a_bits == a;
-            rows.extend(
-                ptq.iter()
-                    .filter(same)
-                    .filter(|p| p.method != "fp")
-                    .filter(at)
-                    .cloned(),
-            );
-            rows.extend(ours.iter().copied().filter(at).cloned());
-        }
-    }
+    let rows = comparison_rows(&mine, &[&ptq]);
     let header = format!(
         "# EfficientDM on the default models\n\n\
          EfficientDM = naive PTQ (channel-wise max weights, per-tensor MSE activations) under the \
@@ -440,26 +238,4 @@ fn write_table(args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
-fn main() {
-    let args = parse_args(&Flags::from_env()).unwrap_or_else(|e| Flags::exit_usage(e));
-    let device = Device::flex().autodiff();
-    let result = (|| -> Result<(), Error> {
-        struct Job<'a>(&'a Args, &'a Device);
-        impl ModelJob for Job<'_> {
-            fn run<M: Model>(&mut self, fp: M, name: &str) -> Result<(), Error> {
-                run_model(fp, name, self.0, self.1)
-            }
-        }
-        for_each_model(
-            &args.models,
-            &args.models_dir,
-            &device,
-            &mut Job(&args, &device),
-        )?;
-        write_table(&args)
-    })();
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-}
+model_main!(parse_args, run_model, write_table);

@@ -25,15 +25,15 @@ use dmq::calib::{
 use dmq::eval::classifier::FmnistClassifier;
 use dmq::eval::cli::{FlagError, Flags};
 use dmq::eval::data::fashion_mnist::{DEFAULT_DIR, Split, load_split};
-use dmq::eval::harness::{Reference, SampleSpec, Scores, bitops_per_image, score};
+use dmq::eval::harness::{Reference, Scores, bitops_per_image, score};
 use dmq::eval::progress::Progress;
 use dmq::eval::report::{ResultRow, git_commit, read_rows, upsert_row, write_markdown};
 use dmq::models::layer_inventory;
-use dmq::models::scheduler::{DdimConfig, DdimScheduler};
 
 mod common;
 use common::{
-    Error, Model, ModelJob, calib_set, for_each_model, grid_png, list, model_list, sample_images,
+    Error, Model, ModelJob, calib_set, eval_sampling, for_each_model, grid_png, list, model_list,
+    sample_images,
 };
 
 struct Args {
@@ -119,18 +119,8 @@ fn preset_bits(cfg: &QuantConfig) -> (u32, u32) {
 fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Result<(), Error> {
     let fp = fp.no_grad();
     let info = fp.info();
-    let cfg_scale = if info.num_classes.is_some() {
-        args.cfg
-    } else {
-        1.0
-    };
-    let sched = DdimScheduler::diffusers(&DdimConfig::new(), args.steps)?;
-    let spec = SampleSpec {
-        n: args.samples,
-        guidance: cfg_scale,
-        seed: 2024,
-        batch: args.batch,
-    };
+    let (cfg_scale, sched, spec) =
+        eval_sampling(&fp, args.steps, args.samples, args.cfg, args.batch)?;
     let classifier = FmnistClassifier::load(Path::new("assets/models/fmnist-classifier"), device)?;
     let test = load_split(DEFAULT_DIR, Split::Test)?;
     let json = args.out.join("ptq.json");
@@ -286,47 +276,29 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
     Ok(())
 }
 
-fn main() {
-    let args = parse_args(&Flags::from_env()).unwrap_or_else(|e| Flags::exit_usage(e));
-    let device = Device::flex().autodiff();
-    let result = (|| -> Result<(), Error> {
-        struct Job<'a>(&'a Args, &'a Device);
-        impl ModelJob for Job<'_> {
-            fn run<M: Model>(&mut self, fp: M, name: &str) -> Result<(), Error> {
-                run_model(fp, name, self.0, self.1)
-            }
-        }
-        for_each_model(
-            &args.models,
-            &args.models_dir,
-            &device,
-            &mut Job(&args, &device),
-        )?;
-        let json = args.out.join("ptq.json");
-        let rows = read_rows(&json)?;
-        let header = format!(
-            "# PTQ baselines on the default models\n\n\
-             FD is the Fréchet distance of the metric classifier's penultimate features (not FID), \
-             against the 10k Fashion-MNIST test images and against the FP model's samples from the \
-             same noise; PSNR/SSIM are against those FP samples. DDIM (η = 0), CFG {} for the DiT. \
-             BitOPs per image summed over all steps (CFG counts both branches). Naive = round-to-nearest \
-             weights per channel (MSE ranges) + per-tensor activations (MSE ranges, one set for all steps), \
-             attention matmuls quantized (softmax unsigned). Q-Diffusion = AdaRound block reconstruction \
-             + activation step-size reconstruction; iterations per unit are in each row's `extra`.\n\n\
-             Machine: 2-core x86-64 (AVX-512), flex backend. Command: `{}`",
-            args.cfg,
-            rows.last().map(|r| r.command.as_str()).unwrap_or("")
-        );
-        write_markdown(
-            &args.out.join("ptq.md"),
-            &header,
-            &rows,
-            "Wall s = calibration/reconstruction time (0 for FP); sampling times are in the JSON `extra`.",
-        )?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+fn write_table(args: &Args) -> Result<(), Error> {
+    let json = args.out.join("ptq.json");
+    let rows = read_rows(&json)?;
+    let header = format!(
+        "# PTQ baselines on the default models\n\n\
+         FD is the Fréchet distance of the metric classifier's penultimate features (not FID), \
+         against the 10k Fashion-MNIST test images and against the FP model's samples from the \
+         same noise; PSNR/SSIM are against those FP samples. DDIM (η = 0), CFG {} for the DiT. \
+         BitOPs per image summed over all steps (CFG counts both branches). Naive = round-to-nearest \
+         weights per channel (MSE ranges) + per-tensor activations (MSE ranges, one set for all steps), \
+         attention matmuls quantized (softmax unsigned). Q-Diffusion = AdaRound block reconstruction \
+         + activation step-size reconstruction; iterations per unit are in each row's `extra`.\n\n\
+         Machine: 2-core x86-64 (AVX-512), flex backend. Command: `{}`",
+        args.cfg,
+        rows.last().map(|r| r.command.as_str()).unwrap_or("")
+    );
+    write_markdown(
+        &args.out.join("ptq.md"),
+        &header,
+        &rows,
+        "Wall s = calibration/reconstruction time (0 for FP); sampling times are in the JSON `extra`.",
+    )?;
+    Ok(())
 }
+
+model_main!(parse_args, run_model, write_table);

@@ -13,6 +13,9 @@ use dmq::models::scheduler::DdimScheduler;
 use dmq::models::unet::UNet2DModel;
 use dmq::models::{Denoiser, HostTensor};
 
+#[allow(dead_code)] // used by the fine-tuning examples, not by ptq
+pub mod deploy;
+
 pub type Error = Box<dyn std::error::Error>;
 
 /// A default model the examples can quantize.
@@ -105,6 +108,31 @@ pub fn calib_set<M: Denoiser>(
     Ok((calib, t.elapsed().as_secs_f64()))
 }
 
+/// The evaluation sampling of every result table: DDIM (η = 0) with `steps` steps and
+/// `samples` images from seed 2024, CFG `cfg` for class-conditional models (1 otherwise).
+pub fn eval_sampling<M: Denoiser>(
+    fp: &M,
+    steps: usize,
+    samples: usize,
+    cfg: f64,
+    batch: usize,
+) -> Result<(f64, DdimScheduler, SampleSpec), Error> {
+    use dmq::models::scheduler::DdimConfig;
+    let cfg_scale = if fp.info().num_classes.is_some() {
+        cfg
+    } else {
+        1.0
+    };
+    let sched = DdimScheduler::diffusers(&DdimConfig::new(), steps)?;
+    let spec = SampleSpec {
+        n: samples,
+        guidance: cfg_scale,
+        seed: 2024,
+        batch,
+    };
+    Ok((cfg_scale, sched, spec))
+}
+
 /// A comma-separated flag value as a list (`"W8A8, W4A4"` → `["W8A8", "W4A4"]`).
 pub fn list(s: String) -> Vec<String> {
     s.split(',')
@@ -149,4 +177,36 @@ pub fn for_each_model(
         }
     }
     Ok(())
+}
+
+/// The `main` of a result-table example: `$parse` the flags into `Args` (with `models` and
+/// `models_dir` fields), run `$run(fp, name, &args, &device)` on every `--model` (flex, autodiff
+/// device), then `$finish(&args)`; any error is printed and exits with status 1.
+#[macro_export]
+macro_rules! model_main {
+    ($parse:path, $run:path, $finish:path) => {
+        fn main() {
+            let args = $parse(&Flags::from_env()).unwrap_or_else(|e| Flags::exit_usage(e));
+            let device = Device::flex().autodiff();
+            let result = (|| -> Result<(), Error> {
+                struct Job<'a>(&'a Args, &'a Device);
+                impl ModelJob for Job<'_> {
+                    fn run<M: Model>(&mut self, fp: M, name: &str) -> Result<(), Error> {
+                        $run(fp, name, self.0, self.1)
+                    }
+                }
+                for_each_model(
+                    &args.models,
+                    &args.models_dir,
+                    &device,
+                    &mut Job(&args, &device),
+                )?;
+                $finish(&args)
+            })();
+            if let Err(e) = result {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+    };
 }

@@ -26,9 +26,10 @@ pub use error::{CalibError, Result};
 pub use export::{export_layers, layer_bits, model_bytes};
 pub use glob::glob_match;
 pub use ptq::{
-    PtqOptions, PtqReport, TimeGrouping, calibrate_activations, clear_quantizers, ptq,
-    quantize_weights,
+    PtqOptions, PtqReport, TimeGrouping, calibrate_activations, capture_inputs, clear_quantizers,
+    concat_rows, ptq, quantize_weights,
 };
 pub use recon::{
-    ReconCheckpoint, ReconOptions, ReconProgress, ReconReport, Unit, qdiffusion, units,
+    ReconCheckpoint, ReconOptions, ReconProgress, ReconReport, Unit, qdiffusion,
+    restore_weight_rounding, units,
 };

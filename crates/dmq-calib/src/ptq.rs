@@ -175,7 +175,7 @@ pub fn act_channel_axis(rank: usize) -> usize {
 /// Concatenates captured inputs along axis 0, keeping at most about `max_values` values:
 /// whole leading rows picked at an even stride over all parts, so every captured step keeps
 /// its share.
-fn concat_rows(parts: &[HostTensor], max_values: usize, layer: &str) -> Result<HostTensor> {
+pub fn concat_rows(parts: &[HostTensor], max_values: usize, layer: &str) -> Result<HostTensor> {
     let first = parts
         .first()
         .ok_or_else(|| CalibError::CalibSet(format!("no input captured for '{layer}'")))?;

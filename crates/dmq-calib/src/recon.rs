@@ -407,6 +407,69 @@ pub fn restore_quantizer_state<M: Denoiser + ?Sized>(
     err.map_or(Ok(()), Err)
 }
 
+/// QuEST's `--resume_w` (ALGORITHMS.md §5.3): attaches `plans`' weight quantizers to `model`
+/// (range init `init`, which must be the one the checkpoint's run used) and restores the
+/// hard AdaRound rounding of a [`qdiffusion`] checkpoint whose weight phase is complete. The
+/// checkpoint's activation state is ignored. Returns the number of AdaRound layers.
+///
+/// Errors if the checkpoint is missing, its weight phase unfinished, or a quantized layer of
+/// `plans` has no (or a differently sized) rounding in it.
+pub fn restore_weight_rounding<M: Denoiser + ?Sized>(
+    model: &mut M,
+    plans: &[LayerPlan],
+    init: &dmq_quant::RangeInit,
+    ck: &ReconCheckpoint,
+    device: &Device,
+) -> Result<usize> {
+    let file_err = |reason: String| CalibError::File {
+        path: ck.path.clone(),
+        reason,
+    };
+    let Some((state, file)) = ck.load()? else {
+        return Err(file_err(
+            "no Q-Diffusion checkpoint there: run the weight reconstruction first".into(),
+        ));
+    };
+    let n_units = units(&dmq_models::layer_inventory(&*model, device)?).len();
+    if state.weight_units_done < n_units {
+        return Err(file_err(format!(
+            "its weight phase is unfinished ({} of {n_units} units)",
+            state.weight_units_done
+        )));
+    }
+    for p in plans.iter().filter(|p| p.weight.is_some()) {
+        let hard = file.float.get(&format!("{}.v_hard", p.name));
+        if hard.is_none_or(|(_, m)| m.first() != Some(&1.0)) {
+            return Err(file_err(format!(
+                "no hard AdaRound rounding for quantized layer '{}' (another model or preset?)",
+                p.name
+            )));
+        }
+    }
+    quantize_weights(model, plans, init)?;
+    let weights_only = QuantizedFile {
+        float: file
+            .float
+            .into_iter()
+            .filter(|(k, _)| k.ends_with(".v") || k.ends_with(".v_hard"))
+            .collect(),
+        ..QuantizedFile::default()
+    };
+    restore_quantizer_state(model, &weights_only)?;
+    let mut n = 0;
+    model.for_each_layer(&mut |layer| {
+        let w = match layer {
+            dmq_models::layers::LayerRef::Linear(l) => &l.w_quant,
+            dmq_models::layers::LayerRef::Conv2d(l) => &l.w_quant,
+            dmq_models::layers::LayerRef::Matmul(_) => return,
+        };
+        if matches!(w, Some(WeightQuantizer::AdaRound(_))) {
+            n += 1;
+        }
+    });
+    Ok(n)
+}
+
 fn restore_weight<const D: usize>(
     name: &str,
     slot: &mut Option<WeightQuantizer>,

@@ -38,6 +38,18 @@ pub enum FinetuneError {
         /// Sampling step within the trajectory.
         step: usize,
     },
+    /// A QuEST stage produced a NaN or infinite loss.
+    #[error(
+        "QuEST stage {stage} loss is {loss} in timestep group {group}: lower the learning rates or check the calibration data"
+    )]
+    NonFiniteStage {
+        /// The loss.
+        loss: f64,
+        /// `"A"` or `"B"`.
+        stage: &'static str,
+        /// Timestep group.
+        group: usize,
+    },
     /// A checkpoint belongs to another run or cannot be used.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {

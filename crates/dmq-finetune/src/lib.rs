@@ -6,8 +6,11 @@
 //!   distillation from the FP model along its own trajectories, with per-layer scale-aware
 //!   LoRA learning rates. [`finalize`] moves TALSQ to the sampling schedule and rounds z_x so
 //!   the model equals its integer export ([`dmq_calib::export_layers`]).
-//! - [`quest_select`]: QuEST's layer selection (time-embedding and activation-sensitive sets,
-//!   the fine-tuned parameter fraction); the QuEST fine-tuning stages build on it.
+//! - [`quest()`]: QuEST (Wang et al., ICCV 2025; ALGORITHMS.md §5): Q-Diffusion AdaRound
+//!   weights with a floor STE, timestep-grouped (per-channel at 4 bits) activations, then
+//!   time-embedding alignment (stage A) and activation-sensitive layer fine-tuning (stage B)
+//!   of the layers [`quest_select`] picks; [`quest_sensitivity`] measures the per-layer
+//!   sensitivity that justifies the selection.
 //!
 //! ```no_run
 //! use burn::tensor::Device;
@@ -36,7 +39,9 @@ pub mod efficientdm;
 pub mod error;
 pub mod lr;
 pub mod policy;
+pub mod quest;
 pub mod quest_select;
+pub mod quest_sensitivity;
 pub mod student;
 
 pub use efficientdm::{
@@ -45,7 +50,14 @@ pub use efficientdm::{
 pub use error::{FinetuneError, Result};
 pub use lr::{LayerLr, LrConfig, layer_lrs, lr_scheduler};
 pub use policy::{LayerPolicy, PolicyPlan, Treatment, plan_layers};
+pub use quest::{
+    QuestConfig, QuestLoss, QuestProgress, QuestReport, QuestStudent, Stage, quest, quest_finetune,
+    quest_loss, quest_plans, quest_student, quest_tuned_scalars, set_quest_trainable, tap_mse,
+};
 pub use quest_select::{QuestSelection, SelectionRules, on_time_embedding_path, select_layers};
+pub use quest_sensitivity::{
+    SensitivityOptions, SensitivityRow, layer_sensitivity, sensitivity_by_set,
+};
 pub use student::{
     StudentOptions, StudentReport, build_student, finalize, is_sub_grid, set_trainable, talsq,
     trainable_count,

@@ -4,71 +4,23 @@
 
 use burn::module::Param;
 use burn::tensor::{Device, Distribution, Tensor};
-use dmq_calib::{CalibSet, QuantConfig, RecordOptions, export_layers};
+use dmq_calib::{QuantConfig, export_layers};
 use dmq_finetune::{
     EfficientDmConfig, FinetuneError, LrConfig, StudentOptions, build_student, efficientdm,
     finalize, layer_lrs, lr_scheduler, talsq, trainable_count,
 };
-use dmq_models::dit::{DiT, DiTConfig};
+use dmq_models::Denoiser;
 use dmq_models::layers::LayerRef;
 use dmq_models::noise::NoiseRng;
 use dmq_models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
-use dmq_models::unet::UNet2DModel;
-use dmq_models::{Denoiser, ForwardCtx, HostTensor, StepContext};
 use dmq_quant::{
     ActQuantizer, AffineParams, QaLoraQuantizer, QuantSpec, Quantizer, RangeInit, WeightQuantizer,
     init_params,
 };
 
-fn tiny_unet(device: &Device) -> UNet2DModel {
-    UNet2DModel::new(&dmq_models::defaults::tiny_unet().unwrap(), device).unwrap()
-}
-
-fn tiny_dit(device: &Device) -> DiT {
-    let cfg = DiTConfig::from_json_value(&serde_json::json!({
-        "sample_size": 8, "in_channels": 1, "out_channels": 1, "patch_size": 2,
-        "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 4,
-        "num_embeds_ada_norm": 3
-    }))
-    .unwrap();
-    DiT::new(&cfg, device).unwrap()
-}
-
-fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
-    HostTensor::from_tensor(t).data
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn sched(steps: usize, eta: f64) -> DdimScheduler {
-    DdimScheduler::diffusers(&DdimConfig::new().with_eta(eta), steps).unwrap()
-}
-
-fn timesteps(s: &DdimScheduler) -> Vec<f64> {
-    s.timesteps().iter().map(|&t| t as f64).collect()
-}
-
-fn calib_for(model: &dyn Denoiser, guidance: f64, device: &Device) -> CalibSet {
-    CalibSet::record(
-        model,
-        &sched(4, 0.0),
-        &RecordOptions {
-            trajectories: 4,
-            steps_kept: 2,
-            guidance,
-            batch: 4,
-            seed: 3,
-        },
-        device,
-    )
-    .unwrap()
-}
+#[macro_use]
+mod common;
+use common::*;
 
 // ---------------------------------------------------------------- QALoRA algebra
 
@@ -360,34 +312,6 @@ fn talsq_indexing_and_resampling(device: &Device) {
 
 // ---------------------------------------------------------------- distillation, export
 
-fn eval_step(
-    model: &dyn Denoiser,
-    x: &Tensor<4>,
-    s: &DdimScheduler,
-    k: usize,
-    class: Option<Vec<i64>>,
-    device: &Device,
-) -> Vec<f32> {
-    let [b, ..] = x.dims();
-    let t = s.timestep(k).unwrap() as f32;
-    let ctx = ForwardCtx::new(StepContext {
-        step: k,
-        timestep: t as f64,
-        num_steps: s.num_steps(),
-    });
-    let class = class.map(|c| Tensor::from_data(burn::tensor::TensorData::new(c, [b]), device));
-    host(
-        &model
-            .forward(
-                x.clone(),
-                Tensor::from_floats(vec![t; b].as_slice(), device),
-                class,
-                &ctx,
-            )
-            .unwrap(),
-    )
-}
-
 fn distillation_checkpoint_and_export(device: &Device) {
     let ad = device.clone().autodiff();
     ad.seed(17); // a fixed random model: the loss criterion below is then reproducible
@@ -593,84 +517,10 @@ fn dit_with_guidance(device: &Device) {
     assert!(out.iter().all(|v| v.is_finite()));
 }
 
-/// QuEST's sets on the tiny models' real inventories (shared test file: the same fixtures).
-fn quest_layer_selection(device: &Device) {
-    use dmq_finetune::{SelectionRules, select_layers};
-    let calls = dmq_models::layer_inventory(&tiny_unet(device), device).unwrap();
-    let sel = select_layers(&calls, &SelectionRules::for_model(&calls)).unwrap();
-    assert!(!sel.time_embedding.is_empty());
-    assert!(
-        sel.time_embedding
-            .iter()
-            .all(|n| n.ends_with(".time_emb_proj")),
-        "{sel:?}"
-    );
-    assert!(!sel.sensitive.is_empty());
-    assert!(
-        sel.sensitive
-            .iter()
-            .all(|n| n.ends_with(".to_q") || n.ends_with(".to_k") || n.ends_with(".to_v"))
-    );
-    assert!(!sel.stage_b_acts.iter().any(|n| n.contains("time_emb")));
-    assert!(sel.stage_b_acts.iter().any(|n| n == "conv_in"));
-    // closed form: weight + bias of every selected layer over all linear/conv layers
-    let p =
-        |c: &dmq_models::LayerCall| c.weight_shape.iter().product::<usize>() + c.weight_shape[0];
-    let mut seen = std::collections::BTreeSet::new();
-    let dense: Vec<_> = calls
-        .iter()
-        .filter(|c| c.kind != dmq_models::layers::LayerKind::Matmul && seen.insert(c.name.clone()))
-        .collect();
-    let tuned: usize = dense
-        .iter()
-        .filter(|c| sel.time_embedding.contains(&c.name) || sel.sensitive.contains(&c.name))
-        .map(|c| p(c))
-        .sum();
-    assert_eq!(sel.tuned_params, tuned);
-    assert!(sel.tuned_fraction() > 0.0 && sel.tuned_fraction() < 0.5);
-    // DiT defaults: adaLN modulation + timestep MLP in stage A, FF and self-attention in B
-    let dcalls = dmq_models::layer_inventory(&tiny_dit(device), device).unwrap();
-    let d = select_layers(&dcalls, &SelectionRules::for_model(&dcalls)).unwrap();
-    assert!(d.time_embedding.iter().any(|n| n.ends_with("norm1.linear")));
-    assert!(
-        d.time_embedding
-            .iter()
-            .any(|n| n.contains("timestep_embedder.linear_"))
-    );
-    assert!(d.sensitive.iter().any(|n| n.contains(".ff.net.")));
-    assert!(d.stage_b_acts.iter().any(|n| n == "pos_embed.proj"));
-    // a pattern that matches nothing, or overlapping sets, is an error
-    let bad = SelectionRules {
-        sensitive: vec!["*.to_qq".into()],
-        ..SelectionRules::unet()
-    };
-    assert!(matches!(
-        select_layers(&calls, &bad),
-        Err(FinetuneError::Option(_))
-    ));
-    let overlap = SelectionRules {
-        sensitive: vec!["*.time_emb_proj".into()],
-        ..SelectionRules::unet()
-    };
-    assert!(select_layers(&calls, &overlap).is_err());
-}
-
-macro_rules! per_backend {
-    ($($name:ident),*) => {
-        #[cfg(feature = "flex")]
-        mod flex { $( #[test] fn $name() { super::$name(&burn::tensor::Device::flex()) } )* }
-        #[cfg(feature = "ndarray")]
-        mod ndarray { $( #[test] #[allow(deprecated)] fn $name() { super::$name(&burn::tensor::Device::ndarray()) } )* }
-        #[cfg(feature = "wgpu")]
-        mod wgpu { $( #[test] fn $name() { super::$name(&burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)) } )* }
-    };
-}
-
 per_backend!(
     qalora_algebra,
     student_policy_and_learning_rates,
     talsq_indexing_and_resampling,
     distillation_checkpoint_and_export,
-    dit_with_guidance,
-    quest_layer_selection
+    dit_with_guidance
 );

@@ -148,6 +148,11 @@ impl<Q: Module + Quantizer + AffineSet> TimeIndexed<Q> {
         &self.timesteps
     }
 
+    /// Which set each step index uses.
+    pub fn step_to_set(&self) -> &[usize] {
+        &self.step_to_set
+    }
+
     /// The set used at `step`.
     pub fn select(&self, step: usize) -> Result<&Q> {
         let s = *self

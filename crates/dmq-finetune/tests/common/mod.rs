@@ -1,0 +1,100 @@
+//! Fixtures shared by the fine-tuning test files: tiny models, schedulers, calibration sets,
+//! one-step evaluation and the per-backend test macro.
+#![allow(dead_code)]
+
+use burn::tensor::{Device, Tensor};
+use dmq_calib::{CalibSet, RecordOptions};
+use dmq_models::dit::{DiT, DiTConfig};
+use dmq_models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
+use dmq_models::unet::UNet2DModel;
+use dmq_models::{Denoiser, ForwardCtx, HostTensor, StepContext};
+
+pub fn tiny_unet(device: &Device) -> UNet2DModel {
+    UNet2DModel::new(&dmq_models::defaults::tiny_unet().unwrap(), device).unwrap()
+}
+
+pub fn tiny_dit(device: &Device) -> DiT {
+    let cfg = DiTConfig::from_json_value(&serde_json::json!({
+        "sample_size": 8, "in_channels": 1, "out_channels": 1, "patch_size": 2,
+        "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 4,
+        "num_embeds_ada_norm": 3
+    }))
+    .unwrap();
+    DiT::new(&cfg, device).unwrap()
+}
+
+pub fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    HostTensor::from_tensor(t).data
+}
+
+pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+pub fn sched(steps: usize, eta: f64) -> DdimScheduler {
+    DdimScheduler::diffusers(&DdimConfig::new().with_eta(eta), steps).unwrap()
+}
+
+pub fn timesteps(s: &DdimScheduler) -> Vec<f64> {
+    s.timesteps().iter().map(|&t| t as f64).collect()
+}
+
+pub fn calib_for(model: &dyn Denoiser, guidance: f64, device: &Device) -> CalibSet {
+    CalibSet::record(
+        model,
+        &sched(4, 0.0),
+        &RecordOptions {
+            trajectories: 4,
+            steps_kept: 2,
+            guidance,
+            batch: 4,
+            seed: 3,
+        },
+        device,
+    )
+    .unwrap()
+}
+
+pub fn eval_step(
+    model: &dyn Denoiser,
+    x: &Tensor<4>,
+    s: &DdimScheduler,
+    k: usize,
+    class: Option<Vec<i64>>,
+    device: &Device,
+) -> Vec<f32> {
+    let [b, ..] = x.dims();
+    let t = s.timestep(k).unwrap() as f32;
+    let ctx = ForwardCtx::new(StepContext {
+        step: k,
+        timestep: t as f64,
+        num_steps: s.num_steps(),
+    });
+    let class = class.map(|c| Tensor::from_data(burn::tensor::TensorData::new(c, [b]), device));
+    host(
+        &model
+            .forward(
+                x.clone(),
+                Tensor::from_floats(vec![t; b].as_slice(), device),
+                class,
+                &ctx,
+            )
+            .unwrap(),
+    )
+}
+
+/// One `#[test]` per function and compiled-in backend.
+macro_rules! per_backend {
+    ($($name:ident),*) => {
+        #[cfg(feature = "flex")]
+        mod flex { $( #[test] fn $name() { super::$name(&burn::tensor::Device::flex()) } )* }
+        #[cfg(feature = "ndarray")]
+        mod ndarray { $( #[test] #[allow(deprecated)] fn $name() { super::$name(&burn::tensor::Device::ndarray()) } )* }
+        #[cfg(feature = "wgpu")]
+        mod wgpu { $( #[test] fn $name() { super::$name(&burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)) } )* }
+    };
+}
