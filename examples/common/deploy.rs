@@ -179,11 +179,23 @@ pub fn deploy_and_score<M: Model>(
     tag: &str,
     method: &str,
 ) -> Result<Evaluated<M>, Error> {
+    deploy_and_score_on(ctx, deployed, ctx.fp.clone(), tag, method)
+}
+
+/// [`deploy_and_score`] loading the export onto `base` instead of the FP model (QAT methods
+/// train the non-layer parameters too: norms, embeddings).
+pub fn deploy_and_score_on<M: Model>(
+    ctx: &Ctx<'_, M>,
+    deployed: M,
+    base: M,
+    tag: &str,
+    method: &str,
+) -> Result<Evaluated<M>, Error> {
     let device = ctx.device;
     let file = export_layers(&deployed, ctx.steps)?;
     let export_path = ctx.work.join(format!("{tag}-{method}-int.safetensors"));
     file.save(&export_path)?;
-    let mut loaded = ctx.fp.clone();
+    let mut loaded = base;
     load_export(
         &mut loaded,
         &dmq::quant::QuantizedFile::load(&export_path)?,

@@ -69,6 +69,7 @@ pub fn grid_png(
 
 /// The calibration set of `name` (`n` FP trajectories, `steps_kept` of `sched`'s steps, CFG
 /// `guidance`), loaded from `work` or recorded there; returns it and the seconds taken.
+#[allow(dead_code)] // the data-free examples use it; binarydm trains on real data
 pub fn calib_set<M: Denoiser>(
     fp: &M,
     sched: &DdimScheduler,

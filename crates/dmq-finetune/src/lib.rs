@@ -6,6 +6,9 @@
 //!   distillation from the FP model along its own trajectories, with per-layer scale-aware
 //!   LoRA learning rates. [`finalize`] moves TALSQ to the sampling schedule and rounds z_x so
 //!   the model equals its integer export ([`dmq_calib::export_layers`]).
+//! - [`binarydm()`]: BinaryDM (Zheng et al., ICLR 2025; ALGORITHMS.md §6): QAT of 1-bit
+//!   weights (EBB in the head/tail blocks, vanilla σ·sign elsewhere), signed LSQ activations,
+//!   LRM feature mimicking ([`lrm`]) against a frozen FP teacher, EMA.
 //! - [`quest()`]: QuEST (Wang et al., ICCV 2025; ALGORITHMS.md §5): Q-Diffusion AdaRound
 //!   weights with a floor STE, timestep-grouped (per-channel at 4 bits) activations, then
 //!   time-embedding alignment (stage A) and activation-sensitive layer fine-tuning (stage B)
@@ -35,20 +38,27 @@
 //! # Ok(()) }
 //! ```
 
+pub mod binarydm;
 pub mod efficientdm;
 pub mod error;
 pub mod lr;
+pub mod lrm;
 pub mod policy;
 pub mod quest;
 pub mod quest_select;
 pub mod quest_sensitivity;
 pub mod student;
 
+pub use binarydm::{
+    Batch, BinaryDmConfig, BinaryDmReport, BinaryPlan, BinaryProgress, binarize, binary_plan,
+    binarydm, block_of, collapse_ebb, ebb_loss, set_binary_trainable,
+};
 pub use efficientdm::{
     EfficientDmConfig, FinetuneProgress, FinetuneReport, distill_loss, efficientdm,
 };
 pub use error::{FinetuneError, Result};
 pub use lr::{LayerLr, LrConfig, layer_lrs, lr_scheduler};
+pub use lrm::{LrmAxis, LrmProjection, lrm_loss, symmetric_eigen};
 pub use policy::{LayerPolicy, PolicyPlan, Treatment, plan_layers};
 pub use quest::{
     QuestConfig, QuestLoss, QuestProgress, QuestReport, QuestStudent, Stage, quest, quest_finetune,
