@@ -4,7 +4,11 @@
 //! ```text
 //! cargo run --release --example train -- --model unet [--steps 20000] [--batch 32]
 //!     [--lr 5e-4 (unet) / 4e-4 (dit)] [--ckpt runs/unet-fmnist] [--out assets/models/unet-fmnist] [--every 250]
+//!     [--init DIR] [--warmup N]
 //! ```
+//! `--init DIR` continues training from the weights of a diffusers-layout directory (a fresh
+//! optimiser and a new LR schedule of `--steps`; the model and its EMA start from those weights);
+//! it is ignored once the checkpoint directory holds a run, which then resumes as usual.
 //! AdamW with linear warm-up and cosine decay, EMA of the weights (decay 0.999), a resumable
 //! checkpoint every `--every` steps (re-running the same command resumes), a progress bar with
 //! loss and ETA, and a loss log. At the end (or with `--export-only`) the EMA weights are
@@ -38,6 +42,8 @@ struct Args {
     out: PathBuf,
     export_only: bool,
     data: Option<String>,
+    init: Option<PathBuf>,
+    warmup: Option<usize>,
 }
 
 fn parse_args(f: &Flags) -> Result<Args, FlagError> {
@@ -52,6 +58,8 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
         out: f.get("out", PathBuf::from("assets/models").join(&name))?,
         export_only: f.switch("export-only"),
         data: f.opt("data")?,
+        init: f.opt("init")?,
+        warmup: f.opt("warmup")?,
         model,
     })
 }
@@ -83,14 +91,15 @@ fn run<M: Trainable>(
     let lr = LrSchedule {
         peak: args.lr,
         final_lr: args.lr * 0.05,
-        warmup: 500.min(args.steps / 10),
+        warmup: args.warmup.unwrap_or(500.min(args.steps / 10)),
         total: args.steps,
         cosine: true,
     };
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let mut ema = Ema::new(&model, 0.999);
     let mut state = TrainState {
-        notes: serde_json::json!({"model": args.model, "batch": args.batch, "lr": args.lr, "steps": args.steps}),
+        notes: serde_json::json!({"model": args.model, "batch": args.batch, "lr": args.lr, "steps": args.steps,
+            "init": args.init.as_ref().map(|p| p.display().to_string())}),
         ..TrainState::default()
     };
     let ckpt = Checkpoint::new(&args.ckpt);
@@ -216,14 +225,16 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(1)
     });
-    let result = match args.model.as_str() {
-        "unet" => run(
+    let result = match (args.model.as_str(), &args.init) {
+        ("unet", None) => run(
             UNet2DModel::new(&defaults::unet_fmnist().expect("config"), &device).expect("model"),
             &args,
             &data,
             &device,
         ),
-        "dit" => run(
+        ("unet", Some(dir)) => UNet2DModel::from_pretrained(dir, &device)
+            .and_then(|m| run(m.set_require_grad(true), &args, &data, &device)),
+        ("dit", None) => run(
             DiT::new(&defaults::dit_fmnist().expect("config"), &device)
                 .expect("config")
                 .zero_init_modulation(),
@@ -231,7 +242,11 @@ fn main() {
             &data,
             &device,
         ),
-        other => {
+        ("dit", Some(dir)) => {
+            DiT::from_pretrained(dir, &device)
+                .and_then(|m| run(m.set_require_grad(true), &args, &data, &device))
+        }
+        (other, _) => {
             eprintln!("unknown --model {other}: use unet or dit");
             std::process::exit(2)
         }

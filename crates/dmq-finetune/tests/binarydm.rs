@@ -405,6 +405,6 @@ per_backend!(
     binary_plan_and_student,
     ebb_regularizer_gradient,
     lrm_projection_closed_form,
-    binarydm_trains_resumes_and_exports,
     binarydm_dit_plan_and_step
 );
+per_cpu_backend!(binarydm_trains_resumes_and_exports);

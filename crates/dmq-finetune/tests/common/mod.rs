@@ -98,3 +98,16 @@ macro_rules! per_backend {
         mod wgpu { $( #[test] fn $name() { super::$name(&burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)) } )* }
     };
 }
+
+/// One `#[test]` per function on the CPU backends only: for end-to-end training runs, which
+/// take minutes per step count on lavapipe; the wgpu suite covers their kernels (forward,
+/// backward, quantizers, export) through the other tests of the same file.
+#[allow(unused_macros)]
+macro_rules! per_cpu_backend {
+    ($($name:ident),*) => {
+        #[cfg(feature = "flex")]
+        mod flex_train { $( #[test] fn $name() { super::$name(&burn::tensor::Device::flex()) } )* }
+        #[cfg(feature = "ndarray")]
+        mod ndarray_train { $( #[test] #[allow(deprecated)] fn $name() { super::$name(&burn::tensor::Device::ndarray()) } )* }
+    };
+}
