@@ -70,6 +70,14 @@ pub enum KernelError {
         /// Which quantizer.
         context: String,
     },
+    /// The GPU device could not be created or failed while running a kernel.
+    #[error("GPU device error in {context}: {reason}")]
+    Device {
+        /// What went wrong.
+        reason: String,
+        /// Which call.
+        context: String,
+    },
     /// An error from `dmq-quant` (unpacking codes, spec checks).
     #[error(transparent)]
     Quant(#[from] QuantError),

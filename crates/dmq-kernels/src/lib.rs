@@ -17,6 +17,9 @@
 //! (per-channel or per-group Δ, zero points, bias), [`conv::conv2d`] the convolution via
 //! im2col. Work is split over threads with `std::thread::scope` ([`GemmOptions::threads`]).
 //!
+//! With the `wgpu` feature, [`gpu`] runs the int8 and W4 GEMMs on a wgpu adapter (CubeCL
+//! kernels; lavapipe on a CPU-only machine) with the same epilogue.
+//!
 //! Instruction sets ([`Isa`], [`PopcntIsa`]): AVX-512 VNNI, AVX2, portable scalar; AVX-512
 //! VPOPCNTDQ, `popcnt`, portable for XNOR. Nothing panics on user input: shapes, specs and
 //! instruction sets are checked and reported as [`KernelError`].
@@ -40,6 +43,8 @@ pub mod conv;
 pub mod detect;
 pub mod error;
 pub mod gemm;
+#[cfg(feature = "wgpu")]
+pub mod gpu;
 pub mod int8;
 mod kernel;
 pub mod layout;
