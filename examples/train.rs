@@ -242,10 +242,8 @@ fn main() {
             &data,
             &device,
         ),
-        ("dit", Some(dir)) => {
-            DiT::from_pretrained(dir, &device)
-                .and_then(|m| run(m.set_require_grad(true), &args, &data, &device))
-        }
+        ("dit", Some(dir)) => DiT::from_pretrained(dir, &device)
+            .and_then(|m| run(m.set_require_grad(true), &args, &data, &device)),
         (other, _) => {
             eprintln!("unknown --model {other}: use unet or dit");
             std::process::exit(2)
