@@ -17,7 +17,7 @@
 //! (per-channel or per-group Δ, zero points, bias), [`conv::conv2d`] the convolution via
 //! im2col. Work is split over threads with `std::thread::scope` ([`GemmOptions::threads`]).
 //!
-//! With the `wgpu` feature, [`gpu`] runs the int8 and W4 GEMMs on a wgpu adapter (CubeCL
+//! With the `wgpu` feature, the `gpu` module runs the int8 and W4 GEMMs on a wgpu adapter (CubeCL
 //! kernels; lavapipe on a CPU-only machine) with the same epilogue.
 //!
 //! Instruction sets ([`Isa`], [`PopcntIsa`]): AVX-512 VNNI, AVX2, portable scalar; AVX-512
