@@ -406,11 +406,95 @@ impl IntegerExecutor {
             shape: vec![bs, hs, n, m],
         })
     }
+
+    /// The fused attention core (see [`LayerExecutor::attention`]): `q, k, v [B, N, H·d]` →
+    /// `[B, N, H·d]`, one (image, head) pair per task spread over the threads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_attention(
+        &self,
+        qk: &str,
+        sv: &str,
+        [q, k, v]: [&HostTensor; 3],
+        heads: usize,
+        scale: f32,
+        step: usize,
+    ) -> Result<HostTensor> {
+        let (IntLayer::Matmul { a: qq, b: kq }, IntLayer::Matmul { a: pq, b: vq }) =
+            (self.layer(qk)?, self.layer(sv)?)
+        else {
+            return Err(InferError::UnknownLayer { layer: qk.into() });
+        };
+        let [bs, n, inner] = <[usize; 3]>::try_from(q.shape.as_slice())
+            .map_err(|_| shape(qk, "q [B, N, H·d]", &q.shape))?;
+        if heads == 0 || !inner.is_multiple_of(heads) || k.shape != q.shape || v.shape != q.shape {
+            return Err(shape(
+                qk,
+                &format!(
+                    "q, k, v of one shape [B, N, H·d] with H = {heads}, q {:?}",
+                    q.shape
+                ),
+                &k.shape,
+            ));
+        }
+        let quants = AttentionQuants {
+            q: qq.at(qk, step)?,
+            k: kq.at(qk, step)?,
+            p: pq.at(sv, step)?,
+            v: vq.at(sv, step)?,
+        };
+        let d = inner / heads;
+        let pairs = bs * heads;
+        let threads = self.opts.threads.clamp(1, pairs.max(1));
+        let one = self.opts.with_threads(1);
+        let per = pairs.div_ceil(threads);
+        let heads_out: Vec<dmq_kernels::Result<Vec<Vec<f32>>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (one, quants) = (&one, &quants);
+                    s.spawn(move || {
+                        (t * per..((t + 1) * per).min(pairs))
+                            .map(|bh| {
+                                let (b, h) = (bh / heads, bh % heads);
+                                let rows = b * n * inner..(b + 1) * n * inner;
+                                let qkv =
+                                    [&q.data[rows.clone()], &k.data[rows.clone()], &v.data[rows]];
+                                attention_head(qkv, n, inner, h, d, scale, quants, one)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut out = vec![0f32; bs * n * inner];
+        let mut bh = 0;
+        for chunk in heads_out {
+            let chunk = chunk.map_err(|source| InferError::Kernel {
+                layer: qk.into(),
+                source,
+            })?;
+            for o in chunk {
+                let (b, h) = (bh / heads, bh % heads);
+                for (r, row) in o.chunks_exact(d).enumerate() {
+                    let at = (b * n + r) * inner + h * d;
+                    out[at..at + d].copy_from_slice(row);
+                }
+                bh += 1;
+            }
+        }
+        Ok(HostTensor {
+            data: out,
+            shape: vec![bs, n, inner],
+        })
+    }
 }
 
 /// `a [N, K] · b [K, M]` with both operands quantized: the right operand becomes the
-/// "weight" `[M, K]`, its signed codes shifted to unsigned codes `c = q + 2^(b−1)` with the
-/// matching code-space zero point.
+/// "weight" `[M, K]` ([`right_operand`]).
+#[allow(clippy::too_many_arguments)]
 fn matmul_pair(
     a: &[f32],
     b: &[f32],
@@ -421,23 +505,94 @@ fn matmul_pair(
     bq: &ActQuant,
     opts: &GemmOptions,
 ) -> dmq_kernels::Result<Vec<f32>> {
-    let half = 1i32 << (bq.bits() - 1);
     let mut bt = vec![0f32; m * k];
     for kk in 0..k {
         for mm in 0..m {
             bt[mm * k + kk] = b[kk * m + mm];
         }
     }
-    let qbt = act_quant::quantize(&bt, m, k, bq)?;
+    let wb = right_operand(&bt, m, k, bq)?;
+    let qa = act_quant::quantize(a, n, k, aq)?;
+    gemm_acts_f32(&qa, &wb, None, opts)
+}
+
+/// The right operand of an activation product, given transposed as `bt [M, K]`, quantized
+/// with `bq` and packed as the "weight" of the GEMM: its signed codes shifted to unsigned
+/// codes `c = q + 2^(b−1)` with the matching code-space zero point.
+fn right_operand(
+    bt: &[f32],
+    m: usize,
+    k: usize,
+    bq: &ActQuant,
+) -> dmq_kernels::Result<PackedWeights> {
+    let half = 1i32 << (bq.bits() - 1);
+    let qbt = act_quant::quantize(bt, m, k, bq)?;
     let mut codes = Vec::with_capacity(m * k);
     for r in 0..m {
         codes.extend(qbt.row(r).iter().map(|&q| (q as i32 + half) as u8));
     }
     let zc: Vec<f32> = qbt.zero.iter().map(|&z| (z + half) as f32).collect();
-    let wb =
-        PackedWeights::from_codes_with_params(&codes, m, k, bq.bits(), k, qbt.delta.clone(), zc)?;
-    let qa = act_quant::quantize(a, n, k, aq)?;
-    gemm_acts_f32(&qa, &wb, None, opts)
+    PackedWeights::from_codes_with_params(&codes, m, k, bq.bits(), k, qbt.delta, zc)
+}
+
+/// The quantizers of a fused attention core: `qk` operands, `sv` operands.
+struct AttentionQuants<'a> {
+    q: &'a ActQuant,
+    k: &'a ActQuant,
+    p: &'a ActQuant,
+    v: &'a ActQuant,
+}
+
+/// One head of one image of the fused core: `q, k, v` hold `[N, H·d]` rows of one image;
+/// returns `o [N, d]` of head `h`.
+///
+/// `s = Q(q_h)·Q(k_h)ᵀ` in integers, `p = softmax(s·scale)` row by row in f32, then
+/// `o = Q(p)·Q(v_h)` in integers: the same quantized products as the unfused path, with the
+/// scores kept in cache instead of a `[B, H, N, N]` round trip through burn.
+#[allow(clippy::too_many_arguments)]
+fn attention_head(
+    [q, k, v]: [&[f32]; 3],
+    n: usize,
+    inner: usize,
+    h: usize,
+    d: usize,
+    scale: f32,
+    quants: &AttentionQuants<'_>,
+    opts: &GemmOptions,
+) -> dmq_kernels::Result<Vec<f32>> {
+    let gather = |t: &[f32]| -> Vec<f32> {
+        let mut out = Vec::with_capacity(n * d);
+        for r in 0..n {
+            out.extend_from_slice(&t[r * inner + h * d..r * inner + (h + 1) * d]);
+        }
+        out
+    };
+    // k_h [N, d] is already the transposed right operand of q·kᵀ.
+    let kw = right_operand(&gather(k), n, d, quants.k)?;
+    let qa = act_quant::quantize(&gather(q), n, d, quants.q)?;
+    let mut p = gemm_acts_f32(&qa, &kw, None, opts)?; // [N, N]
+    for row in p.chunks_exact_mut(n) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+        let mut sum = 0f32;
+        for x in row.iter_mut() {
+            *x = (*x * scale - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+    let mut vt = vec![0f32; d * n]; // v_hᵀ [d, N]
+    for r in 0..n {
+        for (j, &x) in v[r * inner + h * d..r * inner + (h + 1) * d]
+            .iter()
+            .enumerate()
+        {
+            vt[j * n + r] = x;
+        }
+    }
+    let vw = right_operand(&vt, d, n, quants.v)?;
+    let pa = act_quant::quantize(&p, n, n, quants.p)?;
+    gemm_acts_f32(&pa, &vw, None, opts)
 }
 
 type ConvFn = fn(
@@ -490,5 +645,25 @@ impl LayerExecutor for IntegerExecutor {
         step: &StepContext,
     ) -> std::result::Result<HostTensor, ExecutorError> {
         Ok(self.timed(layer, || self.run_matmul(layer, a, b, step.step))?)
+    }
+
+    fn attention(
+        &self,
+        qk: &str,
+        sv: &str,
+        qkv: [&HostTensor; 3],
+        heads: usize,
+        scale: f32,
+        step: &StepContext,
+    ) -> Option<std::result::Result<HostTensor, ExecutorError>> {
+        let both = matches!(
+            (self.layers.get(qk), self.layers.get(sv)),
+            (Some(IntLayer::Matmul { .. }), Some(IntLayer::Matmul { .. }))
+        );
+        both.then(|| {
+            Ok(self.timed(qk, || {
+                self.run_attention(qk, sv, qkv, heads, scale, step.step)
+            })?)
+        })
     }
 }

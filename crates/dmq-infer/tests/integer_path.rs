@@ -226,6 +226,106 @@ fn layerwise_dit(device: &Device) {
     }
 }
 
+/// `[B, H, N, d]` (or `[B, H, d, N]` with `transposed`) → `[B, N, H·d]`.
+fn merge_heads(t: &HostTensor, transposed: bool) -> HostTensor {
+    let [b, h, r, c] = t.shape[..] else {
+        panic!("rank 4 expected: {:?}", t.shape)
+    };
+    let (n, d) = if transposed { (c, r) } else { (r, c) };
+    let mut out = vec![0f32; b * n * h * d];
+    for bi in 0..b {
+        for hi in 0..h {
+            for ni in 0..n {
+                for di in 0..d {
+                    let src = if transposed {
+                        ((bi * h + hi) * d + di) * n + ni
+                    } else {
+                        ((bi * h + hi) * n + ni) * d + di
+                    };
+                    out[((bi * n + ni) * h + hi) * d + di] = t.data[src];
+                }
+            }
+        }
+    }
+    HostTensor {
+        data: out,
+        shape: vec![b, n, h * d],
+    }
+}
+
+/// The fused attention core reproduces the fake-quant `qk` → softmax → `sv` chain on the
+/// inputs the fake-quant model saw, and a plain forward of the integer model takes it.
+fn fused_attention<M: Denoiser + Clone>(fp: &M, preset: &str, device: &Device) {
+    use dmq_models::{InputCapture, Operand, TapTensor, Taps};
+    let calib = calib(fp, device);
+    let (fq, _, int) = quantized(fp, &QuantConfig::preset(preset).unwrap(), &calib, device);
+    let mut pairs = Vec::new();
+    fq.for_each_layer(&mut |l| {
+        if let Some(base) = l.name().strip_suffix(".qk") {
+            pairs.push((l.name().to_string(), format!("{base}.sv")));
+        }
+    });
+    assert!(!pairs.is_empty());
+    let step = 1;
+    let idx = calib.indices_at_step(step);
+    let (x, t, c) = calib.batch(&idx, device).unwrap();
+    let taps = Taps::new(pairs.iter().map(|p| p.1.clone()));
+    let inputs = InputCapture::all();
+    let ctx = ForwardCtx::new(calib.step_context(step))
+        .with_taps(&taps)
+        .with_inputs(&inputs);
+    fq.forward(x.clone(), t.clone(), c.clone(), &ctx).unwrap();
+    let (outs, ins) = (taps.take(), inputs.take());
+    let ex = int.executor();
+    for (qk, sv) in &pairs {
+        let q = &ins[&(qk.clone(), Operand::Left)][0];
+        let heads = q.shape[1];
+        let q = merge_heads(q, false);
+        let k = merge_heads(&ins[&(qk.clone(), Operand::Right)][0], true);
+        let v = merge_heads(&ins[&(sv.clone(), Operand::Right)][0], false);
+        let d = q.shape[2] / heads;
+        let scale = (d as f32).powf(-0.5);
+        let got = ex
+            .run_attention(qk, sv, [&q, &k, &v], heads, scale, step)
+            .unwrap();
+        let TapTensor::R4(want) = &outs[sv] else {
+            panic!("{sv}: rank-4 tap expected")
+        };
+        let want = merge_heads(&HostTensor::from_tensor(want), false);
+        // Only the f32 softmax differs (host vs burn, an ulp): a probability on a rounding
+        // boundary may take the neighbouring code.
+        let e = rel_err(&got.data, &want.data);
+        assert!(e <= 2e-3, "{preset} {qk}: fused vs fake-quant chain {e:e}");
+        // A bad head count or mismatched operands are typed shape errors, not panics.
+        let flat = HostTensor {
+            data: k.data.clone(),
+            shape: vec![1, 1, k.data.len()],
+        };
+        for (h, kk) in [(0, &k), (heads, &flat)] {
+            let r = ex.run_attention(qk, sv, [&q, kk, &v], h, scale, step);
+            assert!(matches!(r, Err(InferError::Shape { .. })), "{r:?}");
+        }
+    }
+    ex.reset_timings();
+    int.forward(x, t, c, &ForwardCtx::new(calib.step_context(step)))
+        .unwrap();
+    let timed = ex.timings();
+    for (qk, sv) in &pairs {
+        assert!(timed.contains_key(qk), "{qk} not run");
+        assert!(!timed.contains_key(sv), "{sv} run unfused");
+    }
+}
+
+fn fused_attention_unet(device: &Device) {
+    fused_attention(&tiny_unet(device), "W8A8", device);
+}
+
+fn fused_attention_dit(device: &Device) {
+    for preset in ["W8A8", "W4A4"] {
+        fused_attention(&tiny_dit(device), preset, device);
+    }
+}
+
 /// An FP layer in the export (a per-layer rule) is left to burn and named in the plan.
 fn fp_layers_fall_back_to_burn(device: &Device) {
     let fp = tiny_unet(device);
@@ -325,6 +425,8 @@ per_backend!(
     dit_w4a4,
     layerwise_unet,
     layerwise_dit,
+    fused_attention_unet,
+    fused_attention_dit,
     fp_layers_fall_back_to_burn,
     errors_name_the_layer
 );

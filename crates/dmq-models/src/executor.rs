@@ -29,6 +29,7 @@ pub struct ConvGeometry {
 /// - [`linear`](Self::linear): `x [rows, d_in]` → `[rows, d_out]` (leading axes flattened)
 /// - [`conv2d`](Self::conv2d): `x [B, C_in, H, W]` → `[B, C_out, H', W']`
 /// - [`matmul`](Self::matmul): `a [B, H, N, K]`, `b [B, H, K, M]` → `[B, H, N, M]`
+/// - [`attention`](Self::attention): `q, k, v [B, N, H·d]` → `[B, N, H·d]`
 pub trait LayerExecutor: std::fmt::Debug + Sync {
     /// Whether this executor computes `layer` (checked before the input is copied).
     fn handles(&self, layer: &str) -> bool;
@@ -58,4 +59,20 @@ pub trait LayerExecutor: std::fmt::Debug + Sync {
         b: &HostTensor,
         step: &StepContext,
     ) -> Result<HostTensor, ExecutorError>;
+
+    /// The fused attention core `sv(softmax(qk(q, kᵀ)·scale), v)` per head, the heads split
+    /// from the last axis of `q`, `k`, `v`, or `None` to run the two products one by one
+    /// through [`matmul`](Self::matmul) (the default).
+    fn attention(
+        &self,
+        qk: &str,
+        sv: &str,
+        qkv: [&HostTensor; 3],
+        heads: usize,
+        scale: f32,
+        step: &StepContext,
+    ) -> Option<Result<HostTensor, ExecutorError>> {
+        let _ = (qk, sv, qkv, heads, scale, step);
+        None
+    }
 }

@@ -4,12 +4,11 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::context::ForwardCtx;
-use crate::error::{Result, shape_err};
-use crate::layers::{LayerMut, LayerRef, QLinear, QLinearConfig, QMatmul};
+use crate::error::Result;
+use crate::layers::{LayerMut, LayerRef, QLinear, QLinearConfig, QMatmul, multi_head_attention};
 
 /// Configuration of an [`Attention`].
 #[derive(Config, Debug)]
@@ -82,26 +81,10 @@ pub struct Attention {
 impl Attention {
     /// Forward pass.
     pub fn forward(&self, x: Tensor<3>, ctx: &ForwardCtx<'_>) -> Result<Tensor<3>> {
-        let [b, n, _] = x.dims();
         let q = self.to_q.forward(x.clone(), ctx)?;
         let k = self.to_k.forward(x.clone(), ctx)?;
         let v = self.to_v.forward(x, ctx)?;
-        let inner = q.dims()[2];
-        let h = self.heads;
-        if h == 0 || inner % h != 0 {
-            return Err(shape_err(
-                self.qk.name(),
-                format!("width divisible by {h} heads"),
-                [b, n, inner],
-            ));
-        }
-        let d = inner / h;
-        let split = |t: Tensor<3>| t.reshape([b, n, h, d]).swap_dims(1, 2);
-        let (q, k, v) = (split(q), split(k), split(v));
-        let scores = self.qk.forward(q, k.swap_dims(2, 3), ctx)? * (d as f64).powf(-0.5);
-        let probs = softmax(scores, 3);
-        let o = self.sv.forward(probs, v, ctx)?;
-        let o = o.swap_dims(1, 2).reshape([b, n, inner]);
+        let o = multi_head_attention(&self.qk, &self.sv, q, k, v, self.heads, ctx)?;
         let o = self.to_out.0.forward(o, ctx)?;
         Ok(self.to_out.1.forward(o))
     }

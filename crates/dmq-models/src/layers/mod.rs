@@ -6,11 +6,13 @@
 //! layer: one code path for FP and quantized models. Every layer knows its diffusers
 //! state-dict path (its `name`), which configs, exports and reports use.
 
+mod attention_core;
 mod norm;
 mod qconv2d;
 mod qlinear;
 mod qmatmul;
 
+pub use attention_core::multi_head_attention;
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 pub use qconv2d::{QConv2d, QConv2dConfig};
 pub use qlinear::{QLinear, QLinearConfig};

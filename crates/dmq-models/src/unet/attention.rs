@@ -4,13 +4,13 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use crate::context::ForwardCtx;
 use crate::error::{Result, shape_err};
 use crate::layers::{
     GroupNorm, GroupNormConfig, LayerMut, LayerRef, QLinear, QLinearConfig, QMatmul,
+    multi_head_attention,
 };
 
 /// Configuration of an [`Attention`].
@@ -101,15 +101,6 @@ impl Attention {
         let [b, c, hh, ww] = x.dims();
         let n = hh * ww;
         let heads = self.heads;
-        let [inner, _] = self.to_q.weight_shape();
-        if heads == 0 || !inner.is_multiple_of(heads) {
-            return Err(shape_err(
-                &self.name,
-                format!("inner dim divisible by {heads} heads"),
-                inner,
-            ));
-        }
-        let d = inner / heads;
         let out_proj = self
             .to_out
             .first()
@@ -120,14 +111,7 @@ impl Attention {
         let q = self.to_q.forward(h.clone(), ctx)?;
         let k = self.to_k.forward(h.clone(), ctx)?;
         let v = self.to_v.forward(h, ctx)?;
-        let q = q.reshape([b, n, heads, d]).swap_dims(1, 2); // [B, h, N, d]
-        let kt = k.reshape([b, n, heads, d]).permute([0, 2, 3, 1]); // [B, h, d, N]
-        let v = v.reshape([b, n, heads, d]).swap_dims(1, 2); // [B, h, N, d]
-
-        let scores = self.qk.forward(q, kt, ctx)? * (1.0 / (d as f64).sqrt());
-        let probs = softmax(scores, 3);
-        let o = self.sv.forward(probs, v, ctx)?; // [B, h, N, d]
-        let o = o.swap_dims(1, 2).reshape([b, n, inner]);
+        let o = multi_head_attention(&self.qk, &self.sv, q, k, v, heads, ctx)?;
         let o = out_proj.forward(o, ctx)?; // [B, N, C]
         let o = o.swap_dims(1, 2).reshape([b, c, hh, ww]);
         let mut y = o + x;
