@@ -578,8 +578,9 @@ fn attention_head(
             *x = (*x * scale - max).exp();
             sum += *x;
         }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|x| *x *= inv);
+        // Divide (not multiply by 1/sum) as burn's softmax does: the probabilities are
+        // quantized next, and the fewer ulps apart the two paths are, the fewer codes flip.
+        row.iter_mut().for_each(|x| *x /= sum);
     }
     let mut vt = vec![0f32; d * n]; // v_hᵀ [d, N]
     for r in 0..n {
