@@ -1,21 +1,22 @@
 //! TMPQ-DM on the embedded default models: searches which N timesteps to run and the
-//! per-layer weight/input bit-widths ({8, 6, 5, 4}) under a BitOPs budget (the all-6-bit
-//! configuration at N steps), with a super-network calibrated once per bit-width, then
-//! compares at equal BitOPs with (a) uniform timesteps at uniform 6 bits and (b) the searched
-//! timesteps at uniform 6 bits, against FP at 100 steps.
+//! per-layer weight/input bit-widths ({8, 6, 5, 4}) under a BitOPs budget (the all-B-bit
+//! configuration at N steps, B = `--budget-bits`, 6 by default), with a super-network
+//! calibrated once per bit-width, then compares at equal BitOPs with (a) uniform timesteps at
+//! uniform B bits and (b) the searched timesteps at uniform B bits, against FP at 100 steps.
 //!
 //! ```text
 //! cargo run --release --example tmpq -- [--model unet|dit|both] [--n 10] [--samples 1000]
 //!     [--fitness-samples 200] [--fitness fd|proxy] [--epochs 10] [--population 30]
-//!     [--threads 1] [--calib-n 32] [--cfg 1.5] [--batch 100] [--seed 0]
+//!     [--threads 1] [--calib-n 32] [--cfg 1.5] [--batch 100] [--seed 0] [--budget-bits 6]
 //!     [--out docs/results] [--work runs/tmpq] [--models-dir assets/models]
 //! ```
 //! `--fitness fd` scores candidates by FD against the test set on `--fitness-samples`
 //! samples; `proxy` by the MSE to the FP-100 samples from the same noise (cheaper: no
 //! feature statistics, stable on few samples; it rewards fidelity rather than realism).
-//! The search checkpoints after every epoch under `--work` and resumes. Writes
+//! The search checkpoints after every epoch under `--work` and resumes; the FP-100 samples
+//! are cached there too. Writes
 //! `docs/results/tmpq.{json,md}` and the Pareto front of BitOPs against fitness as
-//! `docs/results/tmpq/<model>-pareto.png`.
+//! `docs/results/tmpq/<model>[-b<B>]-pareto.png`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -53,6 +54,7 @@ struct Args {
     cfg: f64,
     batch: usize,
     seed: u64,
+    budget_bits: u32,
     out: PathBuf,
     work: PathBuf,
     models_dir: PathBuf,
@@ -77,6 +79,7 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
         cfg: f.get("cfg", 1.5)?,
         batch: f.get("batch", 100)?,
         seed: f.get("seed", 0)?,
+        budget_bits: f.get("budget-bits", 6)?,
         out: f.get("out", PathBuf::from("docs/results"))?,
         work: f.get("work", PathBuf::from("runs/tmpq"))?,
         models_dir: f.get("models-dir", PathBuf::from("assets/models"))?,
@@ -96,6 +99,27 @@ fn sample(
 ) -> Result<HostTensor, Error> {
     let sched = DdimScheduler::with_timesteps(&DdimConfig::new(), timesteps)?;
     Ok(generate(model, &sched, spec, device, &mut |_, _| {})?)
+}
+
+/// Reads images written by [`save_images`]; `None` when absent or of another size.
+fn load_images(path: &Path, n: usize, info: &dmq::models::DenoiserInfo) -> Option<HostTensor> {
+    let bytes = std::fs::read(path).ok()?;
+    let shape = vec![n, info.in_channels, info.sample_size, info.sample_size];
+    if bytes.len() != 4 * shape.iter().product::<usize>() {
+        return None;
+    }
+    let data = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Some(HostTensor { data, shape })
+}
+
+/// Raw little-endian f32 samples, written atomically.
+fn save_images(path: &Path, images: &HostTensor) -> Result<(), Error> {
+    let bytes: Vec<u8> = images.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    dmq::quant::file::write_atomic(path, &bytes)?;
+    Ok(())
 }
 
 fn mse(a: &HostTensor, b: &HostTensor) -> f64 {
@@ -168,7 +192,19 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
     eprintln!("== {name}: FP-100 ({} samples)", args.samples);
     let t = Instant::now();
     let fp100_ts = uniform_timesteps(100, 1000)?;
-    let fp_images = sample(&fp, &fp100_ts, &spec(args.samples), device)?;
+    // cached: FP-100 sampling is the most expensive single step of a rerun
+    let fp_cache = args.work.join(format!(
+        "{name}-fp100-n{}-b{}-cfg{}-seed2024.f32",
+        args.samples, args.batch, guidance
+    ));
+    let fp_images = match load_images(&fp_cache, args.samples, &info) {
+        Some(images) => images,
+        None => {
+            let images = sample(&fp, &fp100_ts, &spec(args.samples), device)?;
+            save_images(&fp_cache, &images)?;
+            images
+        }
+    };
     let reference = Reference::new(&classifier, &test, fp_images.clone(), device)?;
     let s_fp = score(
         &classifier,
@@ -230,9 +266,21 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         false,
     )?;
     let cost = CostModel::new(&calls, &space, cfg_calls)?;
-    let six = space.uniform(1)?;
+    let budget_bits = args.budget_bits;
+    let budget_index = bit_options
+        .iter()
+        .position(|&b| b == budget_bits)
+        .map(|i| i as u8)
+        .ok_or_else(|| format!("--budget-bits {budget_bits} is not one of {bit_options:?}"))?;
+    let uniform_bits = space.uniform(budget_index)?;
+    // the 6-bit budget keeps the file names of the first runs, so they resume
+    let budget_tag = if budget_bits == 6 {
+        String::new()
+    } else {
+        format!("-b{budget_bits}")
+    };
     let budget = Budget {
-        max_bitops: cost.bitops(&space, &six),
+        max_bitops: cost.bitops(&space, &uniform_bits),
     };
     let fp100_bitops = cost.uniform_bitops(100, 32, 32);
 
@@ -281,17 +329,17 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         mutations: args.population / 2,
         crossovers: args.population / 5,
         epochs: args.epochs,
-        x0_index: 1,
+        x0_index: budget_index,
         seed: args.seed,
         ..EvolutionConfig::default()
     };
     let t_search = Instant::now();
     let mut bar = Progress::new(&format!("{name} search"), args.epochs as u64 + 1, 0);
     let result = Evolution::new(&space, &cost, budget, config)?
-        .with_checkpoint(
-            args.work
-                .join(format!("{name}-search-{}-{}.json", args.fitness, args.n)),
-        )
+        .with_checkpoint(args.work.join(format!(
+            "{name}-search-{}-{}{budget_tag}.json",
+            args.fitness, args.n
+        )))
         .run(&evaluator, &mut |r| {
             bar.set(
                 r.epoch as u64 + 1,
@@ -305,11 +353,11 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
     let best = result.best.candidate.clone();
     let uniform_steps = Candidate {
         timesteps: uniform_timesteps(args.n, 1000)?,
-        bits: six.bits.clone(),
+        bits: uniform_bits.bits.clone(),
     };
     let searched_steps = Candidate {
         timesteps: best.timesteps.clone(),
-        bits: six.bits.clone(),
+        bits: uniform_bits.bits.clone(),
     };
     let mut rows = Vec::new();
     rows.push(row(
@@ -325,10 +373,17 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         serde_json::json!({"timesteps": "uniform 100"}),
     ));
     for (method, c) in [
-        ("tmpq-uniform-steps-6bit", &uniform_steps),
-        ("tmpq-searched-steps-6bit", &searched_steps),
-        ("tmpq", &best),
+        (
+            format!("tmpq-uniform-steps-{budget_bits}bit"),
+            &uniform_steps,
+        ),
+        (
+            format!("tmpq-searched-steps-{budget_bits}bit"),
+            &searched_steps,
+        ),
+        ("tmpq".to_string(), &best),
     ] {
+        let method = method.as_str();
         let m = quantized(c)?;
         let images = sample(&m, &c.timesteps, &spec(args.samples), device)?;
         let s = score(&classifier, &reference, &images, info.num_classes, device)?;
@@ -342,7 +397,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         let r = row(
             name,
             method,
-            (6, 6),
+            (budget_bits, budget_bits),
             args.n,
             &s,
             bitops,
@@ -364,7 +419,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         .map(|s| (s.bitops / 1e9, s.fitness))
         .collect();
     dmq::eval::plot::line_chart_png(
-        &args.out.join(format!("tmpq/{name}-pareto.png")),
+        &args.out.join(format!("tmpq/{name}{budget_tag}-pareto.png")),
         "Pareto front",
         "GBitOPs",
         &[("front", &front)],
@@ -372,9 +427,9 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
     let all = read_rows(&json)?;
     write_markdown(
         &args.out.join("tmpq.md"),
-        "# TMPQ-DM: joint timestep and mixed-precision search\n\nRows per model: FP at 100 uniform DDIM steps; at N steps and the BitOPs budget of the all-6-bit configuration: uniform timesteps at 6 bits (`tmpq-uniform-steps-6bit`), the searched timesteps at 6 bits (`tmpq-searched-steps-6bit`) and the searched timesteps with the searched per-layer bits (`tmpq`, bits column = the budget's). `extra` in tmpq.json holds the timesteps, per-layer bits and the BitOPs reduction against FP-100.",
+        "# TMPQ-DM: joint timestep and mixed-precision search\n\nRows per model: FP at 100 uniform DDIM steps; at N steps and the BitOPs budget of the all-B-bit configuration (B = 6, or `--budget-bits`): uniform timesteps at B bits (`tmpq-uniform-steps-Bbit`), the searched timesteps at B bits (`tmpq-searched-steps-Bbit`) and the searched timesteps with the searched per-layer bits (`tmpq`, bits column = the budget's). `extra` in tmpq.json holds the timesteps, per-layer bits and the BitOPs reduction against FP-100.",
         &all,
-        "Pareto fronts (BitOPs against the search fitness): `tmpq/<model>-pareto.png`.",
+        "Pareto fronts (BitOPs against the search fitness): `tmpq/<model>-pareto.png` (6-bit budget), `tmpq/<model>-b<B>-pareto.png` (others).",
     )?;
     Ok(())
 }

@@ -139,14 +139,24 @@ pub fn markdown_table(rows: &[ResultRow]) -> String {
     s
 }
 
-/// Writes `header`, the table of `rows` and `footer` to `path`.
+/// Marks the start of hand-written notes in a results page: [`write_markdown`] keeps
+/// everything from this line on when it regenerates the page.
+pub const NOTES_MARKER: &str = "<!-- notes: kept when the table is regenerated -->";
+
+/// Writes `header`, the table of `rows` and `footer` to `path`, followed by the notes of the
+/// existing page (from [`NOTES_MARKER`] on), so rerunning an example does not erase the
+/// analysis written under its table.
 pub fn write_markdown(
     path: &Path,
     header: &str,
     rows: &[ResultRow],
     footer: &str,
 ) -> Result<(), DataError> {
-    let text = format!("{header}\n\n{}\n{footer}\n", markdown_table(rows));
+    let notes = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|old| old.find(NOTES_MARKER).map(|i| old[i..].to_string()))
+        .map_or(String::new(), |n| format!("\n{}", n.trim_end()) + "\n");
+    let text = format!("{header}\n\n{}\n{footer}\n{notes}", markdown_table(rows));
     write(path, text.as_bytes())
 }
 

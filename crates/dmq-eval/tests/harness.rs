@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use dmq_eval::classifier::FmnistClassifier;
 use dmq_eval::data::fashion_mnist::{Split, load_split};
 use dmq_eval::harness::{Reference, SampleSpec, generate, score};
-use dmq_eval::report::{ResultRow, markdown_table, read_rows, upsert_row};
+use dmq_eval::report::{
+    NOTES_MARKER, ResultRow, markdown_table, read_rows, upsert_row, write_markdown,
+};
 use dmq_models::dit::{DiT, DiTConfig};
 use dmq_models::scheduler::{DdimConfig, DdimScheduler};
 
@@ -141,6 +143,19 @@ fn rows_upsert_and_render() {
         "{md}"
     );
     assert!(md.contains("| 2.000 | 2.0 |"), "{md}");
+    // Regenerating a page keeps the notes below the marker, and only those.
+    let page = dir.join("page.md");
+    write_markdown(&page, "# T", &rows, "old footer").unwrap();
+    let first = std::fs::read_to_string(&page).unwrap();
+    assert!(!first.contains(NOTES_MARKER), "{first}");
+    let notes = format!("{NOTES_MARKER}\n## Reading\nhand-written analysis\n");
+    std::fs::write(&page, first + "\n" + &notes).unwrap();
+    write_markdown(&page, "# T2", &rows[..1], "new footer").unwrap();
+    let second = std::fs::read_to_string(&page).unwrap();
+    assert!(second.starts_with("# T2\n"), "{second}");
+    assert!(!second.contains("old footer") && second.contains("new footer"));
+    assert!(second.ends_with(&notes), "{second}");
+    assert_eq!(second.matches(NOTES_MARKER).count(), 1);
     std::fs::write(&path, b"[{").unwrap();
     assert!(read_rows(&path).is_err());
     std::fs::remove_dir_all(&dir).ok();

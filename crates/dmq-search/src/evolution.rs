@@ -199,6 +199,8 @@ impl<'a> Evolution<'a> {
         self
     }
 
+    /// What defines the search; [`same_search`] compares it without `epochs`, so a finished
+    /// search can be extended by resuming it with more epochs.
     fn fingerprint(&self) -> String {
         serde_json::json!({
             "space": self.space, "budget": self.budget.max_bitops, "config": self.config
@@ -225,7 +227,7 @@ impl<'a> Evolution<'a> {
                 path: path.clone(),
                 reason: format!("not a search state: {e}"),
             })?;
-        if state.fingerprint != self.fingerprint() {
+        if !same_search(&state.fingerprint, &self.fingerprint()) {
             return Err(SearchError::Checkpoint {
                 path: path.clone(),
                 reason: "it belongs to another search (space, budget or options differ); \
@@ -454,4 +456,17 @@ pub fn pareto_front(scored: &[Scored]) -> Vec<Scored> {
         }
     }
     front
+}
+
+/// Whether two fingerprints describe the same search: equal as JSON values once
+/// `config.epochs` is left out.
+fn same_search(stored: &str, current: &str) -> bool {
+    let parse = |s: &str| -> Option<serde_json::Value> {
+        let mut v: serde_json::Value = serde_json::from_str(s).ok()?;
+        if let Some(c) = v.get_mut("config").and_then(|c| c.as_object_mut()) {
+            c.remove("epochs");
+        }
+        Some(v)
+    };
+    matches!((parse(stored), parse(current)), (Some(a), Some(b)) if a == b)
 }

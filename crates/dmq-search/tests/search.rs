@@ -222,8 +222,12 @@ fn search_improves_respects_the_budget_and_resumes() {
         .run(&eval, &mut |_| {})
         .unwrap();
     assert_eq!(part.history.len(), 4);
-    // The checkpoint belongs to the 3-epoch search: the 6-epoch one refuses it...
-    let e = Evolution::new(&s, &cost, budget, small_config(6))
+    // A search with other options (here the seed) refuses the checkpoint...
+    let other = EvolutionConfig {
+        seed: 99,
+        ..small_config(3)
+    };
+    let e = Evolution::new(&s, &cost, budget, other)
         .unwrap()
         .with_checkpoint(&ck)
         .run(&eval, &mut |_| {});
@@ -244,6 +248,13 @@ fn search_improves_respects_the_budget_and_resumes() {
         .unwrap();
     assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert_eq!(again, part);
+    // More epochs extend the finished search: 3 + 3 resumed epochs equal 6 in one go.
+    let extended = Evolution::new(&s, &cost, budget, small_config(6))
+        .unwrap()
+        .with_checkpoint(&ck)
+        .run(&eval, &mut |_| {})
+        .unwrap();
+    assert_eq!(extended, full);
     // Same seed, same search.
     let twice = Evolution::new(&s, &cost, budget, small_config(6))
         .unwrap()

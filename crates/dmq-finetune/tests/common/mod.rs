@@ -23,6 +23,36 @@ pub fn tiny_dit(device: &Device) -> DiT {
     DiT::new(&cfg, device).unwrap()
 }
 
+/// Rewrites every float parameter from a host RNG keyed by `seed`: matrices and kernels
+/// N(0, 1/fan_in), constant 1-D parameters (norm γ, β) kept, other 1-D ones N(0, 0.1²).
+/// `Device::seed` is one process-wide stream that parallel tests draw from concurrently, so
+/// a model initialised with it alone is not reproducible under `cargo test`.
+pub fn reseeded<M: burn::module::Module>(model: M, seed: u64) -> M {
+    struct Reseed(dmq_models::noise::NoiseRng);
+    impl burn::module::ModuleMapper for Reseed {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            let rng = &mut self.0;
+            param.map(|old| {
+                let (dims, device) = (old.dims(), old.device());
+                let scale = if D >= 2 {
+                    1.0 / (dims[1..].iter().product::<usize>() as f32).sqrt()
+                } else {
+                    let v = host(&old);
+                    if v.iter().all(|x| *x == v[0]) {
+                        return old;
+                    }
+                    0.1
+                };
+                rng.tensor(dims, &device) * scale
+            })
+        }
+    }
+    model.map(&mut Reseed(dmq_models::noise::NoiseRng::new(seed)))
+}
+
 pub fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     HostTensor::from_tensor(t).data
 }
