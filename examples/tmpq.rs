@@ -21,7 +21,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::Module;
 use burn::tensor::Device;
 use dmq::calib::{CalibSet, PtqOptions, RecordOptions, model_bytes};
 use dmq::eval::classifier::FmnistClassifier;
@@ -38,6 +37,9 @@ use dmq::search::{
     Budget, Candidate, CostModel, Evolution, EvolutionConfig, SearchSpace, SuperNet,
     ThreadEvaluator, layer_slots, timestep_groups, uniform_timesteps,
 };
+
+#[allow(dead_code)] // the shared example helpers; tmpq uses a few
+mod common;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -61,13 +63,8 @@ struct Args {
 }
 
 fn parse_args(f: &Flags) -> Result<Args, FlagError> {
-    let model: String = f.get("model", "both".into())?;
     Ok(Args {
-        models: if model == "both" {
-            vec!["unet".into(), "dit".into()]
-        } else {
-            vec![model]
-        },
+        models: common::model_list(f.get("model", "both".into())?),
         n: f.get("n", 10)?,
         samples: f.get("samples", 1000)?,
         fitness_samples: f.get("fitness-samples", 200)?,
@@ -86,7 +83,7 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
     })
 }
 
-trait Model: Denoiser + Module + Clone + Sync {}
+trait Model: common::Model + Sync {}
 impl Model for UNet2DModel {}
 impl Model for DiT {}
 
@@ -99,27 +96,6 @@ fn sample(
 ) -> Result<HostTensor, Error> {
     let sched = DdimScheduler::with_timesteps(&DdimConfig::new(), timesteps)?;
     Ok(generate(model, &sched, spec, device, &mut |_, _| {})?)
-}
-
-/// Reads images written by [`save_images`]; `None` when absent or of another size.
-fn load_images(path: &Path, n: usize, info: &dmq::models::DenoiserInfo) -> Option<HostTensor> {
-    let bytes = std::fs::read(path).ok()?;
-    let shape = vec![n, info.in_channels, info.sample_size, info.sample_size];
-    if bytes.len() != 4 * shape.iter().product::<usize>() {
-        return None;
-    }
-    let data = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Some(HostTensor { data, shape })
-}
-
-/// Raw little-endian f32 samples, written atomically.
-fn save_images(path: &Path, images: &HostTensor) -> Result<(), Error> {
-    let bytes: Vec<u8> = images.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    dmq::quant::file::write_atomic(path, &bytes)?;
-    Ok(())
 }
 
 fn mse(a: &HostTensor, b: &HostTensor) -> f64 {
@@ -193,18 +169,15 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
     let t = Instant::now();
     let fp100_ts = uniform_timesteps(100, 1000)?;
     // cached: FP-100 sampling is the most expensive single step of a rerun
-    let fp_cache = args.work.join(format!(
-        "{name}-fp100-n{}-b{}-cfg{}-seed2024.f32",
-        args.samples, args.batch, guidance
-    ));
-    let fp_images = match load_images(&fp_cache, args.samples, &info) {
-        Some(images) => images,
-        None => {
-            let images = sample(&fp, &fp100_ts, &spec(args.samples), device)?;
-            save_images(&fp_cache, &images)?;
-            images
-        }
-    };
+    let fp_images = common::deploy::fp_samples(
+        &fp,
+        &DdimScheduler::with_timesteps(&DdimConfig::new(), &fp100_ts)?,
+        &spec(args.samples),
+        name,
+        &args.work,
+        device,
+    )
+    .map_err(|e| e.to_string())?;
     let reference = Reference::new(&classifier, &test, fp_images.clone(), device)?;
     let s_fp = score(
         &classifier,
