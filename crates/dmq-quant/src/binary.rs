@@ -71,6 +71,32 @@ fn binary_params(sigma: &[f32]) -> Result<AffineParams> {
     })
 }
 
+/// One bitplane `σ_c·sign(v)` with `positive[i]` = (sign(v_i) = +1), σ per output channel.
+///
+/// A learnable σ can cross zero during training (BinaryDM's zero-initialised adaLN
+/// modulation does), but a packed scale must be > 0: since σ·sign(v) = |σ|·(−sign(v)), a
+/// negative channel stores its codes flipped with |σ|, and σ = 0 (an all-zero channel) the
+/// smallest positive scale, so the export dequantizes to the trained forward.
+fn bitplane(positive: &[bool], shape: &[usize], sigma: &[f32]) -> Result<QuantizedTensor> {
+    let per = positive.len() / sigma.len().max(1);
+    let codes: Vec<u8> = positive
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (p != (sigma[i / per.max(1)] < 0.0)) as u8)
+        .collect();
+    let scale: Vec<f32> = sigma
+        .iter()
+        .map(|s| {
+            if s.is_nan() {
+                *s
+            } else {
+                s.abs().max(f32::MIN_POSITIVE)
+            }
+        })
+        .collect();
+    QuantizedTensor::from_codes(&codes, shape, binary_params(&scale)?)
+}
+
 /// Vanilla binarizer `ŵ = σ·sign(w)`, sign(0) = +1, σ per output channel (axis 0),
 /// initialised to mean|w| and learnable; clipped STE (gradient to w is `1[|w| ≤ 1]`).
 ///
@@ -113,11 +139,15 @@ impl Quantizer for BinaryQuantizer {
         binary_params(&to_host(self.sigma.val(), "BinaryQuantizer sigma")?)
     }
 
-    fn export<const D: usize>(&self, w: Tensor<D>, step: usize) -> Result<QuantizedTensor> {
+    fn export<const D: usize>(&self, w: Tensor<D>, _step: usize) -> Result<QuantizedTensor> {
         check_channels(&w, self.channels(), "BinaryQuantizer::export")?;
         let (data, shape) = weight_host(w, "BinaryQuantizer::export")?;
-        let codes: Vec<u8> = data.iter().map(|&v| (v >= 0.0) as u8).collect();
-        QuantizedTensor::from_codes(&codes, &shape, self.affine_params(step)?)
+        let positive: Vec<bool> = data.iter().map(|&v| v >= 0.0).collect();
+        bitplane(
+            &positive,
+            &shape,
+            &to_host(self.sigma.val(), "BinaryQuantizer sigma")?,
+        )
     }
 }
 
@@ -192,24 +222,16 @@ impl MultiBasisBinarizer {
         let (data, shape) = weight_host(w, "MultiBasisBinarizer::export_bases")?;
         let per = data.len() / shape[0];
         let s1 = to_host(self.sigma1.val(), "sigma1")?;
-        let first: Vec<u8> = data.iter().map(|&v| (v >= 0.0) as u8).collect();
-        let mut out = vec![QuantizedTensor::from_codes(
-            &first,
-            &shape,
-            binary_params(&s1)?,
-        )?];
+        let first: Vec<bool> = data.iter().map(|&v| v >= 0.0).collect();
+        let mut out = vec![bitplane(&first, &shape, &s1)?];
         if let Some(s2) = &self.sigma2 {
             let s2 = to_host(s2.val(), "sigma2")?;
-            let second: Vec<u8> = data
+            let second: Vec<bool> = data
                 .iter()
                 .enumerate()
-                .map(|(i, &v)| ((v - s1[i / per] * sign_scalar(v)) >= 0.0) as u8)
+                .map(|(i, &v)| (v - s1[i / per] * sign_scalar(v)) >= 0.0)
                 .collect();
-            out.push(QuantizedTensor::from_codes(
-                &second,
-                &shape,
-                binary_params(&s2)?,
-            )?);
+            out.push(bitplane(&second, &shape, &s2)?);
         }
         Ok(out)
     }

@@ -288,9 +288,29 @@ fn binary_sign_and_ste(device: &Device) {
         1e-6,
         "ste",
     );
-    let e = q.export(w, 0).unwrap();
+    let e = q.export(w.clone(), 0).unwrap();
     assert_eq!(e.packed.len(), 1);
     assert_close(&e.dequantize().unwrap(), &yv, 1e-6, "binary export");
+    // a trained σ may cross zero: the export flips that channel's codes and keeps the forward
+    let mut neg = q.clone();
+    neg.sigma = neg.sigma.map(|_| tn(&[-0.25, 0.0], [2], &ad));
+    let want = [-0.25, -0.25, 0.25, 0.0, 0.0, 0.0];
+    assert_close(
+        &host(neg.fake_quant(w.clone(), 0).unwrap()),
+        &want,
+        1e-6,
+        "σ ≤ 0",
+    );
+    let e = neg.export(w.clone(), 0).unwrap();
+    assert!(
+        e.params.delta.iter().all(|d| *d > 0.0),
+        "{:?}",
+        e.params.delta
+    );
+    assert_close(&e.dequantize().unwrap(), &want, 1e-6, "σ ≤ 0 export");
+    // a non-finite σ is a typed error, not a panic
+    neg.sigma = neg.sigma.map(|_| tn(&[f32::NAN, 1.0], [2], &ad));
+    assert!(neg.export(w, 0).is_err());
 }
 
 /// §6.1 EBB test vector, regulariser and collapse.
