@@ -305,11 +305,11 @@ fn quest_stages_checkpoint_and_export(device: &Device) {
     // A 24-step AdaRound + QuEST run on a tiny model is chaotic in the float summation order:
     // one rounding decision flipped by a different reduction order changes the outcome. On
     // the CPU backends it cut the error by 14-41% (every seed and test mix measured; the
-    // bound leaves room for flex's thread-dependent reduction order). On
-    // lavapipe the autotuned kernels change that order from run to run and the same run
-    // ended at 0.83x, 0.96x, 1.18x and 1.64x of its start, so there the quality bound would
-    // test the autotuner, not dmq; the wgpu kernels are covered by the structural checks
-    // below and by the gradient tests of this file.
+    // bound leaves room for flex's thread-dependent reduction order). On lavapipe the
+    // autotuned kernels change that order from run to run and the same run ended at 0.83x,
+    // 0.96x, 1.18x and 1.64x of its start, so there the quality bound would test the
+    // autotuner, not dmq; the wgpu kernels are covered by the structural checks below and by
+    // the gradient tests of this file.
     if !backend_tag(device).to_lowercase().contains("wgpu") {
         assert!(
             after < 0.95 * before,

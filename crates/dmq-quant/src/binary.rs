@@ -78,21 +78,17 @@ fn binary_params(sigma: &[f32]) -> Result<AffineParams> {
 /// negative channel stores its codes flipped with |σ|, and σ = 0 (an all-zero channel) the
 /// smallest positive scale, so the export dequantizes to the trained forward.
 fn bitplane(positive: &[bool], shape: &[usize], sigma: &[f32]) -> Result<QuantizedTensor> {
-    let per = positive.len() / sigma.len().max(1);
+    // callers checked `sigma.len()` = shape[0] ≥ 1
+    let per = positive.len() / sigma.len();
     let codes: Vec<u8> = positive
         .iter()
         .enumerate()
-        .map(|(i, &p)| (p != (sigma[i / per.max(1)] < 0.0)) as u8)
+        .map(|(i, &p)| (p != (sigma[i / per] < 0.0)) as u8)
         .collect();
+    // |NaN| stays NaN, which `from_codes` rejects as a typed error
     let scale: Vec<f32> = sigma
         .iter()
-        .map(|s| {
-            if s.is_nan() {
-                *s
-            } else {
-                s.abs().max(f32::MIN_POSITIVE)
-            }
-        })
+        .map(|&s| if s == 0.0 { f32::MIN_POSITIVE } else { s.abs() })
         .collect();
     QuantizedTensor::from_codes(&codes, shape, binary_params(&scale)?)
 }
