@@ -1,24 +1,32 @@
 //! Differentiable building blocks: straight-through rounding, gradient scaling, the
 //! clipped sign, and the affine fake-quantization core every uniform quantizer shares.
 //!
-//! All of them use the `x + (f(x) − x).detach()` pattern: the forward value is `f(x)`, the
-//! backward pass sees the identity. burn's own `quantize` detaches (no gradient at all),
-//! and `round`/`sign` have zero gradient, so quantization-aware training needs these.
+//! All of them use the `f(x).detach() + (x − x.detach())` pattern: the backward pass sees
+//! the identity and the forward value is exactly `f(x)` (`x − x` is an exact 0 however a
+//! fusing backend evaluates it, whereas `x + (f(x) − x)` can be off by an ulp, e.g. under FMA
+//! contraction). An exported model, which applies `f` directly, then reproduces the trained
+//! forward bit for bit. burn's own `quantize` detaches (no gradient at all), and
+//! `round`/`sign` have zero gradient, so quantization-aware training needs these.
 
 use burn::tensor::Tensor;
 
 use crate::error::{QuantError, Result};
 use crate::spec::{Granularity, QuantSpec, Rounding};
 
+/// Exact zero forward, identity backward: the gradient path of every STE here.
+fn straight_through<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() - x.detach()
+}
+
 /// `round(x)` forward, identity backward.
 pub fn round_ste<const D: usize>(x: Tensor<D>, rounding: Rounding) -> Tensor<D> {
     let r = round_value(x.clone(), rounding);
-    x.clone() + (r - x).detach()
+    r.detach() + straight_through(x)
 }
 
 /// `floor(x)` forward, identity backward (QuEST's floor-STE for AdaRound, §1.3).
 pub fn floor_ste<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    x.clone() + (x.clone().floor() - x).detach()
+    x.clone().floor().detach() + straight_through(x)
 }
 
 /// Rounds without any gradient bookkeeping.
@@ -40,14 +48,12 @@ pub fn sign_pos<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// Binary sign with the clipped straight-through estimator (BinaryDM `BinaryQuantize`):
 /// forward `sign(x)` with sign(0) = +1, backward `1[|x| ≤ 1]`.
 pub fn sign_ste<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let clipped = x.clone().clamp(-1.0, 1.0);
-    clipped.clone() + (sign_pos(x) - clipped).detach()
+    sign_pos(x.clone()).detach() + straight_through(x.clamp(-1.0, 1.0))
 }
 
 /// Value `x`, gradient scaled by `g` (LSQ's step-size gradient scale).
 pub fn grad_scale<const D: usize>(x: Tensor<D>, g: f64) -> Tensor<D> {
-    let scaled = x.clone() * g;
-    (x - scaled.clone()).detach() + scaled
+    x.clone().detach() + straight_through(x) * g
 }
 
 /// Uniform affine fake quantization with the straight-through estimator (§1.1):

@@ -203,6 +203,76 @@ fn lsq_gradient_scale(device: &Device) {
     }
 }
 
+/// Exact equality of every value (no tolerance).
+fn assert_bitwise(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let bad: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i] != want[i]) // ±0 compare equal
+        .collect();
+    if let Some(&i) = bad.first() {
+        panic!(
+            "{what}: {} of {} values differ, first at {i}: {} vs {}",
+            bad.len(),
+            got.len(),
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// The STEs' forward values are exact, so an export (which applies round/sign/Δ directly)
+/// reproduces the trained forward bit for bit. Regression: LSQ's gradient scale used to
+/// compute Δ as (Δ − g·Δ) + g·Δ, off by an ulp for ~0.1% of Δ values, which flipped 4-bit
+/// rounding decisions of a trained BinaryDM DiT against its loaded export (max |Δ output| 4e-2).
+fn ste_forward_values_exact(device: &Device) {
+    let ad = device.clone().autodiff();
+    let n = 4096;
+    // deterministic spread of step sizes over three decades and of inputs over ±8 steps
+    let deltas: Vec<f32> = (0..n)
+        .map(|i| 1e-3 * 1000f32.powf(i as f32 / n as f32))
+        .collect();
+    let per = 16;
+    let xs: Vec<f32> = (0..n * per)
+        .map(|i| {
+            let u =
+                ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / (1u64 << 24) as f32;
+            (u * 16.0 - 8.0) * deltas[i / per]
+        })
+        .collect();
+    let g = 1.0 / ((per as f64) * 7.0).sqrt();
+    let d = t1(&deltas, &ad).require_grad();
+    assert_bitwise(
+        &host(dmq_quant::ste::grad_scale(d.clone(), g)),
+        &deltas,
+        "grad_scale value",
+    );
+    let x = tn(&xs, [n, per], &ad).require_grad();
+    let signs: Vec<f32> = xs
+        .iter()
+        .map(|&v| dmq_quant::binary::sign_scalar(v))
+        .collect();
+    assert_bitwise(
+        &host(dmq_quant::ste::sign_ste(x.clone())),
+        &signs,
+        "sign_ste value",
+    );
+    let scaled: Vec<f32> = xs.iter().map(|v| v * 3.7).collect();
+    let rounded: Vec<f32> = scaled.iter().map(|v| v.round_ties_even()).collect();
+    let y = dmq_quant::ste::round_ste(tn(&scaled, [n, per], &ad), dmq_quant::Rounding::HalfToEven);
+    assert_bitwise(&host(y), &rounded, "round_ste value");
+    // a trained per-channel LSQ (gradient scale on) against the uniform quantizer its
+    // exported parameters load into
+    let spec = QuantSpec::signed_symmetric(4).unwrap().per_channel(0);
+    let p = params(spec, &deltas, &vec![0.0; n]);
+    let lsq = LsqQuantizer::from_params(&p, false, true, &ad).unwrap();
+    let loaded = UniformQuantizer::from_params(&lsq.affine_params(0).unwrap(), &ad).unwrap();
+    assert_bitwise(
+        &host(lsq.fake_quant(x.clone(), 0).unwrap()),
+        &host(loaded.fake_quant(x, 0).unwrap()),
+        "LSQ forward vs its export",
+    );
+}
+
 /// BinaryDM's signed LSQ: α = 2·mean|x|/sqrt(Q_p) from the first batch, then fixed.
 fn binarydm_act_init_once(device: &Device) {
     let x = t1(&[1.0, -2.0, 3.0, -4.0], device);
@@ -491,6 +561,7 @@ per_backend!(
     torch_parity,
     rounds_half_to_even,
     lsq_gradient_scale,
+    ste_forward_values_exact,
     binarydm_act_init_once,
     adaround_vectors,
     adaround_regularizer_and_floor_ste,
