@@ -1,6 +1,7 @@
-//! Results records (DESIGN.md §6): one JSON object per (model, method, bits, steps) in
-//! `docs/results/<topic>.json`, a markdown table beside it, both written atomically.
-//! Rerunning a configuration replaces its row, so tables fill up over several runs.
+//! Results records (DESIGN.md §6): one JSON object per (model, method, bits, steps, samples)
+//! in `docs/results/<topic>.json`, a markdown table beside it, both written atomically.
+//! Rerunning a configuration replaces its row, so tables fill up over several runs; the same
+//! configuration scored on another number of samples is another row (FD depends on it).
 
 use std::path::Path;
 
@@ -50,13 +51,14 @@ pub struct ResultRow {
 }
 
 impl ResultRow {
-    fn key(&self) -> (String, String, u32, u32, usize) {
+    fn key(&self) -> (String, String, u32, u32, usize, usize) {
         (
             self.model.clone(),
             self.method.clone(),
             self.w_bits,
             self.a_bits,
             self.steps,
+            self.samples,
         )
     }
 }

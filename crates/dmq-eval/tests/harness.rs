@@ -135,6 +135,19 @@ fn rows_upsert_and_render() {
     upsert_row(&path, row("qdiffusion", 4.0)).unwrap();
     let rows = upsert_row(&path, row("naive", 3.0)).unwrap();
     assert_eq!(rows.len(), 2);
+    // the same configuration on another sample count is another row
+    let fewer = ResultRow {
+        samples: 500,
+        ..row("naive", 6.0)
+    };
+    let with_fewer = upsert_row(&path.with_extension("n.json"), fewer.clone()).unwrap();
+    assert_eq!(with_fewer.len(), 1);
+    for r in &rows {
+        upsert_row(&path.with_extension("n.json"), r.clone()).unwrap();
+    }
+    let both = read_rows(&path.with_extension("n.json")).unwrap();
+    assert_eq!(both.len(), 3, "500- and 1000-sample naive rows coexist");
+    assert!(both.contains(&fewer));
     assert_eq!(read_rows(&path).unwrap(), rows);
     assert_eq!(rows[0].fd_test, 3.0);
     let md = markdown_table(&rows);
