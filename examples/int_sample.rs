@@ -193,7 +193,7 @@ fn run<M: Denoiser + Module + Clone>(
 }
 
 fn main() {
-    let args = parse_args(&Flags::from_env()).unwrap_or_else(|e| Flags::exit_usage(e));
+    let args = Flags::parse_env(parse_args);
     let device = Device::flex();
     let mut rows = Vec::new();
     let want = |m: &str| args.model == "both" || args.model == m;

@@ -122,7 +122,7 @@ fn run(model: &dyn Denoiser, args: &Args, device: &Device) -> Result<(), Error> 
 }
 
 fn main() {
-    let args = parse_args(&Flags::from_env()).unwrap_or_else(|e| Flags::exit_usage(e));
+    let args = Flags::parse_env(parse_args);
     let device = Device::flex();
     let r = match args.model.as_str() {
         "unet" => UNet2DModel::from_pretrained(&args.dir, &device)

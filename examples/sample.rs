@@ -94,7 +94,7 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
 }
 
 fn main() {
-    let args = parse_args(&Flags::from_env()).unwrap_or_else(|e| Flags::exit_usage(e));
+    let args = Flags::parse_env(parse_args);
     let device =
         dmq::quant::device::by_name(&args.backend).unwrap_or_else(|e| Flags::exit_usage(e));
     let result = match args.model.as_str() {

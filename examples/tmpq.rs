@@ -408,7 +408,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
 }
 
 fn main() {
-    let args = parse_args(&Flags::from_env()).unwrap_or_else(|e| Flags::exit_usage(e));
+    let args = Flags::parse_env(parse_args);
     let device = Device::flex();
     for m in args.models.clone() {
         let dir = args.models_dir.join(format!("{m}-fmnist"));

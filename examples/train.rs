@@ -215,7 +215,7 @@ fn run<M: Trainable>(
 }
 
 fn main() {
-    let args = parse_args(&Flags::from_env()).unwrap_or_else(|e| Flags::exit_usage(e));
+    let args = Flags::parse_env(parse_args);
     let device = Device::flex().autodiff();
     let data = match &args.data {
         Some(d) => FashionMnist::load_from(d),

@@ -36,13 +36,12 @@ fn accuracy(model: &FmnistClassifier, split: &FashionMnistSplit, device: &Device
 }
 
 fn main() {
-    let flags = Flags::from_env();
-    let steps: usize = flags
-        .get("steps", 3000)
-        .unwrap_or_else(|e| Flags::exit_usage(e));
-    let out: PathBuf = flags
-        .get("out", PathBuf::from("assets/models/fmnist-classifier"))
-        .unwrap_or_else(|e| Flags::exit_usage(e));
+    let (steps, out): (usize, PathBuf) = Flags::parse_env(|f| {
+        Ok((
+            f.get("steps", 3000)?,
+            f.get("out", PathBuf::from("assets/models/fmnist-classifier"))?,
+        ))
+    });
     let data = FashionMnist::load().unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(1)

@@ -187,7 +187,7 @@ pub fn for_each_model(
 macro_rules! model_main {
     ($parse:path, $run:path, $finish:path) => {
         fn main() {
-            let args = $parse(&Flags::from_env()).unwrap_or_else(|e| Flags::exit_usage(e));
+            let args = Flags::parse_env($parse);
             let device = Device::flex().autodiff();
             let result = (|| -> Result<(), Error> {
                 struct Job<'a>(&'a Args, &'a Device);
