@@ -31,7 +31,7 @@ use dmq::eval::progress::Progress;
 use dmq::eval::report::{read_rows, upsert_row, write_markdown};
 use dmq::finetune::{
     QuestConfig, QuestLoss, SelectionRules, SensitivityOptions, SensitivityRow, layer_sensitivity,
-    quest_finetune, quest_student, quest_tuned_scalars, select_layers, sensitivity_by_set,
+    quest_finetune, quest_student_with, quest_tuned_scalars, select_layers, sensitivity_by_set,
 };
 use dmq::models::layer_inventory;
 
@@ -280,7 +280,26 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
             loss: args.loss,
             ..QuestConfig::default()
         };
-        let student = quest_student(&fp, &preset, &calib, &weights, &cfg, device)?;
+        eprintln!(
+            "{name} {preset_name}: building the student (activation ranges per timestep group)"
+        );
+        let label = format!("{name} {preset_name} student");
+        let mut bar: Option<Progress> = None;
+        let student = quest_student_with(
+            &fp,
+            &preset,
+            &calib,
+            &weights,
+            &cfg,
+            device,
+            &mut |done, total| {
+                bar.get_or_insert_with(|| Progress::new(&label, total as u64, 0))
+                    .set(done as u64, "group passes")
+            },
+        )?;
+        if let Some(b) = bar {
+            b.finish();
+        }
         if args.score_init {
             let ev = deploy_and_score(
                 &ctx,

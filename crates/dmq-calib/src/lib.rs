@@ -26,8 +26,8 @@ pub use error::{CalibError, Result};
 pub use export::{export_layers, layer_bits, model_bytes};
 pub use glob::glob_match;
 pub use ptq::{
-    PtqOptions, PtqReport, TimeGrouping, calibrate_activations, capture_inputs, clear_quantizers,
-    concat_rows, ptq, quantize_weights,
+    PtqOptions, PtqReport, TimeGrouping, calibrate_activations, calibrate_activations_with,
+    capture_inputs, clear_quantizers, concat_rows, ptq, quantize_weights,
 };
 pub use recon::{
     ReconCheckpoint, ReconOptions, ReconProgress, ReconReport, Unit, qdiffusion,

@@ -238,6 +238,19 @@ pub fn calibrate_activations<M: Denoiser + ?Sized>(
     opts: &PtqOptions,
     device: &Device,
 ) -> Result<(usize, usize)> {
+    calibrate_activations_with(model, plans, calib, opts, device, &mut |_, _| {})
+}
+
+/// [`calibrate_activations`] reporting `progress(sets done, sets)` after each parameter set
+/// (one per timestep group; per-channel ranges over many groups take minutes).
+pub fn calibrate_activations_with<M: Denoiser + ?Sized>(
+    model: &mut M,
+    plans: &[LayerPlan],
+    calib: &CalibSet,
+    opts: &PtqOptions,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(usize, usize)> {
     calib.validate()?;
     if calib.is_empty() {
         return Err(CalibError::CalibSet("no entries".into()));
@@ -308,6 +321,7 @@ pub fn calibrate_activations<M: Denoiser + ?Sized>(
                 .entry((name, op))
                 .or_insert_with(|| vec![None; n_sets])[set] = Some(p);
         }
+        progress(set + 1, n_sets);
     }
     let timesteps = calib.timesteps.clone();
     let mut built: BTreeMap<(String, Operand), ActQuantizer> = BTreeMap::new();

@@ -62,7 +62,8 @@ pub use lrm::{LrmAxis, LrmProjection, lrm_loss, symmetric_eigen};
 pub use policy::{LayerPolicy, PolicyPlan, Treatment, plan_layers};
 pub use quest::{
     QuestConfig, QuestLoss, QuestProgress, QuestReport, QuestStudent, Stage, quest, quest_finetune,
-    quest_loss, quest_plans, quest_student, quest_tuned_scalars, set_quest_trainable, tap_mse,
+    quest_loss, quest_plans, quest_student, quest_student_with, quest_tuned_scalars,
+    set_quest_trainable, tap_mse,
 };
 pub use quest_select::{QuestSelection, SelectionRules, on_time_embedding_path, select_layers};
 pub use quest_sensitivity::{

@@ -36,7 +36,7 @@ use burn::tensor::{Device, Tensor};
 use dmq_calib::config::default_act_spec;
 use dmq_calib::{
     CalibSet, LayerPlan, PtqOptions, QuantConfig, ReconCheckpoint, TimeGrouping,
-    calibrate_activations, restore_weight_rounding,
+    calibrate_activations_with, restore_weight_rounding,
 };
 use dmq_models::layers::{LayerKind, LayerMut, LayerRef};
 use dmq_models::noise::NoiseRng;
@@ -243,6 +243,20 @@ pub fn quest_student<M: Denoiser + Module + Clone>(
     cfg: &QuestConfig,
     device: &Device,
 ) -> Result<QuestStudent<M>> {
+    quest_student_with(fp, preset, calib, weights, cfg, device, &mut |_, _| {})
+}
+
+/// [`quest_student`] reporting `progress(done, total)` over the activation calibration passes
+/// (one unit per timestep group and pass; the per-channel ranges are most of the build time).
+pub fn quest_student_with<M: Denoiser + Module + Clone>(
+    fp: &M,
+    preset: &QuantConfig,
+    calib: &CalibSet,
+    weights: &ReconCheckpoint,
+    cfg: &QuestConfig,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<QuestStudent<M>> {
     check(cfg)?;
     let t0 = Instant::now();
     let calls = layer_inventory(fp, device)?;
@@ -283,18 +297,23 @@ pub fn quest_student<M: Denoiser + Module + Clone>(
         act_samples: cfg.act_samples,
         ..PtqOptions::default()
     };
-    calibrate_activations(&mut model, &plans, calib, &opts, device)?;
     let te_path: Vec<LayerPlan> = plans
         .iter()
         .filter(|p| on_time_embedding_path(&p.name))
         .cloned()
         .collect();
+    let passes = if te_path.is_empty() { 1 } else { 2 };
+    calibrate_activations_with(&mut model, &plans, calib, &opts, device, &mut |d, n| {
+        progress(d, passes * n)
+    })?;
     if !te_path.is_empty() {
         let max = PtqOptions {
             act_init: RangeInit::Max,
             ..opts
         };
-        calibrate_activations(&mut model, &te_path, calib, &max, device)?;
+        calibrate_activations_with(&mut model, &te_path, calib, &max, device, &mut |d, n| {
+            progress(n + d, 2 * n)
+        })?;
     }
     Ok(QuestStudent {
         model,

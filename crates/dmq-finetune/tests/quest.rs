@@ -11,7 +11,7 @@ use dmq_calib::{
 };
 use dmq_finetune::{
     FinetuneError, QuestConfig, QuestLoss, SensitivityOptions, Stage, layer_sensitivity, quest,
-    quest_loss, quest_student, sensitivity_by_set, set_quest_trainable,
+    quest_loss, quest_student, quest_student_with, sensitivity_by_set, set_quest_trainable,
 };
 use dmq_models::layers::{LayerKind, LayerMut, LayerRef};
 use dmq_models::noise::NoiseRng;
@@ -156,10 +156,18 @@ fn quest_student_layout_and_floor_ste(device: &Device) {
     let ck = qdiff_weights(&fp, &calib, &dir, &ad);
     let preset = QuantConfig::preset("W4A4").unwrap();
     let cfg = QuestConfig::default();
-    let st = quest_student(&fp, &preset, &calib, &ck, &cfg, &ad).unwrap();
+    let mut reports = Vec::new();
+    let st = quest_student_with(&fp, &preset, &calib, &ck, &cfg, &ad, &mut |d, n| {
+        reports.push((d, n))
+    })
+    .unwrap();
     let (student, sel, plans, groups) = (st.model, st.selection, st.plans, st.groups);
     // one group per recorded step (2 of the 4 sampling steps)
     assert_eq!(groups, calib.steps().len());
+    // progress: one report per group and pass (all layers, then the time-embedding path)
+    let total = 2 * groups;
+    let want: Vec<(usize, usize)> = (1..=total).map(|d| (d, total)).collect();
+    assert_eq!(reports, want);
     let map = step_groups(
         TimeGrouping::Groups(groups),
         calib.num_steps(),
