@@ -196,9 +196,11 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
                         args.work
                             .join(format!("{name}-{preset}-qdiffusion.safetensors")),
                     );
-                    // position in millionths of all unit-iterations (units × iterations of the phase)
-                    let mut bar =
-                        Progress::new(&format!("{name} {preset} q-diffusion"), 1_000_000, 0);
+                    // position in millionths of the unit-iterations of the current phase; a new
+                    // bar per phase (weights, then activations) so the rate and ETA are the phase's
+                    let label = format!("{name} {preset} q-diffusion");
+                    let mut bar = Progress::new(&label, 1_000_000, 0);
+                    let mut phase = String::new();
                     let (m, rep) = qdiffusion(
                         &fp,
                         fp.clone(),
@@ -209,8 +211,13 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
                         device,
                         &mut |p| {
                             let total = (p.units * p.iters.max(1)) as u64;
+                            let pos = (p.unit * p.iters + p.iter) as u64 * 1_000_000 / total.max(1);
+                            if p.phase != phase {
+                                phase = p.phase.to_string();
+                                bar = Progress::new(&label, 1_000_000, pos);
+                            }
                             bar.set(
-                                (p.unit * p.iters + p.iter) as u64 * 1_000_000 / total.max(1),
+                                pos,
                                 format!(
                                     "{} {}/{} {} loss {:.4}",
                                     p.phase,
