@@ -179,6 +179,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         let qcfg = QuantConfig::preset(preset)?;
         for method in &args.methods {
             let t = Instant::now();
+            let mut earlier_s = 0.0;
             let student = match method.as_str() {
                 "naive" => {
                     let mut m = fp.clone();
@@ -235,13 +236,15 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
                         rep.units.len(),
                         rep.resumed_units
                     );
+                    earlier_s = rep.resumed_s;
                     m.no_grad()
                 }
                 other => {
                     return Err(format!("unknown method {other}: use naive or qdiffusion").into());
                 }
             };
-            let calib_s = t.elapsed().as_secs_f64();
+            // a resumed reconstruction costs its earlier sessions too
+            let calib_s = t.elapsed().as_secs_f64() + earlier_s;
             let label = format!("{name} {method} {preset}");
             let (images, sample_s) = sample_images(&student, &sched, &spec, &label, device)?;
             let s = score(&classifier, &reference, &images, info.num_classes, device)?;
@@ -270,7 +273,8 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
                     serde_json::json!({
                         "sample_s": sample_s, "cfg": cfg_scale, "calib_entries": calib.len(),
                         "calib_record_s": calib_record_s, "recon_iters": args.recon_iters,
-                        "recon_act_iters": args.recon_act_iters, "class_share": s.class_share
+                        "recon_act_iters": args.recon_act_iters, "class_share": s.class_share,
+                        "recon_resumed_s": earlier_s
                     }),
                 ),
             )?;

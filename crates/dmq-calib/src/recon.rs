@@ -251,6 +251,10 @@ pub struct ReconReport {
     pub wall_s: f64,
     /// Units skipped because a checkpoint had them.
     pub resumed_units: usize,
+    /// Seconds the resumed units took in the earlier runs (their records' `wall_s`), so
+    /// `wall_s + resumed_s` is the reconstruction's cost over all sessions.
+    #[serde(default)]
+    pub resumed_s: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -799,6 +803,7 @@ pub fn qdiffusion<M: Denoiser + Module + Clone>(
     );
     let mut state = ReconState::default();
     let mut resumed = 0;
+    let mut resumed_s = 0.0;
     let mut saved: Option<QuantizedFile> = None;
     if let Some(ck) = checkpoint
         && let Some((st, file)) = ck.load()?
@@ -811,6 +816,7 @@ pub fn qdiffusion<M: Denoiser + Module + Clone>(
         }
         restore_quantizer_state(&mut model, &file)?;
         resumed = st.weight_units_done + st.act_units_done;
+        resumed_s = st.units.iter().map(|u| u.wall_s).sum();
         state = st;
         saved = Some(file);
     }
@@ -929,6 +935,7 @@ pub fn qdiffusion<M: Denoiser + Module + Clone>(
             units: state.units,
             wall_s: t0.elapsed().as_secs_f64(),
             resumed_units: resumed,
+            resumed_s,
         },
     ))
 }

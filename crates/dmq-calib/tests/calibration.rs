@@ -518,6 +518,10 @@ fn adaround_reconstruction_lowers_block_error(device: &Device) {
     .unwrap();
     assert_eq!(rep2.resumed_units, rep2.units.len().max(rep2.resumed_units));
     assert_eq!(rep2.units, rep.units);
+    // the resumed units' time is reported, so a resumed run's cost is not understated
+    let recorded: f64 = rep.units.iter().map(|u| u.wall_s).sum();
+    assert_eq!(rep.resumed_s, 0.0);
+    assert!(recorded > 0.0 && (rep2.resumed_s - recorded).abs() < 1e-9);
     assert_eq!(
         eval_on(&again, &calib, 0, &ad),
         eval_on(&model, &calib, 0, &ad)
