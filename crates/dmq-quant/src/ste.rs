@@ -2,10 +2,10 @@
 //! clipped sign, and the affine fake-quantization core every uniform quantizer shares.
 //!
 //! All of them use the `f(x).detach() + (x − x.detach())` pattern: the backward pass sees
-//! the identity and the forward value is exactly `f(x)` (`x − x` is an exact 0 however a
-//! fusing backend evaluates it, whereas `x + (f(x) − x)` can be off by an ulp, e.g. under FMA
-//! contraction). An exported model, which applies `f` directly, then reproduces the trained
-//! forward bit for bit. burn's own `quantize` detaches (no gradient at all), and
+//! the identity and the forward value is exactly `f(x)`: `x − x` is an exact 0 however a
+//! fusing backend evaluates it, whereas rounding in forms like `(x − g·x) + g·x` (LSQ's
+//! gradient scale as first written) leaves ~0.1% of values one ulp off. An exported model,
+//! which applies `f` directly, then reproduces the trained forward bit for bit. burn's own `quantize` detaches (no gradient at all), and
 //! `round`/`sign` have zero gradient, so quantization-aware training needs these.
 
 use burn::tensor::Tensor;
