@@ -31,6 +31,10 @@ use dmq_models::train::{Checkpoint, TrainState};
 use dmq_models::{Denoiser, ForwardCtx};
 use serde::{Deserialize, Serialize};
 
+use burn::module::Param;
+use dmq_models::layers::LayerMut;
+use dmq_quant::ActQuantizer;
+
 use crate::error::{FinetuneError, Result};
 use crate::lr::{LayerLr, LrConfig, layer_lrs, lr_scheduler};
 use crate::student::{StudentOptions, StudentReport, build_student, set_trainable};
@@ -254,6 +258,7 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
             sum += v;
             let grads = GradientsParams::from_grads(loss.backward(), &student);
             student = optim.step(sched.step(), student, grads);
+            keep_talsq_positive(&mut student, input.step.step);
             state.step += 1;
             traj.advance(eps_fp.detach())?;
             progress(&FinetuneProgress {
@@ -287,6 +292,39 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
     ))
 }
 
+/// Keeps the TALSQ step sizes of sampling step `step` (the set just trained) ≥
+/// [`dmq_quant::range::MIN_DELTA`]: an AdamW step larger than a small Δ flips its sign (seen
+/// on the UNet's `mid_block.resnets.0.time_emb_proj` input at W4A8, whose export then refused
+/// Δ < 0). The same guard as the QuEST loop's; parameter ids (and AdamW moments) are kept.
+pub(crate) fn keep_talsq_positive<M: Denoiser + ?Sized>(model: &mut M, step: usize) {
+    let min = dmq_quant::range::MIN_DELTA;
+    model.for_each_layer_mut(&mut |layer| {
+        let slots: Vec<&mut Option<ActQuantizer>> = match layer {
+            LayerMut::Linear(l) => vec![&mut l.a_quant],
+            LayerMut::Conv2d(l) => vec![&mut l.a_quant],
+            LayerMut::Matmul(m) => vec![&mut m.a_quant, &mut m.b_quant],
+        };
+        for q in slots.into_iter().flatten() {
+            let ActQuantizer::TimeLsq(t) = q else {
+                continue;
+            };
+            let Some(&i) = t.step_to_set().get(step) else {
+                continue;
+            };
+            let lsq = &mut t.sets[i];
+            let d = dmq_models::HostTensor::from_tensor(&lsq.delta.val()).data;
+            if d.iter().all(|&v| v >= min) {
+                continue;
+            }
+            let n = d.len();
+            let fixed: Vec<f32> = d.into_iter().map(|v| v.max(min)).collect();
+            let device = lsq.delta.val().device();
+            let t = Tensor::<1>::from_data(burn::tensor::TensorData::new(fixed, [n]), &device);
+            lsq.delta = Param::initialized(lsq.delta.id, t.require_grad());
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,5 +344,56 @@ mod tests {
         );
         let l = scalar(&distill_loss(s, t, 1));
         assert!((l - (0.25 + 9.0)).abs() < 1e-6, "{l}");
+    }
+
+    #[test]
+    fn talsq_steps_stay_positive() {
+        use dmq_quant::{AffineParams, LsqQuantizer, QuantSpec, TimeIndexed};
+        let device = Device::default().autodiff(); // training runs on an autodiff device
+        let cfg = dmq_models::defaults::tiny_unet().unwrap();
+        let mut model = dmq_models::unet::UNet2DModel::new(&cfg, &device).unwrap();
+        let spec = QuantSpec::int(4).unwrap();
+        // an optimiser step can drive Δ negative; from_params refuses one, so set it after
+        let set = |d: f32| {
+            let p = AffineParams {
+                spec,
+                delta: vec![1.0],
+                zero: vec![8.0],
+            };
+            let mut q = LsqQuantizer::from_params(&p, true, false, &device).unwrap();
+            q.delta = Param::from_tensor(Tensor::from_data(TensorData::new(vec![d], [1]), &device));
+            q
+        };
+        let mut name = String::new();
+        model.for_each_layer_mut(&mut |layer| {
+            if let (LayerMut::Conv2d(l), true) = (layer, name.is_empty()) {
+                name = l.name().to_string();
+                let q = TimeIndexed::grouped(
+                    vec![set(-0.5), set(-0.25)],
+                    vec![900.0, 100.0],
+                    vec![0, 1],
+                )
+                .unwrap();
+                l.a_quant = Some(ActQuantizer::TimeLsq(q));
+            }
+        });
+        keep_talsq_positive(&mut model, 1);
+        let mut deltas = Vec::new();
+        model.for_each_layer(&mut |layer| {
+            if let dmq_models::layers::LayerRef::Conv2d(l) = layer
+                && let Some(ActQuantizer::TimeLsq(t)) = &l.a_quant
+            {
+                for q in &t.sets {
+                    deltas.push(scalar(&q.delta.val().sum()));
+                }
+            }
+        });
+        // only the trained step's set is clamped, to the floor
+        assert_eq!(deltas.len(), 2, "{name}");
+        assert_eq!(deltas[0], -0.5);
+        assert!(
+            (deltas[1] - f64::from(dmq_quant::range::MIN_DELTA)).abs() < 1e-12,
+            "{deltas:?}"
+        );
     }
 }
