@@ -31,10 +31,7 @@ use dmq_models::train::{Checkpoint, TrainState};
 use dmq_models::{Denoiser, ForwardCtx};
 use serde::{Deserialize, Serialize};
 
-use burn::module::Param;
-use dmq_models::layers::LayerMut;
-use dmq_quant::ActQuantizer;
-
+use crate::delta_floor::keep_act_deltas_positive;
 use crate::error::{FinetuneError, Result};
 use crate::lr::{LayerLr, LrConfig, layer_lrs, lr_scheduler};
 use crate::student::{StudentOptions, StudentReport, build_student, set_trainable};
@@ -258,7 +255,8 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
             sum += v;
             let grads = GradientsParams::from_grads(loss.backward(), &student);
             student = optim.step(sched.step(), student, grads);
-            keep_talsq_positive(&mut student, input.step.step);
+            // an AdamW step can flip a small TALSQ Δ negative (seen on the UNet W4A8 time_emb_proj input)
+            keep_act_deltas_positive(&mut student, input.step.step, &|_| true);
             state.step += 1;
             traj.advance(eps_fp.detach())?;
             progress(&FinetuneProgress {
@@ -292,43 +290,13 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
     ))
 }
 
-/// Keeps the TALSQ step sizes of sampling step `step` (the set just trained) ≥
-/// [`dmq_quant::range::MIN_DELTA`]: an AdamW step larger than a small Δ flips its sign (seen
-/// on the UNet's `mid_block.resnets.0.time_emb_proj` input at W4A8, whose export then refused
-/// Δ < 0). The same guard as the QuEST loop's; parameter ids (and AdamW moments) are kept.
-pub(crate) fn keep_talsq_positive<M: Denoiser + ?Sized>(model: &mut M, step: usize) {
-    let min = dmq_quant::range::MIN_DELTA;
-    model.for_each_layer_mut(&mut |layer| {
-        let slots: Vec<&mut Option<ActQuantizer>> = match layer {
-            LayerMut::Linear(l) => vec![&mut l.a_quant],
-            LayerMut::Conv2d(l) => vec![&mut l.a_quant],
-            LayerMut::Matmul(m) => vec![&mut m.a_quant, &mut m.b_quant],
-        };
-        for q in slots.into_iter().flatten() {
-            let ActQuantizer::TimeLsq(t) = q else {
-                continue;
-            };
-            let Some(&i) = t.step_to_set().get(step) else {
-                continue;
-            };
-            let lsq = &mut t.sets[i];
-            let d = dmq_models::HostTensor::from_tensor(&lsq.delta.val()).data;
-            if d.iter().all(|&v| v >= min) {
-                continue;
-            }
-            let n = d.len();
-            let fixed: Vec<f32> = d.into_iter().map(|v| v.max(min)).collect();
-            let device = lsq.delta.val().device();
-            let t = Tensor::<1>::from_data(burn::tensor::TensorData::new(fixed, [n]), &device);
-            lsq.delta = Param::initialized(lsq.delta.id, t.require_grad());
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::module::Param;
     use burn::tensor::TensorData;
+    use dmq_models::layers::LayerMut;
+    use dmq_quant::ActQuantizer;
 
     #[test]
     fn distill_loss_sums_squares_over_eps_channels_only() {
@@ -377,7 +345,7 @@ mod tests {
                 l.a_quant = Some(ActQuantizer::TimeLsq(q));
             }
         });
-        keep_talsq_positive(&mut model, 1);
+        keep_act_deltas_positive(&mut model, 1, &|_| true);
         let mut deltas = Vec::new();
         model.for_each_layer(&mut |layer| {
             if let dmq_models::layers::LayerRef::Conv2d(l) = layer

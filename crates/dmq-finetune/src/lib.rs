@@ -39,6 +39,7 @@
 //! ```
 
 pub mod binarydm;
+mod delta_floor;
 pub mod efficientdm;
 pub mod error;
 pub mod lr;

@@ -45,6 +45,7 @@ use dmq_models::{Denoiser, ForwardCtx, TapTensor, Taps, layer_inventory};
 use dmq_quant::{ActQuantizer, RangeInit, UniformQuantizer, WeightQuantizer};
 use serde::{Deserialize, Serialize};
 
+use crate::delta_floor::keep_act_deltas_positive;
 use crate::error::{FinetuneError, Result};
 use crate::quest_select::{QuestSelection, SelectionRules, on_time_embedding_path, select_layers};
 
@@ -391,42 +392,6 @@ pub fn set_quest_trainable<M: Denoiser + Module>(
     (model, ids)
 }
 
-/// Clamps the activation Δ of `acts` used at `step` to ≥ [`dmq_quant::range::MIN_DELTA`]
-/// after an update: an Adam step larger than a small Δ would otherwise flip its sign and wreck
-/// the channel. Only the set of `step` can have moved.
-fn keep_deltas_positive<M: Denoiser + ?Sized>(model: &mut M, acts: &[String], step: usize) {
-    let min = dmq_quant::range::MIN_DELTA;
-    model.for_each_layer_mut(&mut |layer| {
-        if !acts.iter().any(|n| n == layer.name()) {
-            return;
-        }
-        let slots: Vec<&mut Option<ActQuantizer>> = match layer {
-            LayerMut::Linear(l) => vec![&mut l.a_quant],
-            LayerMut::Conv2d(l) => vec![&mut l.a_quant],
-            LayerMut::Matmul(m) => vec![&mut m.a_quant, &mut m.b_quant],
-        };
-        for q in slots.into_iter().flatten() {
-            let u = match q {
-                ActQuantizer::Uniform(u) => u,
-                ActQuantizer::TimeUniform(t) => match t.step_to_set().get(step) {
-                    Some(&i) => &mut t.sets[i],
-                    None => continue,
-                },
-                _ => continue,
-            };
-            let d = dmq_models::HostTensor::from_tensor(&u.delta.val()).data;
-            if d.iter().all(|&v| v >= min) {
-                continue;
-            }
-            let n = d.len();
-            let fixed: Vec<f32> = d.into_iter().map(|v| v.max(min)).collect();
-            let device = u.delta.val().device();
-            let t = Tensor::<1>::from_data(burn::tensor::TensorData::new(fixed, [n]), &device);
-            u.delta = Param::initialized(u.delta.id, t.require_grad());
-        }
-    });
-}
-
 /// Activation Δ scalars of `acts` plus weight and bias scalars of `weights`.
 fn tuned_scalars<M: Denoiser + ?Sized>(model: &M, weights: &[String], acts: &[String]) -> usize {
     let mut n = 0;
@@ -767,7 +732,7 @@ pub fn quest_finetune<M: Denoiser + Module + Clone>(
                 sum += v;
                 let grads = GradientsParams::from_grads(loss.backward(), &student);
                 student = optim.step(sched.step(), student, grads);
-                keep_deltas_positive(&mut student, &acts_set, *step);
+                keep_act_deltas_positive(&mut student, *step, &|n| acts_set.iter().any(|a| a == n));
                 state.step += 1;
                 progress(&QuestProgress {
                     stage: label,
