@@ -244,8 +244,13 @@ pub fn deploy_and_score_on<M: Model>(
 /// rows, all at `mine`'s sample count and steps.
 pub fn comparison_rows(mine: &[ResultRow], baselines: &[&[ResultRow]]) -> Vec<ResultRow> {
     let mut rows: Vec<ResultRow> = Vec::new();
-    let mut models: Vec<&str> = mine.iter().map(|r| r.model.as_str()).collect();
-    models.dedup();
+    // first-appearance order; rows of one model need not be adjacent (runs append)
+    let mut seen = std::collections::HashSet::new();
+    let models: Vec<&str> = mine
+        .iter()
+        .map(|r| r.model.as_str())
+        .filter(|m| seen.insert(*m))
+        .collect();
     for m in models {
         let ours: Vec<&ResultRow> = mine.iter().filter(|r| r.model == m).collect();
         let (steps, samples) = (ours[0].steps, ours[0].samples);
@@ -258,8 +263,12 @@ pub fn comparison_rows(mine: &[ResultRow], baselines: &[&[ResultRow]]) -> Vec<Re
                     .cloned(),
             );
         }
-        let mut bits: Vec<(u32, u32)> = ours.iter().map(|r| (r.w_bits, r.a_bits)).collect();
-        bits.dedup();
+        let mut seen = std::collections::HashSet::new();
+        let bits: Vec<(u32, u32)> = ours
+            .iter()
+            .map(|r| (r.w_bits, r.a_bits))
+            .filter(|b| seen.insert(*b))
+            .collect();
         for (w, a) in bits {
             let at = |r: &&ResultRow| r.w_bits == w && r.a_bits == a;
             for b in baselines {

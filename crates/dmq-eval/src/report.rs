@@ -76,8 +76,12 @@ pub fn read_rows(path: &Path) -> Result<Vec<ResultRow>, DataError> {
     }
 }
 
-/// Inserts `row` into `path`, replacing a row with the same model, method, bits and steps.
+/// Inserts `row` into `path`, replacing a row with the same model, method, bits, steps and
+/// samples. The read-modify-write holds an exclusive lock on `.<file name>.lock` beside
+/// `path`, so two runs finishing at once (say the UNet and DiT jobs of one method) both
+/// keep their rows.
 pub fn upsert_row(path: &Path, row: ResultRow) -> Result<Vec<ResultRow>, DataError> {
+    let _lock = lock_beside(path)?;
     let mut rows = read_rows(path)?;
     match rows.iter_mut().find(|r| r.key() == row.key()) {
         Some(r) => *r = row,
@@ -86,6 +90,31 @@ pub fn upsert_row(path: &Path, row: ResultRow) -> Result<Vec<ResultRow>, DataErr
     let json = serde_json::to_vec_pretty(&rows).expect("rows serialise");
     write(path, &json)?;
     Ok(rows)
+}
+
+/// An exclusive advisory lock on `.<file name>.lock` next to `path`, released on drop. (Not
+/// `path` itself: the atomic write replaces that file, so a lock on it would lock nothing.)
+fn lock_beside(path: &Path) -> Result<std::fs::File, DataError> {
+    let name = path
+        .file_name()
+        .map_or("results".into(), |n| n.to_string_lossy());
+    let lock = path.with_file_name(format!(".{name}.lock"));
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| DataError::Output {
+            path: d.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| DataError::Output {
+            path: lock,
+            reason: format!("cannot lock: {e}"),
+        })
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), DataError> {

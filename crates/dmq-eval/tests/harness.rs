@@ -173,3 +173,45 @@ fn rows_upsert_and_render() {
     assert!(read_rows(&path).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Runs finishing at once (the UNet and DiT jobs of one example) must both keep their rows:
+/// every upsert of 6 threads × 8 rows into one file survives.
+#[test]
+fn concurrent_upserts_keep_every_row() {
+    let dir = std::env::temp_dir().join(format!("dmq-report-conc-{}", std::process::id()));
+    let path = dir.join("r.json");
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let path = &path;
+            s.spawn(move || {
+                for i in 0..8 {
+                    let row = ResultRow {
+                        model: format!("m{t}"),
+                        method: format!("k{i}"),
+                        w_bits: 4,
+                        a_bits: 4,
+                        steps: 20,
+                        samples: 100,
+                        fd_test: f64::from(t * 8 + i),
+                        fd_fp: 0.0,
+                        psnr_fp: 0.0,
+                        ssim_fp: 0.0,
+                        class_acc: None,
+                        bitops: 0.0,
+                        model_bytes: 0,
+                        wall_s: 0.0,
+                        command: "c".repeat(4000),
+                        commit: "x".into(),
+                        extra: serde_json::Value::Null,
+                    };
+                    upsert_row(path, row).unwrap();
+                }
+            });
+        }
+    });
+    let rows = read_rows(&path).unwrap();
+    let mut fds: Vec<f64> = rows.iter().map(|r| r.fd_test).collect();
+    fds.sort_by(f64::total_cmp);
+    assert_eq!(fds, (0..48).map(f64::from).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&dir).ok();
+}

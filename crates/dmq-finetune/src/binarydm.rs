@@ -45,6 +45,7 @@ use dmq_quant::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::delta_floor::keep_act_deltas_positive;
 use crate::error::{FinetuneError, Result};
 use crate::lrm::{LrmAxis, LrmProjection, lrm_loss};
 
@@ -719,6 +720,8 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
         }
         let grads = GradientsParams::from_grads(loss.backward(), &student);
         student = optim.step(cfg.lr, student, grads);
+        // an AdamW step can flip a small 8-bit LSQ Δ negative (seen on a DiT attention operand)
+        keep_act_deltas_positive(&mut student, 0, &|_| true);
         ema.update(&student);
         state.step += 1;
         state.ema_updates = ema.updates();

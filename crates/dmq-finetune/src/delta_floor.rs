@@ -9,8 +9,9 @@ use dmq_quant::ActQuantizer;
 use dmq_quant::range::MIN_DELTA;
 
 /// Clamps to ≥ [`MIN_DELTA`] the activation Δ used at sampling step `step` (the only set an
-/// update at that step can move) of every layer whose name passes `wanted`. Uniform, per-step
-/// uniform and TALSQ quantizers are covered; parameter ids (and optimiser moments) are kept.
+/// update at that step can move) of every layer whose name passes `wanted`. Uniform, LSQ,
+/// per-step uniform and TALSQ quantizers are covered; parameter ids (and optimiser moments)
+/// are kept.
 pub(crate) fn keep_act_deltas_positive<M: Denoiser + ?Sized>(
     model: &mut M,
     step: usize,
@@ -28,6 +29,7 @@ pub(crate) fn keep_act_deltas_positive<M: Denoiser + ?Sized>(
         for q in slots.into_iter().flatten() {
             let delta = match q {
                 ActQuantizer::Uniform(u) => &mut u.delta,
+                ActQuantizer::Lsq(q) => &mut q.delta,
                 ActQuantizer::TimeUniform(t) => match t.step_to_set().get(step) {
                     Some(&i) => &mut t.sets[i].delta,
                     None => continue,
@@ -36,7 +38,6 @@ pub(crate) fn keep_act_deltas_positive<M: Denoiser + ?Sized>(
                     Some(&i) => &mut t.sets[i].delta,
                     None => continue,
                 },
-                _ => continue,
             };
             floor_delta(delta);
         }
@@ -53,4 +54,66 @@ fn floor_delta(delta: &mut Param<Tensor<1>>) {
     let device = delta.val().device();
     let t = Tensor::<1>::from_data(TensorData::new(fixed, [n]), &device);
     *delta = Param::initialized(delta.id, t.require_grad());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+    use dmq_models::dit::{DiT, DiTConfig};
+    use dmq_models::layers::LayerRef;
+    use dmq_quant::{AffineParams, LsqQuantizer, QuantSpec};
+
+    /// BinaryDM's signed LSQ on an attention matmul operand: the DiT W1A8 baseline ended QAT
+    /// with Δ = −0.0032 there and its export was refused. Every flipped Δ is raised to the
+    /// floor, positive ones are untouched, the parameter id (the optimiser's key) is kept.
+    #[test]
+    fn lsq_matmul_operands_stay_positive() {
+        let device = Device::default().autodiff();
+        let cfg = DiTConfig::from_json_value(&serde_json::json!({
+            "sample_size": 8, "in_channels": 1, "out_channels": 1, "patch_size": 2,
+            "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 4,
+            "num_embeds_ada_norm": 3
+        }))
+        .unwrap();
+        let mut model = DiT::new(&cfg, &device).unwrap();
+        let spec = QuantSpec::signed_symmetric(8).unwrap();
+        let lsq = |d: f32| {
+            let p = AffineParams {
+                spec,
+                delta: vec![1.0],
+                zero: vec![0.0],
+            };
+            let mut q = LsqQuantizer::from_params(&p, false, true, &device).unwrap();
+            q.delta = Param::from_tensor(Tensor::from_data(TensorData::new(vec![d], [1]), &device));
+            q
+        };
+        let mut ids = Vec::new();
+        model.for_each_layer_mut(&mut |layer| {
+            if let LayerMut::Matmul(m) = layer {
+                let (a, b) = (lsq(0.25), lsq(-0.0032));
+                ids.push((a.delta.id, b.delta.id));
+                m.a_quant = Some(ActQuantizer::Lsq(a));
+                m.b_quant = Some(ActQuantizer::Lsq(b));
+            }
+        });
+        assert!(!ids.is_empty(), "the DiT has attention matmuls");
+        keep_act_deltas_positive(&mut model, 0, &|_| true);
+        let mut seen = Vec::new();
+        model.for_each_layer(&mut |layer| {
+            if let LayerRef::Matmul(m) = layer
+                && let (Some(ActQuantizer::Lsq(a)), Some(ActQuantizer::Lsq(b))) =
+                    (&m.a_quant, &m.b_quant)
+            {
+                let v = |q: &LsqQuantizer| dmq_models::HostTensor::from_tensor(&q.delta.val()).data;
+                seen.push(((a.delta.id, b.delta.id), v(a), v(b)));
+            }
+        });
+        assert_eq!(seen.len(), ids.len());
+        for ((id, a, b), want) in seen.into_iter().zip(ids) {
+            assert_eq!(id, want, "parameter ids kept");
+            assert_eq!(a, vec![0.25]);
+            assert_eq!(b, vec![MIN_DELTA]);
+        }
+    }
 }
