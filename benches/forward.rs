@@ -2,6 +2,10 @@
 //! on them) at batch 1 and 16, per compiled-in backend. The same forward timed in
 //! diffusers/PyTorch on this CPU: `python3 scripts/bench/forward_torch.py`.
 //!
+//! `forward_to_unit`: a reconstruction unit's output computed by a full pass (what
+//! Q-Diffusion's block reconstruction did every iteration) against a pass that stops at the
+//! unit's tap (`Taps::stop_when_complete`), for a unit halfway through each model.
+//!
 //! `cargo bench --bench forward` (add `--features wgpu` for the GPU backend).
 
 #![allow(missing_docs)] // criterion's macros generate undocumented public items
@@ -10,7 +14,7 @@ use burn::tensor::{Device, Int, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dmq::models::dit::DiT;
 use dmq::models::unet::UNet2DModel;
-use dmq::models::{Denoiser, ForwardCtx, StepContext, defaults};
+use dmq::models::{Denoiser, ForwardCtx, StepContext, Taps, defaults, forward_for_taps};
 
 fn inputs(
     model: &dyn Denoiser,
@@ -61,5 +65,45 @@ fn forward(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, forward);
+fn forward_to_unit(c: &mut Criterion) {
+    let device = Device::default();
+    let models: Vec<(&str, &str, Box<dyn Denoiser>)> = vec![
+        (
+            "unet-fmnist",
+            "mid_block",
+            Box::new(UNet2DModel::new(&defaults::unet_fmnist().unwrap(), &device).unwrap()),
+        ),
+        (
+            "dit-fmnist",
+            "transformer_blocks.2",
+            Box::new(DiT::new(&defaults::dit_fmnist().unwrap(), &device).unwrap()),
+        ),
+    ];
+    for (name, unit, model) in &models {
+        let mut group = c.benchmark_group(format!("forward_to_unit/{name}/{unit}"));
+        group.sample_size(10);
+        let (x, t, class) = inputs(model.as_ref(), 16, &device);
+        for stop in [false, true] {
+            let label = if stop { "stop_at_tap" } else { "full_pass" };
+            group.bench_function(label, |bench| {
+                bench.iter(|| {
+                    let taps = Taps::new([unit.to_string()]);
+                    let taps = if stop {
+                        taps.stop_when_complete()
+                    } else {
+                        taps
+                    };
+                    let ctx = ForwardCtx::new(StepContext::single(500.0)).with_taps(&taps);
+                    forward_for_taps(model.forward(x.clone(), t.clone(), class.clone(), &ctx))
+                        .unwrap();
+                    device.sync().expect("sync");
+                    taps.take()
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, forward, forward_to_unit);
 criterion_main!(benches);

@@ -33,7 +33,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use dmq_models::layers::LayerMut;
 use dmq_models::noise::NoiseRng;
-use dmq_models::{Denoiser, ForwardCtx, HostTensor, LayerCall, TapTensor, Taps};
+use dmq_models::{Denoiser, ForwardCtx, HostTensor, LayerCall, TapTensor, Taps, forward_for_taps};
 use dmq_quant::{
     ActQuantizer, AdaRoundMode, AdaRoundQuantizer, BetaSchedule, QuantizedFile, Quantizer,
     UniformQuantizer, WeightQuantizer,
@@ -540,7 +540,8 @@ fn restore_act(
     Ok(())
 }
 
-/// Runs `model` on calibration entries `idx` and returns the tap of `unit`.
+/// Runs `model` on calibration entries `idx` up to `unit` (the pass ends at its tap: the
+/// layers after it cannot change it) and returns the unit's output.
 fn unit_output<M: Denoiser + ?Sized>(
     model: &M,
     calib: &CalibSet,
@@ -549,10 +550,10 @@ fn unit_output<M: Denoiser + ?Sized>(
     device: &Device,
 ) -> Result<TapTensor> {
     let (x, t, class) = calib.batch(idx, device)?;
-    let taps = Taps::new([unit.to_string()]);
+    let taps = Taps::new([unit.to_string()]).stop_when_complete();
     let step = calib.step[idx[0]];
     let sc = calib.step_context(step);
-    model.forward(x, t, class, &ForwardCtx::new(sc).with_taps(&taps))?;
+    forward_for_taps(model.forward(x, t, class, &ForwardCtx::new(sc).with_taps(&taps)))?;
     taps.take()
         .remove(unit)
         .ok_or_else(|| CalibError::Option(format!("unit '{unit}' produced no tap output")))

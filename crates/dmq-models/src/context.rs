@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use burn::tensor::Tensor;
 
+use crate::error::{ModelError, Result};
 use crate::executor::LayerExecutor;
 use crate::layers::LayerKind;
 
@@ -48,6 +49,7 @@ pub enum TapTensor {
 pub struct Taps {
     wanted: BTreeSet<String>,
     captured: RefCell<BTreeMap<String, TapTensor>>,
+    stop_when_complete: bool,
 }
 
 impl Taps {
@@ -57,7 +59,18 @@ impl Taps {
         Self {
             wanted: names.into_iter().map(Into::into).collect(),
             captured: RefCell::new(BTreeMap::new()),
+            stop_when_complete: false,
         }
+    }
+
+    /// Ends the forward pass as soon as every requested name has been captured (the tap
+    /// returns [`ModelError::TapsComplete`]; run it with [`crate::forward_for_taps`]), so the
+    /// layers after the last tapped one are never computed. Block reconstruction taps one
+    /// unit per pass: this skips on average half of every pass. Each name holds its first
+    /// call's output (in the default mode a name called twice holds the last).
+    pub fn stop_when_complete(mut self) -> Self {
+        self.stop_when_complete = true;
+        self
     }
 
     /// Whether `name` is requested.
@@ -65,13 +78,18 @@ impl Taps {
         self.wanted.contains(name)
     }
 
-    /// Records `tensor` under `name` if requested.
-    pub fn record(&self, name: &str, tensor: impl FnOnce() -> TapTensor) {
-        if self.wants(name) {
-            self.captured
-                .borrow_mut()
-                .insert(name.to_string(), tensor());
+    /// Records `tensor` under `name` if requested; in [`Taps::stop_when_complete`] mode, once
+    /// every requested name is captured, returns [`ModelError::TapsComplete`] to end the pass.
+    pub fn record(&self, name: &str, tensor: impl FnOnce() -> TapTensor) -> Result<()> {
+        if !self.wants(name) {
+            return Ok(());
         }
+        let mut captured = self.captured.borrow_mut();
+        captured.insert(name.to_string(), tensor());
+        if self.stop_when_complete && captured.len() == self.wanted.len() {
+            return Err(ModelError::TapsComplete);
+        }
+        Ok(())
     }
 
     /// Takes the captured tensors, leaving the tap empty.
@@ -278,9 +296,12 @@ impl<'a> ForwardCtx<'a> {
     }
 
     /// Captures a layer output of rank 2, 3 or 4 if it is tapped (the ranks the quantizable
-    /// layers produce; others are ignored).
-    pub fn tap_layer<const D: usize>(&self, name: &str, t: &Tensor<D>) {
-        let Some(taps) = self.taps else { return };
+    /// layers produce; others are ignored). Errors only to end a
+    /// [`Taps::stop_when_complete`] pass.
+    pub fn tap_layer<const D: usize>(&self, name: &str, t: &Tensor<D>) -> Result<()> {
+        let Some(taps) = self.taps else {
+            return Ok(());
+        };
         let d = t.dims();
         match D {
             2 => taps.record(name, || TapTensor::R2(t.clone().reshape([d[0], d[1]]))),
@@ -290,28 +311,38 @@ impl<'a> ForwardCtx<'a> {
             4 => taps.record(name, || {
                 TapTensor::R4(t.clone().reshape([d[0], d[1], d[2], d[3]]))
             }),
-            _ => {}
+            _ => Ok(()),
         }
     }
 
-    /// Captures a block output if it is tapped.
-    pub fn tap4(&self, name: &str, t: &Tensor<4>) {
-        if let Some(taps) = self.taps {
-            taps.record(name, || TapTensor::R4(t.clone()));
-        }
+    /// Captures a block output if it is tapped (errors as [`Self::tap_layer`]).
+    pub fn tap4(&self, name: &str, t: &Tensor<4>) -> Result<()> {
+        self.taps.map_or(Ok(()), |taps| {
+            taps.record(name, || TapTensor::R4(t.clone()))
+        })
     }
 
-    /// Captures a token tensor if it is tapped.
-    pub fn tap3(&self, name: &str, t: &Tensor<3>) {
-        if let Some(taps) = self.taps {
-            taps.record(name, || TapTensor::R3(t.clone()));
-        }
+    /// Captures a token tensor if it is tapped (errors as [`Self::tap_layer`]).
+    pub fn tap3(&self, name: &str, t: &Tensor<3>) -> Result<()> {
+        self.taps.map_or(Ok(()), |taps| {
+            taps.record(name, || TapTensor::R3(t.clone()))
+        })
     }
 
-    /// Captures a 2-D tensor if it is tapped.
-    pub fn tap2(&self, name: &str, t: &Tensor<2>) {
-        if let Some(taps) = self.taps {
-            taps.record(name, || TapTensor::R2(t.clone()));
-        }
+    /// Captures a 2-D tensor if it is tapped (errors as [`Self::tap_layer`]).
+    pub fn tap2(&self, name: &str, t: &Tensor<2>) -> Result<()> {
+        self.taps.map_or(Ok(()), |taps| {
+            taps.record(name, || TapTensor::R2(t.clone()))
+        })
+    }
+}
+
+/// The outcome of a forward pass run for its taps: `Some(output)` when it ran to the end,
+/// `None` when a [`Taps::stop_when_complete`] capture ended it early, other errors unchanged.
+pub fn forward_for_taps<T>(result: Result<T>) -> Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(ModelError::TapsComplete) => Ok(None),
+        Err(e) => Err(e),
     }
 }

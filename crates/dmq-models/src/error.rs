@@ -59,6 +59,11 @@ pub enum ModelError {
     /// A scheduler error.
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
+    /// Not a failure: a forward pass with [`Taps::stop_when_complete`](crate::Taps) has
+    /// captured everything it was asked for and ended early ([`crate::forward_for_taps`]
+    /// turns this into success).
+    #[error("forward pass stopped early: every requested tap was captured")]
+    TapsComplete,
 }
 
 /// Result alias for this crate.

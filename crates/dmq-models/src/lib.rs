@@ -37,7 +37,7 @@ pub mod unet;
 
 pub use context::{
     ForwardCtx, HostTensor, InputCapture, LayerCall, LayerRecorder, Operand, StepContext,
-    TapTensor, Taps,
+    TapTensor, Taps, forward_for_taps,
 };
 pub use denoiser::{Denoiser, DenoiserInfo, layer_inventory};
 pub use error::{ModelError, Result};

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use dmq_models::layers::LayerKind;
 use dmq_models::unet::{UNet2DModel, UNetConfig};
-use dmq_models::{Denoiser, ForwardCtx, ModelError, StepContext, TapTensor, Taps, layer_inventory};
+use dmq_models::{
+    Denoiser, ForwardCtx, LayerRecorder, ModelError, StepContext, TapTensor, Taps,
+    forward_for_taps, layer_inventory,
+};
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
@@ -331,6 +334,44 @@ fn taps(device: &Device) {
     assert_eq!(dims("up_blocks.1"), [2, 8, 8, 8]);
     assert_eq!(dims("down_blocks.1.resnets.0"), [2, 16, 4, 4]);
     assert_eq!(dims("up_blocks.0.upsamplers.0"), [2, 16, 8, 8]);
+
+    // Stopping at the tap: the same tensor, fewer layers computed, no output.
+    let full_calls = LayerRecorder::default();
+    let full = Taps::new(["down_blocks.1.resnets.0"]);
+    let out = model.forward(
+        tensor4(&io.x, device),
+        tensor1(&io.t, device),
+        None,
+        &ctx().with_taps(&full).with_recorder(&full_calls),
+    );
+    assert!(forward_for_taps(out).unwrap().is_some());
+    let early_calls = LayerRecorder::default();
+    let early = Taps::new(["down_blocks.1.resnets.0"]).stop_when_complete();
+    let out = model.forward(
+        tensor4(&io.x, device),
+        tensor1(&io.t, device),
+        None,
+        &ctx().with_taps(&early).with_recorder(&early_calls),
+    );
+    assert!(matches!(out, Err(ModelError::TapsComplete)));
+    let (n_full, n_early) = (full_calls.calls().len(), early_calls.calls().len());
+    assert!(n_early < n_full / 2, "{n_early} of {n_full} layer calls");
+    let last = early_calls.calls().last().unwrap().name.clone();
+    assert!(last.starts_with("down_blocks.1.resnets.0."), "{last}");
+    let value = |t: &Taps| match t.take().remove("down_blocks.1.resnets.0") {
+        Some(TapTensor::R4(t)) => t.into_data().try_to_vec::<f32>().unwrap(),
+        other => panic!("{other:?}"),
+    };
+    // same ops on the same inputs; a tolerance only because wgpu's autotune may pick another
+    // kernel on a later call
+    let (a, b) = (value(&full), value(&early));
+    assert_eq!(a.len(), b.len());
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(max <= 1e-5, "max |full − early| = {max}");
 }
 
 /// Input errors: wrong shapes, missing/extra class labels, labels out of range.

@@ -217,7 +217,7 @@ impl Denoiser for DiT {
         for (i, block) in self.transformer_blocks.iter().enumerate() {
             hs = block.forward(hs, t_proj.clone(), labels.clone(), ctx)?;
             if ctx.taps.is_some() {
-                ctx.tap3(&format!("transformer_blocks.{i}"), &hs);
+                ctx.tap3(&format!("transformer_blocks.{i}"), &hs)?;
             }
         }
 

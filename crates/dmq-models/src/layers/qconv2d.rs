@@ -134,7 +134,7 @@ impl QConv2d {
                 )
                 .map_err(executor_err(&self.name))?
                 .into_tensor([b, c_out, ho, wo], &x.device(), &self.name)?;
-            ctx.tap_layer(&self.name, &y);
+            ctx.tap_layer(&self.name, &y)?;
             return Ok(y);
         }
         let x = quant_act(&self.a_quant, x, ctx, &self.name)?;
@@ -145,7 +145,7 @@ impl QConv2d {
             self.bias.as_ref().map(|b| b.val()),
             ConvOptions::new([s, s], [p, p], [1, 1], 1),
         );
-        ctx.tap_layer(&self.name, &y);
+        ctx.tap_layer(&self.name, &y)?;
         Ok(y)
     }
 }

@@ -106,13 +106,13 @@ impl QLinear {
                 .map_err(executor_err(&self.name))?
                 .into_tensor([rows, d_out], &x.device(), &self.name)?;
             let y = y.reshape(want);
-            ctx.tap_layer(&self.name, &y);
+            ctx.tap_layer(&self.name, &y)?;
             return Ok(y);
         }
         let x = quant_act(&self.a_quant, x, ctx, &self.name)?;
         let w = self.effective_weight(ctx)?;
         let y = burn::tensor::module::linear(x, w.transpose(), self.bias.as_ref().map(|b| b.val()));
-        ctx.tap_layer(&self.name, &y);
+        ctx.tap_layer(&self.name, &y)?;
         Ok(y)
     }
 }

@@ -70,13 +70,13 @@ impl QMatmul {
                 )
                 .map_err(executor_err(&self.name))?
                 .into_tensor([ba, ha, n, m], &a.device(), &self.name)?;
-            ctx.tap_layer(&self.name, &y);
+            ctx.tap_layer(&self.name, &y)?;
             return Ok(y);
         }
         let a = quant_act(&self.a_quant, a, ctx, &self.name)?;
         let b = quant_act(&self.b_quant, b, ctx, &self.name)?;
         let y = a.matmul(b);
-        ctx.tap_layer(&self.name, &y);
+        ctx.tap_layer(&self.name, &y)?;
         Ok(y)
     }
 }

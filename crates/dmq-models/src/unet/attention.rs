@@ -118,7 +118,7 @@ impl Attention {
         if self.rescale_output_factor != 1.0 {
             y = y / self.rescale_output_factor;
         }
-        ctx.tap4(&self.name, &y);
+        ctx.tap4(&self.name, &y)?;
         Ok(y)
     }
 

@@ -112,7 +112,7 @@ impl DownBlock {
             h = down.forward(h, ctx)?;
             skips.push(h.clone());
         }
-        ctx.tap4(&self.name, &h);
+        ctx.tap4(&self.name, &h)?;
         Ok(h)
     }
 
@@ -194,7 +194,7 @@ impl MidBlock {
             }
             h = res.forward(h, temb, ctx)?;
         }
-        ctx.tap4(&self.name, &h);
+        ctx.tap4(&self.name, &h)?;
         Ok(h)
     }
 
@@ -317,7 +317,7 @@ impl UpBlock {
         for up in &self.upsamplers {
             h = up.forward(h, ctx)?;
         }
-        ctx.tap4(&self.name, &h);
+        ctx.tap4(&self.name, &h)?;
         Ok(h)
     }
 

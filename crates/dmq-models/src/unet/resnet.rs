@@ -110,7 +110,7 @@ impl ResnetBlock2D {
         if self.output_scale_factor != 1.0 {
             out = out / self.output_scale_factor;
         }
-        ctx.tap4(&self.name, &out);
+        ctx.tap4(&self.name, &out)?;
         Ok(out)
     }
 

@@ -47,7 +47,7 @@ impl Downsample2D {
             x
         };
         let y = self.conv.forward(x, ctx)?;
-        ctx.tap4(&self.name, &y);
+        ctx.tap4(&self.name, &y)?;
         Ok(y)
     }
 
@@ -87,7 +87,7 @@ impl Upsample2D {
     /// Forward pass; taps the output under the sampler's path.
     pub fn forward(&self, x: Tensor<4>, ctx: &ForwardCtx<'_>) -> Result<Tensor<4>> {
         let y = self.conv.forward(upsample_nearest2x(x), ctx)?;
-        ctx.tap4(&self.name, &y);
+        ctx.tap4(&self.name, &y)?;
         Ok(y)
     }
 
