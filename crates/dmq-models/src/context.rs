@@ -67,7 +67,9 @@ impl Taps {
     /// returns [`ModelError::TapsComplete`]; run it with [`crate::forward_for_taps`]), so the
     /// layers after the last tapped one are never computed. Block reconstruction taps one
     /// unit per pass: this skips on average half of every pass. Each name holds its first
-    /// call's output (in the default mode a name called twice holds the last).
+    /// call's output (in the default mode a name called twice holds the last). Empty it with
+    /// [`Taps::take`] (or use a new one) before the next pass: a full capture ends a pass at
+    /// its first tapped call.
     pub fn stop_when_complete(mut self) -> Self {
         self.stop_when_complete = true;
         self
