@@ -31,18 +31,23 @@ fn inputs(
     (x, t, class)
 }
 
+/// The default UNet and DiT with random weights.
+fn default_models(device: &Device) -> Vec<(&'static str, Box<dyn Denoiser>)> {
+    vec![
+        (
+            "unet-fmnist",
+            Box::new(UNet2DModel::new(&defaults::unet_fmnist().unwrap(), device).unwrap()),
+        ),
+        (
+            "dit-fmnist",
+            Box::new(DiT::new(&defaults::dit_fmnist().unwrap(), device).unwrap()),
+        ),
+    ]
+}
+
 fn forward(c: &mut Criterion) {
     for (backend, device) in dmq::quant::device::all_devices() {
-        let models: Vec<(&str, Box<dyn Denoiser>)> = vec![
-            (
-                "unet-fmnist",
-                Box::new(UNet2DModel::new(&defaults::unet_fmnist().unwrap(), &device).unwrap()),
-            ),
-            (
-                "dit-fmnist",
-                Box::new(DiT::new(&defaults::dit_fmnist().unwrap(), &device).unwrap()),
-            ),
-        ];
+        let models = default_models(&device);
         for (name, model) in &models {
             let mut group = c.benchmark_group(format!("forward/{backend}/{name}"));
             group.sample_size(10);
@@ -67,19 +72,13 @@ fn forward(c: &mut Criterion) {
 
 fn forward_to_unit(c: &mut Criterion) {
     let device = Device::default();
-    let models: Vec<(&str, &str, Box<dyn Denoiser>)> = vec![
-        (
-            "unet-fmnist",
-            "mid_block",
-            Box::new(UNet2DModel::new(&defaults::unet_fmnist().unwrap(), &device).unwrap()),
-        ),
-        (
-            "dit-fmnist",
-            "transformer_blocks.2",
-            Box::new(DiT::new(&defaults::dit_fmnist().unwrap(), &device).unwrap()),
-        ),
-    ];
-    for (name, unit, model) in &models {
+    for (name, model) in &default_models(&device) {
+        // a unit halfway through: the UNet's mid block, the DiT's third of six blocks
+        let unit = if name.starts_with("unet") {
+            "mid_block"
+        } else {
+            "transformer_blocks.2"
+        };
         let mut group = c.benchmark_group(format!("forward_to_unit/{name}/{unit}"));
         group.sample_size(10);
         let (x, t, class) = inputs(model.as_ref(), 16, &device);

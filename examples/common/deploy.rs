@@ -239,19 +239,19 @@ pub fn deploy_and_score_on<M: Model>(
     })
 }
 
+/// The distinct items of `items`, in the order they first appear.
+fn first_appearances<T: Eq + std::hash::Hash + Copy>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut seen = std::collections::HashSet::new();
+    items.filter(|x| seen.insert(*x)).collect()
+}
+
 /// Rows for a method table: per model of `mine`, the FP row of `baselines[0]` (the PTQ
 /// table), then per bit-width of `mine` the other methods of every baseline table and `mine`'s
 /// rows, all at `mine`'s sample count and steps.
 pub fn comparison_rows(mine: &[ResultRow], baselines: &[&[ResultRow]]) -> Vec<ResultRow> {
     let mut rows: Vec<ResultRow> = Vec::new();
-    // first-appearance order; rows of one model need not be adjacent (runs append)
-    let mut seen = std::collections::HashSet::new();
-    let models: Vec<&str> = mine
-        .iter()
-        .map(|r| r.model.as_str())
-        .filter(|m| seen.insert(*m))
-        .collect();
-    for m in models {
+    // rows of one model need not be adjacent (runs append)
+    for m in first_appearances(mine.iter().map(|r| r.model.as_str())) {
         let ours: Vec<&ResultRow> = mine.iter().filter(|r| r.model == m).collect();
         let (steps, samples) = (ours[0].steps, ours[0].samples);
         let same = |r: &&ResultRow| r.model == m && r.steps == steps && r.samples == samples;
@@ -263,13 +263,7 @@ pub fn comparison_rows(mine: &[ResultRow], baselines: &[&[ResultRow]]) -> Vec<Re
                     .cloned(),
             );
         }
-        let mut seen = std::collections::HashSet::new();
-        let bits: Vec<(u32, u32)> = ours
-            .iter()
-            .map(|r| (r.w_bits, r.a_bits))
-            .filter(|b| seen.insert(*b))
-            .collect();
-        for (w, a) in bits {
+        for (w, a) in first_appearances(ours.iter().map(|r| (r.w_bits, r.a_bits))) {
             let at = |r: &&ResultRow| r.w_bits == w && r.a_bits == a;
             for b in baselines {
                 rows.extend(

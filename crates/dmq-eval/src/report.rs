@@ -99,12 +99,7 @@ fn lock_beside(path: &Path) -> Result<std::fs::File, DataError> {
         .file_name()
         .map_or("results".into(), |n| n.to_string_lossy());
     let lock = path.with_file_name(format!(".{name}.lock"));
-    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).map_err(|e| DataError::Output {
-            path: d.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    }
+    create_parent(path)?;
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -117,13 +112,18 @@ fn lock_beside(path: &Path) -> Result<std::fs::File, DataError> {
         })
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| DataError::Output {
+fn create_parent(path: &Path) -> Result<(), DataError> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => std::fs::create_dir_all(d).map_err(|e| DataError::Output {
             path: d.to_path_buf(),
             reason: e.to_string(),
-        })?;
+        }),
+        None => Ok(()),
     }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    create_parent(path)?;
     dmq_quant::file::write_atomic(path, bytes).map_err(|e| DataError::Output {
         path: path.to_path_buf(),
         reason: e.to_string(),

@@ -62,7 +62,71 @@ mod tests {
     use burn::tensor::Device;
     use dmq_models::dit::{DiT, DiTConfig};
     use dmq_models::layers::LayerRef;
-    use dmq_quant::{AffineParams, LsqQuantizer, QuantSpec};
+    use dmq_quant::{AffineParams, LsqQuantizer, QuantSpec, TimeIndexed};
+
+    /// An LSQ quantizer whose Δ an optimiser step has set to `d` (`from_params` refuses a
+    /// negative Δ, so it is set afterwards).
+    fn lsq_with_delta(
+        spec: QuantSpec,
+        zero: f32,
+        d: f32,
+        (learn_zero, grad_scale): (bool, bool),
+        device: &Device,
+    ) -> LsqQuantizer {
+        let p = AffineParams {
+            spec,
+            delta: vec![1.0],
+            zero: vec![zero],
+        };
+        let mut q = LsqQuantizer::from_params(&p, learn_zero, grad_scale, device).unwrap();
+        q.delta = Param::from_tensor(Tensor::from_data(TensorData::new(vec![d], [1]), device));
+        q
+    }
+
+    fn scalar(t: &Tensor<1>) -> f64 {
+        f64::from(dmq_models::HostTensor::from_tensor(t).data[0])
+    }
+
+    /// EfficientDM's TALSQ: only the set of the trained step is clamped, to the floor.
+    #[test]
+    fn talsq_steps_stay_positive() {
+        let device = Device::default().autodiff(); // training runs on an autodiff device
+        let cfg = dmq_models::defaults::tiny_unet().unwrap();
+        let mut model = dmq_models::unet::UNet2DModel::new(&cfg, &device).unwrap();
+        let spec = QuantSpec::int(4).unwrap();
+        let set = |d: f32| lsq_with_delta(spec, 8.0, d, (true, false), &device);
+        let mut name = String::new();
+        model.for_each_layer_mut(&mut |layer| {
+            if let (LayerMut::Conv2d(l), true) = (layer, name.is_empty()) {
+                name = l.name().to_string();
+                let q = TimeIndexed::grouped(
+                    vec![set(-0.5), set(-0.25)],
+                    vec![900.0, 100.0],
+                    vec![0, 1],
+                )
+                .unwrap();
+                l.a_quant = Some(ActQuantizer::TimeLsq(q));
+            }
+        });
+        keep_act_deltas_positive(&mut model, 1, &|_| true);
+        let mut deltas = Vec::new();
+        model.for_each_layer(&mut |layer| {
+            if let LayerRef::Conv2d(l) = layer
+                && let Some(ActQuantizer::TimeLsq(t)) = &l.a_quant
+            {
+                for q in &t.sets {
+                    deltas.push(scalar(&q.delta.val().sum()));
+                }
+            }
+        });
+        // only the trained step's set is clamped, to the floor
+        assert_eq!(deltas.len(), 2, "{name}");
+        assert_eq!(deltas[0], -0.5);
+        assert!(
+            (deltas[1] - f64::from(MIN_DELTA)).abs() < 1e-12,
+            "{deltas:?}"
+        );
+    }
 
     /// BinaryDM's signed LSQ on an attention matmul operand: the DiT W1A8 baseline ended QAT
     /// with Δ = −0.0032 there and its export was refused. Every flipped Δ is raised to the
@@ -78,16 +142,7 @@ mod tests {
         .unwrap();
         let mut model = DiT::new(&cfg, &device).unwrap();
         let spec = QuantSpec::signed_symmetric(8).unwrap();
-        let lsq = |d: f32| {
-            let p = AffineParams {
-                spec,
-                delta: vec![1.0],
-                zero: vec![0.0],
-            };
-            let mut q = LsqQuantizer::from_params(&p, false, true, &device).unwrap();
-            q.delta = Param::from_tensor(Tensor::from_data(TensorData::new(vec![d], [1]), &device));
-            q
-        };
+        let lsq = |d: f32| lsq_with_delta(spec, 0.0, d, (false, true), &device);
         let mut ids = Vec::new();
         model.for_each_layer_mut(&mut |layer| {
             if let LayerMut::Matmul(m) = layer {
