@@ -2,6 +2,7 @@
 //! choosing what trains, and finalising it for another step count and for export.
 
 use burn::module::{Module, Param};
+use dmq_models::noise::NoiseRng;
 use burn::tensor::Device;
 use dmq_calib::{CalibSet, PtqOptions, ptq};
 use dmq_models::layers::{LayerMut, LayerRef};
@@ -28,6 +29,14 @@ pub struct StudentOptions {
     pub act_init: RangeInit,
     /// Calibration samples of the naive pass (reference 32).
     pub act_samples: usize,
+    /// Seed of the LoRA A initialisation: layer `name` draws from a host stream keyed by
+    /// (seed, name), so a student is the same whatever else runs in the process.
+    #[serde(default = "default_lora_seed")]
+    pub lora_seed: u64,
+}
+
+fn default_lora_seed() -> u64 {
+    0x10_7A_5EED
 }
 
 impl Default for StudentOptions {
@@ -38,6 +47,7 @@ impl Default for StudentOptions {
             weight_init: RangeInit::Max,
             act_init: RangeInit::mse(),
             act_samples: 32,
+            lora_seed: default_lora_seed(),
         }
     }
 }
@@ -100,7 +110,7 @@ pub fn build_student<M: Denoiser + Module + Clone>(
                 &mut l.w_quant,
                 &mut l.a_quant,
                 timesteps,
-                opts.rank,
+                opts,
                 device,
             ),
             LayerMut::Conv2d(l) => convert(
@@ -109,7 +119,7 @@ pub fn build_student<M: Denoiser + Module + Clone>(
                 &mut l.w_quant,
                 &mut l.a_quant,
                 timesteps,
-                opts.rank,
+                opts,
                 device,
             ),
             LayerMut::Matmul(_) => Ok(()),
@@ -138,7 +148,7 @@ fn convert<const D: usize>(
     w_quant: &mut Option<WeightQuantizer>,
     a_quant: &mut Option<ActQuantizer>,
     timesteps: &[f64],
-    rank: usize,
+    opts: &StudentOptions,
     device: &Device,
 ) -> Result<()> {
     let layer_err = |reason: String| FinetuneError::Layer {
@@ -158,8 +168,16 @@ fn convert<const D: usize>(
             )));
         }
     };
-    *w_quant = Some(WeightQuantizer::QaLora(QaLoraQuantizer::from_ptq(
-        weight, &params, rank,
+    // FNV-1a of the name: each layer's stream is independent of the visiting order
+    let key = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
+    });
+    let mut rng = NoiseRng::new(opts.lora_seed ^ key);
+    *w_quant = Some(WeightQuantizer::QaLora(QaLoraQuantizer::from_ptq_seeded(
+        weight,
+        &params,
+        opts.rank,
+        &mut || rng.uniform(),
     )?));
     if let Some(a) = a_quant.take() {
         let p = match &a {

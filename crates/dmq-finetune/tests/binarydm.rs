@@ -284,8 +284,7 @@ fn lrm_projection_closed_form(device: &Device) {
 
 fn binarydm_trains_resumes_and_exports(device: &Device) {
     let ad = device.clone().autodiff();
-    ad.seed(21);
-    let fp = tiny_unet(&ad);
+    let fp = reseeded(tiny_unet(&ad), 21);
     let cfg = BinaryDmConfig {
         steps: 16,
         batch: 4,

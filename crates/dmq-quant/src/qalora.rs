@@ -53,10 +53,33 @@ impl QaLoraQuantizer {
     /// Builds from the weight `w` and its naive-PTQ parameters (per output channel, axis 0):
     /// W_int = clamp(round(W/Δ) + z), A ~ U(±1/√fan_in) (burn's RNG on `w`'s device),
     /// B = 0, rank `rank`.
+    ///
+    /// burn's RNG is one process-wide stream: two builds in parallel threads draw from it
+    /// in an order that changes run to run. [`Self::from_ptq_seeded`] is reproducible.
     pub fn from_ptq<const D: usize>(
         w: Tensor<D>,
         params: &AffineParams,
         rank: usize,
+    ) -> Result<Self> {
+        Self::build(w, params, rank, None)
+    }
+
+    /// [`Self::from_ptq`] with A drawn on the host from `uniform01`, a source of U(0, 1)
+    /// samples (row-major `[rank, fan_in]`): A = (2u − 1)/√fan_in.
+    pub fn from_ptq_seeded<const D: usize>(
+        w: Tensor<D>,
+        params: &AffineParams,
+        rank: usize,
+        uniform01: &mut dyn FnMut() -> f64,
+    ) -> Result<Self> {
+        Self::build(w, params, rank, Some(uniform01))
+    }
+
+    fn build<const D: usize>(
+        w: Tensor<D>,
+        params: &AffineParams,
+        rank: usize,
+        uniform01: Option<&mut dyn FnMut() -> f64>,
     ) -> Result<Self> {
         let device = w.device();
         let shape = w.dims().to_vec();
@@ -82,11 +105,15 @@ impl QaLoraQuantizer {
                 &device,
             ))
             .set_require_grad(false),
-            lora_a: Param::from_tensor(Tensor::random(
-                [rank, fan_in],
-                Distribution::Uniform(-k, k),
-                &device,
-            )),
+            lora_a: Param::from_tensor(match uniform01 {
+                Some(u) => {
+                    let a: Vec<f32> = (0..rank * fan_in)
+                        .map(|_| ((2.0 * u() - 1.0) * k) as f32)
+                        .collect();
+                    Tensor::from_data(TensorData::new(a, [rank, fan_in]), &device)
+                }
+                None => Tensor::random([rank, fan_in], Distribution::Uniform(-k, k), &device),
+            }),
             lora_b: Param::from_tensor(Tensor::zeros([c_out, rank], &device)),
             delta: Param::from_tensor(delta),
             zero: Param::from_tensor(zero).set_require_grad(false),
