@@ -2,10 +2,10 @@
 //! choosing what trains, and finalising it for another step count and for export.
 
 use burn::module::{Module, Param};
-use dmq_models::noise::NoiseRng;
 use burn::tensor::Device;
 use dmq_calib::{CalibSet, PtqOptions, ptq};
 use dmq_models::layers::{LayerMut, LayerRef};
+use dmq_models::noise::NoiseRng;
 use dmq_models::{Denoiser, layer_inventory};
 use dmq_quant::{
     ActQuantizer, AffineParams, AffineSet, LsqQuantizer, QaLoraQuantizer, Quantizer, RangeInit,
@@ -36,7 +36,7 @@ pub struct StudentOptions {
 }
 
 fn default_lora_seed() -> u64 {
-    0x10_7A_5EED
+    0x107A_5EED
 }
 
 impl Default for StudentOptions {
