@@ -11,8 +11,9 @@
 //! ```
 //! Writes `docs/results/ptq.json` (one row per model × method × bits; reruns replace rows),
 //! `docs/results/ptq.md`, and per configuration a PNG of FP | quantized samples from the same
-//! noise under `docs/results/ptq/`. Calibration sets and reconstruction checkpoints live under
-//! `--work`, so an interrupted run resumes.
+//! noise under `docs/results/ptq/`. Calibration sets, reconstruction checkpoints, the FP
+//! samples and the unfinished sampling runs live under `--work`, so an interrupted run
+//! resumes (at the last unit of a reconstruction, at the last batch of a sampling run).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -131,8 +132,9 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         "== {name}: FP samples ({} × {} DDIM steps)",
         args.samples, args.steps
     );
-    let (fp_images, fp_sample_s) =
-        sample_images(&fp, &sched, &spec, &format!("{name} fp"), device)?;
+    let t = Instant::now();
+    let fp_images = common::deploy::fp_samples(&fp, &sched, &spec, name, &args.work, device)?;
+    let fp_sample_s = t.elapsed().as_secs_f64();
     let reference = Reference::new(&classifier, &test, fp_images.clone(), device)?;
     let s = score(
         &classifier,
@@ -246,7 +248,8 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
             // a resumed reconstruction costs its earlier sessions too
             let calib_s = t.elapsed().as_secs_f64() + earlier_s;
             let label = format!("{name} {method} {preset}");
-            let (images, sample_s) = sample_images(&student, &sched, &spec, &label, device)?;
+            let (images, sample_s) =
+                sample_images(&student, &sched, &spec, &label, Some(&args.work), device)?;
             let s = score(&classifier, &reference, &images, info.num_classes, device)?;
             let bits =
                 bitops_per_image(&calls, &layer_bits(&student), args.steps, cfg_calls).bitops;

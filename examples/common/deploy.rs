@@ -213,6 +213,7 @@ pub fn deploy_and_score_on<M: Model>(
         ctx.sched,
         ctx.spec,
         &format!("{tag} {method}"),
+        Some(ctx.work),
         device,
     )?;
     let scores = score(
@@ -305,7 +306,7 @@ pub fn fp_samples<M: Model>(
             shape: shape.clone(),
         });
     }
-    let (images, _) = sample_images(fp, sched, spec, &format!("{name} fp"), device)?;
+    let (images, _) = sample_images(fp, sched, spec, &format!("{name} fp"), Some(work), device)?;
     let mut f = dmq::quant::QuantizedFile::default();
     f.float
         .insert("images".into(), (images.shape.clone(), images.data.clone()));

@@ -8,8 +8,9 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use dmq::eval::harness::{SampleSpec, generate};
 use dmq::eval::progress::Progress;
+use dmq::eval::sample_checkpoint::ResumableSampling;
 use dmq::models::dit::DiT;
-use dmq::models::scheduler::DdimScheduler;
+use dmq::models::scheduler::{DdimScheduler, Scheduler};
 use dmq::models::unet::UNet2DModel;
 use dmq::models::{Denoiser, HostTensor};
 
@@ -23,21 +24,67 @@ pub trait Model: Denoiser + Module + Clone {}
 impl Model for UNet2DModel {}
 impl Model for DiT {}
 
-/// `spec.n` samples from `model` with a progress bar; returns them and the seconds taken.
-pub fn sample_images<M: Denoiser>(
+/// `spec.n` samples from `model` with a progress bar; returns them and the seconds this
+/// process spent. With `resume = Some(dir)` the finished batches are checkpointed in `dir`
+/// under the model's [`fingerprint`], so a killed run resumes at its last batch (the DiT
+/// draws 1,000 samples in tens of minutes) and never continues another model's images.
+pub fn sample_images<M: Model>(
     model: &M,
     sched: &DdimScheduler,
     spec: &SampleSpec,
     label: &str,
+    resume: Option<&Path>,
     device: &Device,
 ) -> Result<(HostTensor, f64), Error> {
-    let mut bar = Progress::new(label, spec.n as u64, 0);
     let t = Instant::now();
-    let images = generate(model, sched, spec, device, &mut |done, _| {
-        bar.set(done as u64, "")
-    })?;
-    bar.finish();
+    let images = match resume {
+        None => {
+            let mut bar = Progress::new(label, spec.n as u64, 0);
+            let images = generate(model, sched, spec, device, &mut |done, _| {
+                bar.set(done as u64, "")
+            })?;
+            bar.finish();
+            images
+        }
+        Some(dir) => {
+            let fp = fingerprint(model, sched.num_steps())?;
+            let path = dir.join(format!(
+                "samples-{fp}-n{}-s{}-cfg{}-seed{}.partial.safetensors",
+                spec.n,
+                sched.num_steps(),
+                spec.guidance,
+                spec.seed
+            ));
+            let run = ResumableSampling::open(&path, &fp, model, sched, spec)?;
+            if run.done() > 0 {
+                eprintln!(
+                    "{label}: resuming at sample {} of {} from {}",
+                    run.done(),
+                    spec.n,
+                    path.display()
+                );
+            }
+            let mut bar = Progress::new(label, spec.n as u64, run.done() as u64);
+            let images = run.generate(model, sched, device, &mut |done, _| {
+                bar.set(done as u64, "")
+            })?;
+            bar.finish();
+            images
+        }
+    };
     Ok((images, t.elapsed().as_secs_f64()))
+}
+
+/// A hex fingerprint of everything `model` samples with: the FNV-1a hash of its FP parameters
+/// (norms, embeddings, unquantized layers) combined with the content hash of its quantized
+/// layer export over `num_steps` steps (codes, Δ, z, per-step activation parameters).
+pub fn fingerprint<M: Model>(model: &M, num_steps: usize) -> Result<String, Error> {
+    let fp = dmq::models::io::weights_to_bytes(model, Default::default())?;
+    let q = dmq::calib::export_layers(model, num_steps)?.content_hash()?;
+    Ok(format!(
+        "{:016x}",
+        dmq::quant::fingerprint::fnv1a64(&fp) ^ q.rotate_left(1)
+    ))
 }
 
 /// The first 40 FP samples (left) next to the same-noise quantized samples (right), as PNG.
@@ -80,7 +127,6 @@ pub fn calib_set<M: Denoiser>(
     device: &Device,
 ) -> Result<(dmq::calib::CalibSet, f64), Error> {
     use dmq::calib::{CalibSet, RecordOptions};
-    use dmq::models::scheduler::Scheduler;
     std::fs::create_dir_all(work)?;
     let path = work.join(format!(
         "{name}-calib-n{n}-s{steps_kept}-{}.safetensors",

@@ -34,12 +34,36 @@ pub struct SampleSpec {
 /// Samples `spec.n` images with `model` under `scheduler`, in [−1, 1], `[N, C, H, W]`.
 /// Batch k starts from the noise of seed `seed + k`, so two models given the same spec
 /// start from the same noise. `on_batch(done, total)` reports progress.
+/// [`ResumableSampling`](crate::sample_checkpoint::ResumableSampling) is the same with a
+/// checkpoint of the finished batches.
 pub fn generate<M: Denoiser + ?Sized, S: Scheduler>(
     model: &M,
     scheduler: &S,
     spec: &SampleSpec,
     device: &Device,
     on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<HostTensor, DataError> {
+    let info = model.info();
+    let (c, s) = (info.in_channels, info.sample_size);
+    let empty = HostTensor {
+        data: Vec::with_capacity(spec.n * c * s * s),
+        shape: vec![0, c, s, s],
+    };
+    generate_after(model, scheduler, spec, device, empty, &mut |out| {
+        on_batch(out.shape[0], spec.n);
+        Ok(())
+    })
+}
+
+/// The batches of [`generate`] that follow `done` (its first whole batches, `[D, C, H, W]`):
+/// appends each batch to it and calls `on_batch` with everything so far.
+pub(crate) fn generate_after<M: Denoiser + ?Sized, S: Scheduler>(
+    model: &M,
+    scheduler: &S,
+    spec: &SampleSpec,
+    device: &Device,
+    mut out: HostTensor,
+    on_batch: &mut dyn FnMut(&HostTensor) -> Result<(), DataError>,
 ) -> Result<HostTensor, DataError> {
     if spec.n == 0 || spec.batch == 0 {
         return Err(DataError::Invalid(
@@ -48,13 +72,24 @@ pub fn generate<M: Denoiser + ?Sized, S: Scheduler>(
     }
     let info = model.info();
     let (c, s) = (info.in_channels, info.sample_size);
-    let mut out = HostTensor {
-        data: Vec::with_capacity(spec.n * c * s * s),
-        shape: vec![0, c, s, s],
-    };
+    let mut start = out.shape.first().copied().unwrap_or(0);
+    if out.shape.len() != 4
+        || out.shape[1..] != [c, s, s]
+        || out.data.len() != start * c * s * s
+        || start > spec.n
+        || (start % spec.batch != 0 && start != spec.n)
+    {
+        return Err(DataError::Invalid(format!(
+            "cannot continue sampling after images of shape {:?} ({} values): expected whole \
+             batches of {} of [{c}, {s}, {s}], at most {}",
+            out.shape,
+            out.data.len(),
+            spec.batch,
+            spec.n
+        )));
+    }
     let model_err = |e: dmq_models::ModelError| DataError::Invalid(e.to_string());
-    let mut start = 0;
-    let mut k = 0u64;
+    let mut k = (start / spec.batch) as u64;
     while start < spec.n {
         let b = spec.batch.min(spec.n - start);
         let x = NoiseRng::new(spec.seed.wrapping_add(k)).tensor([b, c, s, s], device);
@@ -91,7 +126,7 @@ pub fn generate<M: Denoiser + ?Sized, S: Scheduler>(
         out.shape[0] += b;
         start += b;
         k += 1;
-        on_batch(start, spec.n);
+        on_batch(&out)?;
     }
     Ok(out)
 }

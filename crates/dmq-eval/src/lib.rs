@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod sample_checkpoint;
 
 pub use error::DataError;

@@ -16,23 +16,31 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-#[test]
-fn harness_is_deterministic_and_scores_fp_against_itself() {
-    let device = burn::tensor::Device::flex();
+/// A one-block 28×28 DiT, 3 DDIM steps, 12 samples in batches of 5 (the last one short).
+fn tiny_setup(device: &burn::tensor::Device) -> (DiT, DdimScheduler, SampleSpec) {
     let cfg = DiTConfig::from_json_value(&serde_json::json!({
         "sample_size": 28, "in_channels": 1, "out_channels": 1, "patch_size": 7,
         "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 4,
         "num_embeds_ada_norm": 10
     }))
     .unwrap();
-    let model = DiT::new(&cfg, &device).unwrap();
-    let sched = DdimScheduler::diffusers(&DdimConfig::new(), 3).unwrap();
     let spec = SampleSpec {
         n: 12,
         guidance: 2.0,
         seed: 5,
         batch: 5,
     };
+    (
+        DiT::new(&cfg, device).unwrap(),
+        DdimScheduler::diffusers(&DdimConfig::new(), 3).unwrap(),
+        spec,
+    )
+}
+
+#[test]
+fn harness_is_deterministic_and_scores_fp_against_itself() {
+    let device = burn::tensor::Device::flex();
+    let (model, sched, spec) = tiny_setup(&device);
     let mut calls = vec![];
     let a = generate(&model, &sched, &spec, &device, &mut |d, t| {
         calls.push((d, t))
@@ -106,6 +114,77 @@ fn harness_is_deterministic_and_scores_fp_against_itself() {
     short.shape[0] = 11;
     short.data.truncate(11 * 784);
     assert!(score(&classifier, &reference, &short, Some(10), &device).is_err());
+}
+
+/// A sampling run killed after its second batch resumes at the third and ends with the
+/// images of an uninterrupted run; checkpoints of another model, spec or step count, corrupt
+/// ones and ones that are not whole batches are refused.
+#[test]
+fn interrupted_sampling_resumes_to_the_same_images() {
+    use dmq_eval::sample_checkpoint::ResumableSampling;
+    let device = burn::tensor::Device::flex();
+    let (model, sched, spec) = tiny_setup(&device);
+    let whole = generate(&model, &sched, &spec, &device, &mut |_, _| {}).unwrap();
+    let dir = std::env::temp_dir().join(format!("dmq-resume-{}", std::process::id()));
+    let path = dir.join("samples.safetensors");
+    let open = |fp: &str, sched: &DdimScheduler, spec: &SampleSpec| {
+        ResumableSampling::open(&path, fp, &model, sched, spec)
+    };
+    let kill_after_10 = || {
+        let run = open("model-a", &sched, &spec).unwrap();
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run.generate(&model, &sched, &device, &mut |done, _| {
+                assert!(done != 10, "killed after the second batch")
+            })
+        }));
+        assert!(killed.is_err());
+    };
+    kill_after_10();
+
+    let run = open("model-a", &sched, &spec).unwrap();
+    assert_eq!(run.done(), 10, "two batches were saved before the kill");
+    let refused = |fp: &str, sched: &DdimScheduler, spec: &SampleSpec, what: &str| {
+        let e = open(fp, sched, spec).unwrap_err().to_string();
+        assert!(e.contains(what) && e.contains("samples.safetensors"), "{e}");
+    };
+    refused("model-b", &sched, &spec, "fingerprint = model-a");
+    refused(
+        "model-a",
+        &sched,
+        &SampleSpec {
+            seed: 6,
+            ..spec.clone()
+        },
+        "seed = 5",
+    );
+    refused(
+        "model-a",
+        &DdimScheduler::diffusers(&DdimConfig::new(), 4).unwrap(),
+        &spec,
+        "steps = 3",
+    );
+    let mut calls = vec![];
+    let resumed = run
+        .generate(&model, &sched, &device, &mut |d, t| calls.push((d, t)))
+        .unwrap();
+    assert_eq!(calls, vec![(12, 12)], "only the last batch is drawn again");
+    assert_eq!(
+        resumed, whole,
+        "resumed images equal an uninterrupted run's"
+    );
+    assert!(!path.exists(), "a finished run removes its checkpoint");
+
+    // a checkpoint cut to 7 images (not whole batches of 5) and a corrupt file are refused
+    kill_after_10();
+    let mut f = dmq_quant::QuantizedFile::load(&path).unwrap();
+    let (shape, data) = f.float.get_mut("images").unwrap();
+    shape[0] = 7;
+    data.truncate(7 * 784);
+    f.save(&path).unwrap();
+    refused("model-a", &sched, &spec, "whole batches");
+    std::fs::write(&path, b"not safetensors").unwrap();
+    refused("model-a", &sched, &spec, "samples.safetensors");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

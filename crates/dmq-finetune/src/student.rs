@@ -169,9 +169,7 @@ fn convert<const D: usize>(
         }
     };
     // FNV-1a of the name: each layer's stream is independent of the visiting order
-    let key = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
-    });
+    let key = dmq_quant::fingerprint::fnv1a64(name.as_bytes());
     let mut rng = NoiseRng::new(opts.lora_seed ^ key);
     *w_quant = Some(WeightQuantizer::QaLora(QaLoraQuantizer::from_ptq_seeded(
         weight,

@@ -260,6 +260,39 @@ impl QuantizedFile {
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 
+    /// FNV-1a hash of the content (every tensor's name, shape, spec, codes, Δ, z and data,
+    /// and the metadata), independent of the byte layout: two files hash equal exactly when
+    /// they hold the same model. Used to tell whether a checkpoint belongs to a model.
+    pub fn content_hash(&self) -> Result<u64> {
+        let mut h = crate::fingerprint::Fnv1a::new();
+        h.write_len(self.quantized.len());
+        for (name, q) in &self.quantized {
+            let spec = serde_json::to_string(&q.params.spec)
+                .map_err(|e| malformed("<memory>", e.to_string()))?;
+            h.write_str(name).write_str(&spec).write_len(q.shape.len());
+            for &d in &q.shape {
+                h.write_len(d);
+            }
+            h.write_f32s(&q.params.delta)
+                .write_f32s(&q.params.zero)
+                .write_len(q.packed.len())
+                .write(&q.packed);
+        }
+        h.write_len(self.float.len());
+        for (name, (shape, data)) in &self.float {
+            h.write_str(name).write_len(shape.len());
+            for &d in shape {
+                h.write_len(d);
+            }
+            h.write_f32s(data);
+        }
+        h.write_len(self.metadata.len());
+        for (k, v) in &self.metadata {
+            h.write_str(k).write_str(v);
+        }
+        Ok(h.finish())
+    }
+
     /// Total bytes of packed codes, scales, zero points and float tensors.
     pub fn payload_bytes(&self) -> usize {
         self.quantized

@@ -40,6 +40,7 @@ pub mod binary;
 pub mod device;
 pub mod error;
 pub mod file;
+pub mod fingerprint;
 pub mod lsq;
 pub mod pack;
 pub mod qalora;

@@ -256,6 +256,54 @@ fn file_round_trip_is_exact() {
 }
 
 #[test]
+fn content_hash_survives_save_load_and_sees_every_field() {
+    let f = sample_file();
+    let h = f.content_hash().unwrap();
+    let dir = std::env::temp_dir().join(format!("dmq-quant-hash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    f.save(&path).unwrap();
+    assert_eq!(
+        QuantizedFile::load(&path).unwrap().content_hash().unwrap(),
+        h
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let name = "down_blocks.0.resnets.0.conv1";
+    let mut changes: Vec<(&str, QuantizedFile)> = Vec::new();
+    let mut g = f.clone();
+    g.quantized.get_mut(name).unwrap().packed[0] ^= 1;
+    changes.push(("one code bit", g));
+    let mut g = f.clone();
+    g.quantized.get_mut(name).unwrap().params.delta[1] = 0.050001;
+    changes.push(("one Δ", g));
+    let mut g = f.clone();
+    g.quantized.get_mut(name).unwrap().params.zero[0] = 9.0;
+    changes.push(("one z", g));
+    let mut g = f.clone();
+    g.quantized.get_mut(name).unwrap().shape = vec![3, 2];
+    changes.push(("the shape", g));
+    let mut g = f.clone();
+    g.float.get_mut("conv_in.bias").unwrap().1[1] = -0.125;
+    changes.push(("a float value", g));
+    let mut g = f.clone();
+    let q = g.quantized.remove(name).unwrap();
+    g.quantized
+        .insert("down_blocks.0.resnets.0.conv2".into(), q);
+    changes.push(("a layer name", g));
+    let mut g = f.clone();
+    g.metadata.insert("model".into(), "dit-fmnist".into());
+    changes.push(("metadata", g));
+    for (what, g) in changes {
+        assert_ne!(
+            g.content_hash().unwrap(),
+            h,
+            "changing {what} must change the hash"
+        );
+    }
+}
+
+#[test]
 fn truncated_malformed_and_missing_files_are_errors() {
     let bytes = sample_file().to_bytes().unwrap();
     for cut in [0, 7, 8, 50, bytes.len() / 2, bytes.len() - 1] {
