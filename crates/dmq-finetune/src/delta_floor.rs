@@ -1,12 +1,12 @@
-//! Keeps learned activation step sizes positive during fine-tuning: an Adam(W) step larger
-//! than a small Δ flips its sign, which wrecks the channel and makes the export refuse it.
+//! Keeps learned step sizes positive during fine-tuning: an Adam(W) step larger than a small
+//! Δ flips its sign, which wrecks the channel and makes the export refuse it.
 
 use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 use dmq_models::Denoiser;
 use dmq_models::layers::LayerMut;
-use dmq_quant::ActQuantizer;
 use dmq_quant::range::MIN_DELTA;
+use dmq_quant::{ActQuantizer, WeightQuantizer};
 
 /// Clamps to ≥ [`MIN_DELTA`] the activation Δ used at sampling step `step` (the only set an
 /// update at that step can move) of every layer whose name passes `wanted`. Uniform, LSQ,
@@ -44,6 +44,28 @@ pub(crate) fn keep_act_deltas_positive<M: Denoiser + ?Sized>(
     });
 }
 
+/// Clamps to ≥ [`MIN_DELTA`] every per-channel weight Δ of a step-size quantizer (uniform,
+/// LSQ, AdaRound, QALoRA). EfficientDM trains Δ_w with Adam at a fixed 1e-6 per step; at 8
+/// bits a channel of small weights (an adaLN row of the DiT) has Δ_w of that order, and one
+/// step drove it to −2.7e-6. Binarizer scales σ are not step sizes and are left alone.
+pub(crate) fn keep_weight_deltas_positive<M: Denoiser + ?Sized>(model: &mut M) {
+    model.for_each_layer_mut(&mut |layer| {
+        let slot = match layer {
+            LayerMut::Linear(l) => &mut l.w_quant,
+            LayerMut::Conv2d(l) => &mut l.w_quant,
+            LayerMut::Matmul(_) => return,
+        };
+        let delta = match slot {
+            Some(WeightQuantizer::Uniform(q)) => &mut q.delta,
+            Some(WeightQuantizer::Lsq(q)) => &mut q.delta,
+            Some(WeightQuantizer::AdaRound(q)) => &mut q.delta,
+            Some(WeightQuantizer::QaLora(q)) => &mut q.delta,
+            Some(WeightQuantizer::Binary(_) | WeightQuantizer::MultiBasis(_)) | None => return,
+        };
+        floor_delta(delta);
+    });
+}
+
 fn floor_delta(delta: &mut Param<Tensor<1>>) {
     let d = dmq_models::HostTensor::from_tensor(&delta.val()).data;
     if d.iter().all(|&v| v >= MIN_DELTA) {
@@ -60,7 +82,7 @@ fn floor_delta(delta: &mut Param<Tensor<1>>) {
 mod tests {
     use super::*;
     use burn::tensor::Device;
-    use dmq_models::dit::{DiT, DiTConfig};
+    use dmq_models::dit::DiT;
     use dmq_models::layers::LayerRef;
     use dmq_quant::{AffineParams, LsqQuantizer, QuantSpec, TimeIndexed};
 
@@ -81,6 +103,11 @@ mod tests {
         let mut q = LsqQuantizer::from_params(&p, learn_zero, grad_scale, device).unwrap();
         q.delta = Param::from_tensor(Tensor::from_data(TensorData::new(vec![d], [1]), device));
         q
+    }
+
+    /// A one-block 8×8 DiT.
+    fn tiny_dit(device: &Device) -> DiT {
+        DiT::new(&dmq_models::defaults::tiny_dit().unwrap(), device).unwrap()
     }
 
     fn scalar(t: &Tensor<1>) -> f64 {
@@ -134,13 +161,7 @@ mod tests {
     #[test]
     fn lsq_matmul_operands_stay_positive() {
         let device = Device::default().autodiff();
-        let cfg = DiTConfig::from_json_value(&serde_json::json!({
-            "sample_size": 8, "in_channels": 1, "out_channels": 1, "patch_size": 2,
-            "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 4,
-            "num_embeds_ada_norm": 3
-        }))
-        .unwrap();
-        let mut model = DiT::new(&cfg, &device).unwrap();
+        let mut model = tiny_dit(&device);
         let spec = QuantSpec::signed_symmetric(8).unwrap();
         let lsq = |d: f32| lsq_with_delta(spec, 0.0, d, (false, true), &device);
         let mut ids = Vec::new();
@@ -170,5 +191,58 @@ mod tests {
             assert_eq!(a, vec![0.25]);
             assert_eq!(b, vec![MIN_DELTA]);
         }
+    }
+
+    /// EfficientDM's Δ_w: the DiT W8A8 run ended with Δ_w = −2.7e-6 on one channel of
+    /// `transformer_blocks.4.norm1.linear`, and its export was refused. The flipped channel is
+    /// raised to the floor, the others and the parameter id are kept.
+    #[test]
+    fn qalora_weight_deltas_stay_positive() {
+        use dmq_models::layers::LayerRef;
+        let device = Device::default().autodiff();
+        let mut model = tiny_dit(&device);
+        let mut want = None;
+        model.for_each_layer_mut(&mut |layer| {
+            if let (LayerMut::Linear(l), None) = (layer, &want) {
+                let [c_out, _] = l.weight_shape();
+                let params = AffineParams {
+                    spec: QuantSpec::int(8).unwrap().per_channel(0),
+                    delta: vec![0.01; c_out],
+                    zero: vec![128.0; c_out],
+                };
+                let mut q = dmq_quant::QaLoraQuantizer::from_ptq_seeded(
+                    l.weight.val(),
+                    &params,
+                    2,
+                    &mut || 0.5,
+                )
+                .unwrap();
+                let mut d = vec![0.01f32; c_out];
+                d[1] = -2.7e-6;
+                let id = q.delta.id;
+                q.delta = Param::initialized(
+                    id,
+                    Tensor::from_data(TensorData::new(d.clone(), [c_out]), &device),
+                );
+                d[1] = MIN_DELTA;
+                want = Some((l.name().to_string(), id, d));
+                l.w_quant = Some(WeightQuantizer::QaLora(q));
+            }
+        });
+        let (name, id, d) = want.expect("the DiT has linear layers");
+        keep_weight_deltas_positive(&mut model);
+        let mut seen = None;
+        model.for_each_layer(&mut |layer| {
+            if let LayerRef::Linear(l) = layer
+                && l.name() == name
+                && let Some(WeightQuantizer::QaLora(q)) = &l.w_quant
+            {
+                seen = Some((
+                    q.delta.id,
+                    dmq_models::HostTensor::from_tensor(&q.delta.val()).data,
+                ));
+            }
+        });
+        assert_eq!(seen, Some((id, d)));
     }
 }

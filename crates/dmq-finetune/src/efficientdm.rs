@@ -31,7 +31,7 @@ use dmq_models::train::{Checkpoint, TrainState};
 use dmq_models::{Denoiser, ForwardCtx};
 use serde::{Deserialize, Serialize};
 
-use crate::delta_floor::keep_act_deltas_positive;
+use crate::delta_floor::{keep_act_deltas_positive, keep_weight_deltas_positive};
 use crate::error::{FinetuneError, Result};
 use crate::lr::{LayerLr, LrConfig, layer_lrs, lr_scheduler};
 use crate::student::{StudentOptions, StudentReport, build_student, set_trainable};
@@ -207,6 +207,8 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
         optim = o;
         state = st;
     }
+    // a checkpoint written before the Δ_w floor existed may hold a flipped Δ_w
+    keep_weight_deltas_positive(&mut student);
     let resumed_steps = state.step;
     let mut sched = lr_scheduler(&lrs, &cfg.lr, total)?;
     for _ in 0..state.step {
@@ -257,6 +259,7 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
             student = optim.step(sched.step(), student, grads);
             // an AdamW step can flip a small TALSQ Δ negative (seen on the UNet W4A8 time_emb_proj input)
             keep_act_deltas_positive(&mut student, input.step.step, &|_| true);
+            keep_weight_deltas_positive(&mut student);
             state.step += 1;
             traj.advance(eps_fp.detach())?;
             progress(&FinetuneProgress {

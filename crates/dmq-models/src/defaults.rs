@@ -53,3 +53,13 @@ pub fn tiny_unet() -> Result<UNetConfig> {
         "attention_head_dim": 8, "norm_num_groups": 4
     }))
 }
+
+/// A test-size DiT: 8×8×1, patch 2 (16 tokens), one block of 2 heads × 4, 3 classes (so CFG
+/// and the adaLN-Zero path appear).
+pub fn tiny_dit() -> Result<DiTConfig> {
+    DiTConfig::from_json_value(&serde_json::json!({
+        "sample_size": 8, "in_channels": 1, "out_channels": 1, "patch_size": 2,
+        "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 4,
+        "num_embeds_ada_norm": 3
+    }))
+}

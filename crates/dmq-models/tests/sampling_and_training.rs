@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use dmq_models::dit::{DiT, DiTConfig};
+use dmq_models::dit::DiT;
 use dmq_models::noise::NoiseRng;
 use dmq_models::sampler::{Trajectory, labels, sample, sample_teacher_forced};
 use dmq_models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
@@ -19,13 +19,7 @@ fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 fn tiny_dit(device: &Device) -> DiT {
-    let cfg = DiTConfig::from_json_value(&serde_json::json!({
-        "sample_size": 8, "in_channels": 1, "out_channels": 1, "patch_size": 2,
-        "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 4,
-        "num_embeds_ada_norm": 3
-    }))
-    .unwrap();
-    DiT::new(&cfg, device).unwrap()
+    DiT::new(&dmq_models::defaults::tiny_dit().unwrap(), device).unwrap()
 }
 
 /// CFG is one batched call on [uncond; cond] and equals ε_u + s(ε_c − ε_u) of two calls.

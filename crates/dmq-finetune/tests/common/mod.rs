@@ -4,7 +4,7 @@
 
 use burn::tensor::{Device, Tensor};
 use dmq_calib::{CalibSet, RecordOptions};
-use dmq_models::dit::{DiT, DiTConfig};
+use dmq_models::dit::DiT;
 use dmq_models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
 use dmq_models::unet::UNet2DModel;
 use dmq_models::{Denoiser, ForwardCtx, HostTensor, StepContext};
@@ -14,13 +14,7 @@ pub fn tiny_unet(device: &Device) -> UNet2DModel {
 }
 
 pub fn tiny_dit(device: &Device) -> DiT {
-    let cfg = DiTConfig::from_json_value(&serde_json::json!({
-        "sample_size": 8, "in_channels": 1, "out_channels": 1, "patch_size": 2,
-        "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 4,
-        "num_embeds_ada_norm": 3
-    }))
-    .unwrap();
-    DiT::new(&cfg, device).unwrap()
+    DiT::new(&dmq_models::defaults::tiny_dit().unwrap(), device).unwrap()
 }
 
 /// Rewrites every float parameter from a host RNG keyed by `seed`: matrices and kernels
