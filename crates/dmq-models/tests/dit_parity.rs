@@ -468,6 +468,46 @@ fn save_load_round_trip(device: &Device) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `gelu_tanh` (evaluated as `x·σ(2u)`) against `0.5·x·(1 + tanh(u))` in f64, out to the
+/// saturated tails, and its gradient against the closed-form derivative: finite where σ
+/// saturates (x = −40 puts 2u far below f32's exp range).
+fn gelu_tanh_matches_closed_form(device: &Device) {
+    let xs: Vec<f32> = vec![
+        -40.0, -9.5, -6.0, -3.0, -1.5, -0.7, -0.1, 0.0, 1e-3, 0.3, 1.0, 2.2, 4.0, 9.0, 40.0,
+    ];
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let reference = |x: f64| 0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh());
+    let derivative = |x: f64| {
+        let t = (c * (x + 0.044715 * x * x * x)).tanh();
+        0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x)
+    };
+    let ad = device.clone().autodiff();
+    let x = Tensor::<1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &ad).require_grad();
+    let y = dmq_models::dit::gelu_tanh(x.clone());
+    let grads = y.clone().sum().backward();
+    let got: Vec<f32> = y.into_data().try_to_vec::<f32>().unwrap();
+    let grad: Vec<f32> = x
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    for (i, &x) in xs.iter().enumerate() {
+        let (want, dwant) = (reference(x as f64), derivative(x as f64));
+        let tol = 2e-6 * (1.0 + want.abs());
+        assert!(
+            (got[i] as f64 - want).abs() <= tol,
+            "gelu({x}) = {} vs {want}",
+            got[i]
+        );
+        assert!(
+            (grad[i] as f64 - dwant).abs() <= 1e-5 * (1.0 + dwant.abs()),
+            "gelu'({x}) = {} vs {dwant}",
+            grad[i]
+        );
+    }
+}
+
 macro_rules! backend_tests {
     ($name:ident, $device:expr) => {
         mod $name {
@@ -525,6 +565,11 @@ macro_rules! backend_tests {
             #[test]
             fn save_load_round_trip() {
                 super::save_load_round_trip(&device());
+            }
+
+            #[test]
+            fn gelu_tanh_matches_closed_form() {
+                super::gelu_tanh_matches_closed_form(&device());
             }
         }
     };

@@ -18,15 +18,25 @@ fn straight_through<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.clone() - x.detach()
 }
 
+/// `value + straight_through(x)`, or `value` alone when `x` is outside any autodiff graph
+/// (sampling, export checks): adding the exact zero changes nothing there but costs two
+/// full passes over every quantized activation.
+fn with_straight_through<const D: usize>(value: Tensor<D>, x: Tensor<D>) -> Tensor<D> {
+    if x.is_tracked() {
+        value.detach() + straight_through(x)
+    } else {
+        value
+    }
+}
+
 /// `round(x)` forward, identity backward.
 pub fn round_ste<const D: usize>(x: Tensor<D>, rounding: Rounding) -> Tensor<D> {
-    let r = round_value(x.clone(), rounding);
-    r.detach() + straight_through(x)
+    with_straight_through(round_value(x.clone(), rounding), x)
 }
 
 /// `floor(x)` forward, identity backward (QuEST's floor-STE for AdaRound, §1.3).
 pub fn floor_ste<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    x.clone().floor().detach() + straight_through(x)
+    with_straight_through(x.clone().floor(), x)
 }
 
 /// Rounds without any gradient bookkeeping.
@@ -48,12 +58,20 @@ pub fn sign_pos<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// Binary sign with the clipped straight-through estimator (BinaryDM `BinaryQuantize`):
 /// forward `sign(x)` with sign(0) = +1, backward `1[|x| ≤ 1]`.
 pub fn sign_ste<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    sign_pos(x.clone()).detach() + straight_through(x.clamp(-1.0, 1.0))
+    if x.is_tracked() {
+        sign_pos(x.clone()).detach() + straight_through(x.clamp(-1.0, 1.0))
+    } else {
+        sign_pos(x)
+    }
 }
 
 /// Value `x`, gradient scaled by `g` (LSQ's step-size gradient scale).
 pub fn grad_scale<const D: usize>(x: Tensor<D>, g: f64) -> Tensor<D> {
-    x.clone().detach() + straight_through(x) * g
+    if x.is_tracked() {
+        x.clone().detach() + straight_through(x) * g
+    } else {
+        x
+    }
 }
 
 /// Uniform affine fake quantization with the straight-through estimator (§1.1):

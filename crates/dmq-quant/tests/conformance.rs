@@ -6,6 +6,7 @@
 
 mod common;
 
+use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use common::{assert_close, host, t1, tn};
 use dmq_quant::adaround::{inverse_rectified_sigmoid, rectified_sigmoid};
@@ -266,10 +267,38 @@ fn ste_forward_values_exact(device: &Device) {
     let p = params(spec, &deltas, &vec![0.0; n]);
     let lsq = LsqQuantizer::from_params(&p, false, true, &ad).unwrap();
     let loaded = UniformQuantizer::from_params(&lsq.affine_params(0).unwrap(), &ad).unwrap();
+    let trained = host(lsq.fake_quant(x.clone(), 0).unwrap());
     assert_bitwise(
-        &host(lsq.fake_quant(x.clone(), 0).unwrap()),
+        &trained,
         &host(loaded.fake_quant(x, 0).unwrap()),
         "LSQ forward vs its export",
+    );
+    // Outside any autodiff graph (sampling) the STEs drop their zero term: same values.
+    let frozen_x = tn(&xs, [n, per], &ad);
+    assert!(!frozen_x.is_tracked());
+    assert_bitwise(
+        &host(lsq.no_grad().fake_quant(frozen_x.clone(), 0).unwrap()),
+        &trained,
+        "LSQ forward outside a graph",
+    );
+    assert_bitwise(
+        &host(dmq_quant::ste::sign_ste(frozen_x.clone())),
+        &signs,
+        "sign_ste value outside a graph",
+    );
+    let floors: Vec<f32> = xs.iter().map(|v| v.floor()).collect();
+    assert_bitwise(
+        &host(dmq_quant::ste::floor_ste(frozen_x)),
+        &floors,
+        "floor_ste value outside a graph",
+    );
+    assert_bitwise(
+        &host(dmq_quant::ste::round_ste(
+            tn(&scaled, [n, per], device),
+            dmq_quant::Rounding::HalfToEven,
+        )),
+        &rounded,
+        "round_ste value without autodiff",
     );
 }
 
