@@ -292,7 +292,20 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
 
 fn write_table(args: &Args) -> Result<(), Error> {
     let json = args.out.join("ptq.json");
-    let rows = read_rows(&json)?;
+    let mut rows = read_rows(&json)?;
+    let latest = rows.last().map(|r| r.command.clone()).unwrap_or_default();
+    // Per model (first-seen order): the largest sample count first (the issue's 1000), then
+    // FP, naive, Q-Diffusion, wider bit-widths first.
+    let models: Vec<String> = rows.iter().map(|r| r.model.clone()).collect();
+    let method_rank = |m: &str| ["fp", "naive", "qdiffusion"].iter().position(|x| *x == m);
+    rows.sort_by_key(|r| {
+        (
+            models.iter().position(|m| *m == r.model),
+            std::cmp::Reverse(r.samples),
+            method_rank(&r.method),
+            std::cmp::Reverse((r.w_bits, r.a_bits)),
+        )
+    });
     let header = format!(
         "# PTQ baselines on the default models\n\n\
          FD is the Fréchet distance of the metric classifier's penultimate features (not FID), \
@@ -303,8 +316,7 @@ fn write_table(args: &Args) -> Result<(), Error> {
          attention matmuls quantized (softmax unsigned). Q-Diffusion = AdaRound block reconstruction \
          + activation step-size reconstruction; iterations per unit are in each row's `extra`.\n\n\
          Machine: 2-core x86-64 (AVX-512), flex backend. Command: `{}`",
-        args.cfg,
-        rows.last().map(|r| r.command.as_str()).unwrap_or("")
+        args.cfg, latest
     );
     write_markdown(
         &args.out.join("ptq.md"),
