@@ -5,7 +5,8 @@
 //! ```text
 //! cargo run --release --example quest -- [--model unet|dit|both] [--presets W4A4,W4A8,W8A8]
 //!     [--samples 500] [--steps 20] [--cfg 1.5] [--calib-n 64] [--calib-steps 10]
-//!     [--a-epochs 20] [--b-epochs 10] [--b-chunks 8] [--weight-lr 1e-5] [--loss reference|paper]
+//!     [--a-epochs 20] [--b-epochs 10] [--b-chunks 8] [--weight-lr 1e-5] [--act-lr-a 1e-5] [--act-lr-b 1e-4]
+//!     [--loss reference|paper]
 //!     [--recon-iters 200] [--sensitive GLOB,GLOB] [--sens-bits 4,6,8] [--skip-sensitivity] [--skip-init]
 //!     [--batch 100] [--out docs/results] [--work runs/ptq] [--models-dir assets/models]
 //! ```
@@ -51,6 +52,8 @@ struct Args {
     b_epochs: usize,
     b_chunks: usize,
     weight_lr: f64,
+    act_lr_a: f64,
+    act_lr_b: f64,
     loss: QuestLoss,
     recon_iters: usize,
     sensitive: Vec<String>,
@@ -79,6 +82,8 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
         b_epochs: f.get("b-epochs", 10)?,
         b_chunks: f.get("b-chunks", 8)?,
         weight_lr: f.get("weight-lr", QuestConfig::default().weight_lr)?,
+        act_lr_a: f.get("act-lr-a", QuestConfig::default().act_lr_a)?,
+        act_lr_b: f.get("act-lr-b", QuestConfig::default().act_lr_b)?,
         loss: match loss.as_str() {
             "paper" => QuestLoss::Paper,
             _ => QuestLoss::Reference,
@@ -280,6 +285,8 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
             stage_b_epochs: args.b_epochs,
             stage_b_chunks: args.b_chunks,
             weight_lr: args.weight_lr,
+            act_lr_a: args.act_lr_a,
+            act_lr_b: args.act_lr_b,
             loss: args.loss,
             ..QuestConfig::default()
         };
@@ -364,7 +371,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
                     "sensitive_patterns": cfg.rules.as_ref().map(|r| r.sensitive.clone()),
                     "per_channel_acts": rep.per_channel_acts, "stage_steps": rep.stage_steps,
                     "stage_a_epochs": args.a_epochs, "stage_b_epochs": args.b_epochs, "stage_b_chunks": args.b_chunks,
-                    "weight_lr": args.weight_lr,
+                    "weight_lr": args.weight_lr, "act_lr_a": args.act_lr_a, "act_lr_b": args.act_lr_b,
                     "time_embedding_layers": rep.selection.time_embedding.len(),
                     "sensitive_layers": rep.selection.sensitive.len(),
                     "tuned_weight_fraction": rep.selection.tuned_fraction(),
@@ -406,7 +413,7 @@ fn write_table(args: &Args) -> Result<(), Error> {
          then stage A (time-embedding projections, {} passes × 4 chunks of 2 per group) and \
          stage B (attention q/k/v for the UNet; FF + self-attention q/k/v for the DiT, plus every \
          activation Δ off the time-embedding path; {} epochs × {} chunks of 4 per group), Adam, \
-         weights lr 1e-5 unless the row's `extra.weight_lr` says otherwise, Δ lr 1e-5 (A) / 1e-4 (B), reference-code loss weighting unless the row \
+         weights lr 1e-5 unless the row's `extra.weight_lr` says otherwise, Δ lr 1e-5 (A) / 1e-4 (B) unless `extra.act_lr_a`/`act_lr_b` say otherwise, reference-code loss weighting unless the row \
          says otherwise. The scored model is the integer export loaded back into the FP model; \
          `quest-init` is the student before fine-tuning. FP, naive and Q-Diffusion rows come from \
          `ptq.json`, EfficientDM rows from `efficientdm.json`, at the same samples and steps. \
