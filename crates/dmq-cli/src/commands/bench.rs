@@ -1,0 +1,96 @@
+//! `dmq bench`: images/s of FP, fake-quant and the integer path on the same noise, and
+//! model bytes, measured back to back in one process.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use dmq_models::Denoiser;
+use dmq_models::noise::NoiseRng;
+
+use super::{Error, device, positive};
+
+/// Flags of `dmq bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A .dmq.safetensors file.
+    #[arg(long, value_parser = crate::existing)]
+    pub model: PathBuf,
+    /// Images per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// DDIM steps (default: the file's own).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Timed repetitions per path (the best is reported).
+    #[arg(long, default_value_t = 2)]
+    pub repeats: usize,
+}
+
+/// Runs `dmq bench`.
+pub fn run(a: Args, backend: &str) -> Result<(), Error> {
+    positive("batch", a.batch, 4096)?;
+    positive("repeats", a.repeats, 100)?;
+    if a.model.is_dir() {
+        return Err("--model: give a .dmq.safetensors file (dmq quantize writes one)".into());
+    }
+    let device = device(backend, false)?;
+    let arg = super::ModelArg::load(&a.model, &device)?;
+    let steps = arg.steps(a.steps)?;
+    let super::ModelArg::File(f) = arg else {
+        return Err("--model: give a .dmq.safetensors file".into());
+    };
+    let sched = f.scheduler.ddim(steps)?;
+    let mut fp = f.model.clone();
+    dmq_calib::clear_quantizers(&mut fp);
+    let integer = dmq_infer::IntegerModel::from_export(f.model.clone(), &f.file, &device)?;
+    let info = f.model.info();
+    let (c, s) = (info.in_channels, info.sample_size);
+    let class = info.num_classes.map(|nc| {
+        dmq_models::sampler::labels(&(0..a.batch).map(|i| i % nc).collect::<Vec<_>>(), &device)
+    });
+    let guidance = if info.num_classes.is_some() { 1.5 } else { 1.0 };
+    let time = |m: &dyn Denoiser| -> Result<f64, Error> {
+        let mut best = f64::INFINITY;
+        for r in 0..a.repeats {
+            let x = NoiseRng::new(r as u64).tensor([a.batch, c, s, s], &device);
+            let t0 = Instant::now();
+            let y = dmq_models::sampler::sample(
+                m,
+                &sched,
+                x,
+                class.clone(),
+                guidance,
+                0,
+                &mut |_, _| {},
+            )?;
+            let _ = dmq_models::HostTensor::from_tensor(&y); // wait for the device
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        Ok(a.batch as f64 / best)
+    };
+    let fp_ips = time(&fp)?;
+    let fq_ips = time(&f.model)?;
+    let int_ips = time(&integer)?;
+    let file_bytes = std::fs::metadata(&a.model)?.len();
+    let fp32_bytes = dmq_calib::model_bytes(&fp, steps)?;
+    println!(
+        "{} ({} {} steps, batch {}, backend {backend}; best of {}):",
+        a.model.display(),
+        f.info.method,
+        steps,
+        a.batch,
+        a.repeats
+    );
+    println!("| path | images/s | × FP32 | model bytes |");
+    println!("|---|---|---|---|");
+    println!("| FP32 (burn) | {fp_ips:.2} | 1.00 | {fp32_bytes} |");
+    println!(
+        "| fake-quant (burn) | {fq_ips:.2} | {:.2} | {file_bytes} |",
+        fq_ips / fp_ips
+    );
+    println!(
+        "| integer kernels | {int_ips:.2} | {:.2} | {file_bytes} |",
+        int_ips / fp_ips
+    );
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! `dmq eval`: the metrics row of a quantized file, as a table and JSON.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use dmq_eval::harness::SampleSpec;
+use dmq_models::Denoiser;
+use dmq_pipeline::eval::{Evaluator, cost, sample};
+
+use super::{Error, ModelArg, device, positive};
+
+/// Flags of `dmq eval`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A .dmq.safetensors file (or a diffusers directory: scores the FP model).
+    #[arg(long, value_parser = crate::existing)]
+    pub model: PathBuf,
+    /// The FP model directory it was quantized from: FD/PSNR/SSIM against its samples from
+    /// the same noise (without it, the row has FD against the test set only).
+    #[arg(long, value_parser = crate::existing)]
+    pub fp: Option<PathBuf>,
+    /// Number of samples.
+    #[arg(long, default_value_t = 100)]
+    pub samples: usize,
+    /// DDIM steps (default: the file's own).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (class-conditional models).
+    #[arg(long, default_value_t = 1.5)]
+    pub cfg: f64,
+    /// Seed of the noise (the result tables use 2024).
+    #[arg(long, default_value_t = 2024)]
+    pub seed: u64,
+    /// Metric classifier directory (Fashion-MNIST features).
+    #[arg(long, default_value = "assets/models/fmnist-classifier")]
+    pub classifier: PathBuf,
+    /// Fashion-MNIST directory (IDX files; Debian package dataset-fashion-mnist).
+    #[arg(long, default_value = dmq_eval::data::fashion_mnist::DEFAULT_DIR)]
+    pub data: PathBuf,
+    /// Sample cache directory (keyed by a fingerprint of weights, sampler and noise).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Also write the row as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Runs `dmq eval`.
+pub fn run(a: Args, backend: &str) -> Result<(), Error> {
+    positive("samples", a.samples, 100_000)?;
+    if !(a.cfg.is_finite() && a.cfg >= 1.0) {
+        return Err(format!("--cfg {}: must be ≥ 1", a.cfg).into());
+    }
+    for (flag, dir) in [("classifier", &a.classifier), ("data", &a.data)] {
+        if !dir.is_dir() {
+            return Err(format!("--{flag} {}: not a directory", dir.display()).into());
+        }
+    }
+    let device = device(backend, false)?;
+    let arg = ModelArg::load(&a.model, &device)?;
+    let model = arg.model();
+    let info = model.info();
+    let steps = arg.steps(a.steps)?;
+    let sched = arg.scheduler().ddim(steps)?;
+    let spec = SampleSpec {
+        n: a.samples,
+        guidance: if info.num_classes.is_some() {
+            a.cfg
+        } else {
+            1.0
+        },
+        seed: a.seed,
+        batch: 100.min(a.samples),
+    };
+    let cache = a.cache.as_deref();
+    let t0 = Instant::now();
+    let mut b = super::bar("samples", a.samples);
+    let images = sample(model, &sched, &spec, cache, &device, &mut |d, _| {
+        b.set(d as u64, "")
+    })?;
+    b.finish();
+    let sample_s = t0.elapsed().as_secs_f64();
+    let fp_images = match &a.fp {
+        Some(dir) => {
+            let fp = dmq_pipeline::AnyDenoiser::from_pretrained(dir, &device)?;
+            let mut b = super::bar("FP samples", a.samples);
+            let im = sample(&fp, &sched, &spec, cache, &device, &mut |d, _| {
+                b.set(d as u64, "")
+            })?;
+            b.finish();
+            Some(im)
+        }
+        None => None,
+    };
+    let ev = Evaluator::new(
+        &a.classifier,
+        &a.data,
+        fp_images.clone().unwrap_or_else(|| images.clone()),
+        &device,
+    )?;
+    let s = ev.score(&images, info.num_classes, &device)?;
+    let c = cost(model, steps, spec.guidance != 1.0, &device)?;
+    let with_fp = fp_images.is_some();
+    let row = serde_json::json!({
+        "model": a.model, "samples": a.samples, "steps": steps, "cfg": spec.guidance, "seed": a.seed,
+        "fd_test": s.fd_test,
+        "fd_fp": with_fp.then_some(s.fd_fp),
+        "psnr_fp": with_fp.then_some(s.fidelity.psnr),
+        "ssim_fp": with_fp.then_some(s.fidelity.ssim),
+        "class_acc": s.class_acc,
+        "gbitops_per_image": c.bitops / 1e9,
+        "model_bytes": c.model_bytes,
+        "sample_s": sample_s,
+    });
+    let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
+    println!(
+        "| samples | steps | FD test | FD vs FP | PSNR vs FP dB | SSIM | class acc | GBitOPs/img | model KiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {steps} | {:.2} | {} | {} | {} | {} | {:.1} | {:.0} |",
+        a.samples,
+        s.fd_test,
+        opt(with_fp.then_some(s.fd_fp), 2),
+        opt(with_fp.then_some(s.fidelity.psnr), 2),
+        opt(with_fp.then_some(s.fidelity.ssim), 4),
+        opt(s.class_acc.map(|x| 100.0 * x), 1),
+        c.bitops / 1e9,
+        c.model_bytes as f64 / 1024.0
+    );
+    println!("{row}");
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&row)? + "\n")
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(())
+}

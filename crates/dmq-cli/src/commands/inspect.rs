@@ -1,0 +1,72 @@
+//! `dmq inspect FILE`: per layer bits, granularity and bytes; totals and compression.
+
+use std::path::PathBuf;
+
+use dmq_pipeline::dmq_file;
+
+use super::Error;
+
+/// Flags of `dmq inspect`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A .dmq.safetensors file.
+    #[arg(value_parser = crate::existing)]
+    pub file: PathBuf,
+    /// Print the table as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `dmq inspect`.
+pub fn run(a: Args) -> Result<(), Error> {
+    let f = dmq_quant::QuantizedFile::load(&a.file)?;
+    let info = dmq_file::info(&f, &a.file)?;
+    let rows = dmq_file::layer_table(&f);
+    let file_bytes = std::fs::metadata(&a.file)?.len();
+    let float_params: usize = f
+        .float
+        .values()
+        .map(|(s, _)| s.iter().product::<usize>())
+        .sum();
+    let q_params: usize = f.quantized.values().map(|q| q.numel()).sum();
+    let q_bytes: usize = f.quantized.values().map(|q| q.storage_bytes()).sum();
+    let fp32_bytes = 4 * (float_params + q_params);
+    if a.json {
+        let v = serde_json::json!({
+            "file": a.file, "info": info, "layers": rows, "file_bytes": file_bytes,
+            "fp32_bytes": fp32_bytes, "quantized_params": q_params, "float_params": float_params,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} quantized with {} ({} steps), written by {}",
+        a.file.display(),
+        info.class_name,
+        info.method,
+        info.num_steps,
+        info.writer
+    );
+    println!(
+        "{:<56} {:>6} {:>26} {:>10} {:>10}  act",
+        "layer", "w bits", "granularity", "params", "bytes"
+    );
+    for r in &rows {
+        let act: Vec<String> = r.act.iter().map(|(op, b)| format!("{op}:{b}")).collect();
+        println!(
+            "{:<56} {:>6} {:>26} {:>10} {:>10}  {}",
+            r.layer,
+            r.weight_bits.map_or("fp32".into(), |b| b.to_string()),
+            r.granularity,
+            r.params,
+            r.bytes,
+            act.join(" ")
+        );
+    }
+    println!(
+        "total: {q_params} quantized weights in {q_bytes} bytes, {float_params} other parameters at f32; \
+         file {file_bytes} bytes vs {fp32_bytes} bytes at f32 ({:.2}× smaller)",
+        fp32_bytes as f64 / file_bytes.max(1) as f64
+    );
+    Ok(())
+}

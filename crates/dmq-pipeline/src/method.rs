@@ -1,0 +1,319 @@
+//! One entry point for every quantization method: FP model + [`QuantConfig`] + calibration
+//! set + [`Method`] options + progress callback → quantized model.
+//!
+//! What every method shares lives here once: the run directory with its checkpoints (each
+//! method refuses a checkpoint of another run by its run tag), the finite-output guard on
+//! the result, and the timesteps the model is finalised for.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use dmq_calib::{CalibSet, PtqOptions, QuantConfig, ReconCheckpoint, ReconOptions};
+use dmq_finetune::{EfficientDmConfig, QuestConfig};
+use dmq_models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
+use dmq_models::{Denoiser, ForwardCtx, HostTensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PipelineError, Result};
+use crate::model::AnyDenoiser;
+
+/// A quantization method and its options.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "options", rename_all = "kebab-case")]
+pub enum Method {
+    /// Round-to-nearest PTQ: weights per channel, activations calibrated on the set.
+    Naive(PtqOptions),
+    /// Q-Diffusion: AdaRound block reconstruction, then activation step-size reconstruction.
+    Qdiffusion(ReconOptions),
+    /// EfficientDM: QALoRA + TALSQ, data-free distillation from the FP model.
+    Efficientdm {
+        /// Fine-tuning options.
+        config: EfficientDmConfig,
+        /// DDIM steps of the fine-tuning trajectories (η = 1).
+        train_steps: usize,
+    },
+    /// QuEST: Q-Diffusion rounding, then time-embedding and activation-sensitive tuning.
+    Quest {
+        /// The Q-Diffusion reconstruction it starts from.
+        recon: ReconOptions,
+        /// Fine-tuning options.
+        config: QuestConfig,
+    },
+}
+
+/// Names [`Method::from_name`] accepts.
+pub const METHOD_NAMES: [&str; 4] = ["naive", "qdiffusion", "efficientdm", "quest"];
+
+impl Method {
+    /// The method with its default options: `naive`, `qdiffusion`, `efficientdm`, `quest`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "naive" | "ptq" => Self::Naive(PtqOptions::default()),
+            "qdiffusion" | "q-diffusion" => Self::Qdiffusion(ReconOptions::default()),
+            "efficientdm" => Self::Efficientdm {
+                config: EfficientDmConfig::default(),
+                train_steps: 20,
+            },
+            "quest" => Self::Quest {
+                recon: ReconOptions::default(),
+                config: QuestConfig::default(),
+            },
+            other => {
+                return Err(PipelineError::Option {
+                    option: "method".into(),
+                    reason: format!("unknown method '{other}' (use one of {METHOD_NAMES:?})"),
+                });
+            }
+        })
+    }
+
+    /// The method's name as stored in files and result rows.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Naive(_) => "naive",
+            Self::Qdiffusion(_) => "qdiffusion",
+            Self::Efficientdm { .. } => "efficientdm",
+            Self::Quest { .. } => "quest",
+        }
+    }
+
+    /// The options as JSON (stored in the quantized file).
+    pub fn settings(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Scales the method's iteration counts by `f` (≥ 1 iteration each): for quick runs.
+    pub fn scaled(mut self, f: f64) -> Self {
+        let s = |n: usize| ((n as f64 * f).round() as usize).max(1);
+        match &mut self {
+            Self::Naive(_) => {}
+            Self::Qdiffusion(r) => {
+                r.weight_iters = s(r.weight_iters);
+                r.act_iters = s(r.act_iters);
+            }
+            Self::Efficientdm { config, .. } => config.epochs = s(config.epochs),
+            Self::Quest { recon, .. } => {
+                recon.weight_iters = s(recon.weight_iters);
+                recon.act_iters = s(recon.act_iters);
+            }
+        }
+        self
+    }
+}
+
+/// Progress of a quantization run, for a progress bar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// What is running (`calibration`, `weights`, `activations`, `fine-tuning`, ...).
+    pub stage: String,
+    /// Work done in the stage.
+    pub done: u64,
+    /// Work of the stage.
+    pub total: u64,
+    /// Last loss, where the stage has one.
+    pub loss: Option<f64>,
+}
+
+/// Where and how a run works.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Run directory for checkpoints (resumable); `None` runs without checkpoints.
+    pub work_dir: Option<PathBuf>,
+    /// The sampling schedule the quantized model is finalised for (per-step activation
+    /// parameters follow its steps).
+    pub sampler: DdimScheduler,
+}
+
+/// A quantized model and what the run did.
+#[derive(Debug)]
+pub struct Quantized {
+    /// The quantized model (fake-quant form, frozen).
+    pub model: AnyDenoiser,
+    /// The method's report as JSON.
+    pub report: serde_json::Value,
+    /// Seconds of this run.
+    pub wall_s: f64,
+}
+
+fn ck_path(opts: &RunOptions, name: &str) -> Option<PathBuf> {
+    opts.work_dir.as_ref().map(|d| d.join(name))
+}
+
+fn ensure_dir(dir: &Option<PathBuf>) -> Result<()> {
+    if let Some(d) = dir {
+        std::fs::create_dir_all(d)
+            .map_err(|e| crate::error::file_err(d, "run directory", e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Quantizes `fp` with `method` under `config`, calibrated on `calib`.
+///
+/// `fp` must live on an autodiff device for the methods that train (Q-Diffusion, EfficientDM,
+/// QuEST). The result is finalised for `opts.sampler`'s timesteps, frozen, and checked to
+/// give finite outputs on a calibration batch (else [`PipelineError::Option`] naming the
+/// method: a diverged run never reaches a file).
+pub fn quantize(
+    fp: &AnyDenoiser,
+    config: &QuantConfig,
+    calib: &CalibSet,
+    method: &Method,
+    opts: &RunOptions,
+    device: &Device,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Quantized> {
+    ensure_dir(&opts.work_dir)?;
+    let t0 = Instant::now();
+    let timesteps: Vec<f64> = opts.sampler.timesteps().iter().map(|&t| t as f64).collect();
+    let (model, report) = match method {
+        Method::Naive(o) => {
+            let mut m = fp.clone();
+            let rep = dmq_calib::ptq(&mut m, config, calib, o, device)?;
+            progress(&Progress {
+                stage: "ptq".into(),
+                done: 1,
+                total: 1,
+                loss: None,
+            });
+            (m, serde_json::to_value(&rep).unwrap_or_default())
+        }
+        Method::Qdiffusion(o) => {
+            let ck = ck_path(opts, "qdiffusion-recon.safetensors").map(ReconCheckpoint::new);
+            let (m, rep) = run_qdiffusion(fp, config, calib, o, ck.as_ref(), device, progress)?;
+            (m, serde_json::to_value(&rep).unwrap_or_default())
+        }
+        Method::Efficientdm {
+            config: c,
+            train_steps,
+        } => {
+            let train = DdimScheduler::diffusers(&DdimConfig::new().with_eta(1.0), *train_steps)?;
+            let ck = ck_path(opts, "efficientdm");
+            let (m, rep) = dmq_finetune::efficientdm(
+                fp,
+                config,
+                calib,
+                &train,
+                c,
+                ck.as_deref(),
+                device,
+                &mut |p| {
+                    progress(&Progress {
+                        stage: "fine-tuning".into(),
+                        done: p.iteration as u64,
+                        total: p.total as u64,
+                        loss: Some(p.loss),
+                    })
+                },
+            )?;
+            (
+                dmq_finetune::finalize(m, &timesteps)?,
+                serde_json::to_value(&rep).unwrap_or_default(),
+            )
+        }
+        Method::Quest { recon, config: c } => {
+            // QuEST starts from a finished Q-Diffusion reconstruction, kept in the run dir
+            // (or a temporary one) so that both stages resume independently.
+            let tmp;
+            let dir: &Path = match &opts.work_dir {
+                Some(d) => d,
+                None => {
+                    tmp = std::env::temp_dir().join(format!("dmq-quest-{}", std::process::id()));
+                    std::fs::create_dir_all(&tmp).map_err(|e| {
+                        crate::error::file_err(&tmp, "run directory", e.to_string())
+                    })?;
+                    &tmp
+                }
+            };
+            let ck = ReconCheckpoint::new(dir.join("qdiffusion-recon.safetensors"));
+            run_qdiffusion(fp, config, calib, recon, Some(&ck), device, progress)?;
+            let (m, rep) = dmq_finetune::quest(
+                fp,
+                config,
+                calib,
+                &ck,
+                c,
+                Some(&dir.join("quest")),
+                device,
+                &mut |p| {
+                    progress(&Progress {
+                        stage: format!("fine-tuning ({})", p.stage),
+                        done: p.iteration as u64,
+                        total: p.total as u64,
+                        loss: Some(p.loss),
+                    })
+                },
+            )?;
+            (m, serde_json::to_value(&rep).unwrap_or_default())
+        }
+    };
+    let model = model.no_grad();
+    finite_guard(&model, calib, method.name(), device)?;
+    Ok(Quantized {
+        model,
+        report,
+        wall_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn run_qdiffusion(
+    fp: &AnyDenoiser,
+    config: &QuantConfig,
+    calib: &CalibSet,
+    o: &ReconOptions,
+    ck: Option<&ReconCheckpoint>,
+    device: &Device,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(AnyDenoiser, dmq_calib::ReconReport)> {
+    let teacher = fp.clone().no_grad();
+    Ok(dmq_calib::qdiffusion(
+        &teacher,
+        fp.clone(),
+        config,
+        calib,
+        o,
+        ck,
+        device,
+        &mut |p| {
+            progress(&Progress {
+                stage: format!("{} {}/{}", p.phase, p.unit + 1, p.units),
+                done: (p.unit * p.iters + p.iter) as u64,
+                total: (p.units * p.iters) as u64,
+                loss: Some(p.loss),
+            })
+        },
+    )?)
+}
+
+/// The NaN guard of every method: one forward pass of `model` on the first calibration
+/// entries must be finite.
+fn finite_guard(
+    model: &AnyDenoiser,
+    calib: &CalibSet,
+    method: &str,
+    device: &Device,
+) -> Result<()> {
+    let idx: Vec<usize> = (0..calib.len().min(4)).collect();
+    if idx.is_empty() {
+        return Ok(());
+    }
+    let step = calib.step[idx[0]];
+    let idx: Vec<usize> = idx.into_iter().filter(|&i| calib.step[i] == step).collect();
+    let (x, t, class) = calib.batch(&idx, device)?;
+    let ctx = ForwardCtx::new(calib.step_context(step));
+    let y: Tensor<4> = model.forward(x, t, class, &ctx)?;
+    if HostTensor::from_tensor(&y)
+        .data
+        .iter()
+        .any(|v| !v.is_finite())
+    {
+        return Err(PipelineError::Option {
+            option: "method".into(),
+            reason: format!(
+                "{method} produced a model with non-finite outputs (diverged); lower the learning rate or raise the bit-width"
+            ),
+        });
+    }
+    Ok(())
+}
