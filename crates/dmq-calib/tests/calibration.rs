@@ -633,14 +633,28 @@ macro_rules! per_backend {
     };
 }
 
+/// One `#[test]` per function on the CPU backends only (end-to-end runs).
+macro_rules! per_cpu_backend {
+    ($($name:ident),*) => {
+        #[cfg(feature = "flex")]
+        mod flex_e2e { $( #[test] fn $name() { super::$name(&burn::tensor::Device::flex()) } )* }
+        #[cfg(feature = "ndarray")]
+        mod ndarray_e2e { $( #[test] #[allow(deprecated)] fn $name() { super::$name(&burn::tensor::Device::ndarray()) } )* }
+    };
+}
+
 per_backend!(
     presets_and_rules,
     reconstruction_units,
     calib_set_cfg_and_files,
-    ptq_errors_grow_as_bits_shrink,
     time_grouped_activation_sets,
     export_matches_fake_quant_and_counts_bytes,
-    lp_loss_reduction,
+    lp_loss_reduction
+);
+// End-to-end runs (minutes on lavapipe): CPU backends only; the backend-sensitive ops they
+// use are covered on wgpu by the tests above.
+per_cpu_backend!(
+    ptq_errors_grow_as_bits_shrink,
     adaround_reconstruction_lowers_block_error,
     activation_phase_runs_and_never_hurts
 );

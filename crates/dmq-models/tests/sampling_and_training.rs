@@ -285,9 +285,23 @@ macro_rules! per_backend {
     };
 }
 
+/// One `#[test]` per function on the CPU backends only (end-to-end runs).
+macro_rules! per_cpu_backend {
+    ($($name:ident),*) => {
+        #[cfg(feature = "flex")]
+        mod flex_e2e { $( #[test] fn $name() { super::$name(&burn::tensor::Device::flex()) } )* }
+        #[cfg(feature = "ndarray")]
+        mod ndarray_e2e { $( #[test] #[allow(deprecated)] fn $name() { super::$name(&burn::tensor::Device::ndarray()) } )* }
+    };
+}
+
 per_backend!(
     cfg_is_one_batched_call,
     teacher_forcing_follows_the_teacher,
-    ema_and_checkpoint_resume,
+    ema_and_checkpoint_resume
+);
+// End-to-end runs (minutes on lavapipe): CPU backends only; the backend-sensitive ops they
+// use are covered on wgpu by the tests above.
+per_cpu_backend!(
     zero_initialised_dit_trains
 );

@@ -94,9 +94,11 @@ impl Method {
                 r.act_iters = s(r.act_iters);
             }
             Self::Efficientdm { config, .. } => config.epochs = s(config.epochs),
-            Self::Quest { recon, .. } => {
+            Self::Quest { recon, config } => {
                 recon.weight_iters = s(recon.weight_iters);
                 recon.act_iters = s(recon.act_iters);
+                config.stage_a_epochs = s(config.stage_a_epochs);
+                config.stage_b_epochs = s(config.stage_b_epochs);
             }
         }
         self

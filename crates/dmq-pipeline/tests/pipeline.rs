@@ -1,0 +1,281 @@
+//! The pipeline end to end on tiny models: loading by `_class_name` with the model's own
+//! schedule, every method through `quantize`, and the self-contained file's round trip and
+//! refusals.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor};
+use dmq_calib::{CalibSet, QuantConfig, RecordOptions};
+use dmq_models::scheduler::{DdimScheduler, Scheduler};
+use dmq_models::{Denoiser, ForwardCtx, HostTensor, StepContext};
+use dmq_pipeline::dmq_file::{self, Provenance, keys};
+use dmq_pipeline::{AnyDenoiser, Method, PipelineError, RunOptions, SchedulerSpec, quantize};
+
+const STEPS: usize = 4;
+
+fn tiny(kind: &str, device: &Device) -> AnyDenoiser {
+    match kind {
+        "unet" => AnyDenoiser::UNet(
+            dmq_models::unet::UNet2DModel::new(&dmq_models::defaults::tiny_unet().unwrap(), device)
+                .unwrap(),
+        ),
+        _ => AnyDenoiser::DiT(
+            dmq_models::dit::DiT::new(&dmq_models::defaults::tiny_dit().unwrap(), device).unwrap(),
+        ),
+    }
+}
+
+fn write_dir(model: &AnyDenoiser, dir: &Path, scheduler: &str) {
+    model.save_pretrained(dir).unwrap();
+    std::fs::write(dir.join("scheduler_config.json"), scheduler).unwrap();
+}
+
+fn calib(fp: &AnyDenoiser, sched: &DdimScheduler, device: &Device) -> CalibSet {
+    let opts = RecordOptions {
+        trajectories: 4,
+        steps_kept: 2,
+        guidance: 1.0,
+        batch: 4,
+        seed: 3,
+    };
+    CalibSet::record(
+        &burn::module::Module::no_grad(fp.clone()),
+        sched,
+        &opts,
+        device,
+    )
+    .unwrap()
+}
+
+/// Outputs of two models on the same inputs at every step: the largest |a − b|.
+fn max_diff(a: &AnyDenoiser, b: &AnyDenoiser, sched: &DdimScheduler, device: &Device) -> f32 {
+    let info = a.info();
+    let x = dmq_models::noise::NoiseRng::new(9).tensor(
+        [2, info.in_channels, info.sample_size, info.sample_size],
+        device,
+    );
+    let class = info
+        .num_classes
+        .map(|_| dmq_models::sampler::labels(&[0, 1], device));
+    let mut worst = 0f32;
+    for k in 0..sched.num_steps() {
+        let t = sched.timestep(k).unwrap() as f32;
+        let ctx = ForwardCtx::new(StepContext {
+            step: k,
+            timestep: t as f64,
+            num_steps: sched.num_steps(),
+        });
+        let tt = Tensor::<1>::from_floats([t, t], device);
+        let ya = HostTensor::from_tensor(
+            &a.forward(x.clone(), tt.clone(), class.clone(), &ctx)
+                .unwrap(),
+        );
+        let yb = HostTensor::from_tensor(&b.forward(x.clone(), tt, class.clone(), &ctx).unwrap());
+        for (p, q) in ya.data.iter().zip(&yb.data) {
+            assert!(p.is_finite() && q.is_finite());
+            worst = worst.max((p - q).abs());
+        }
+    }
+    worst
+}
+
+fn load_dispatches_and_reads_the_schedule(device: &Device) {
+    let tmp = tempfile::tempdir().unwrap();
+    for kind in ["unet", "dit"] {
+        let dir = tmp.path().join(kind);
+        let m = tiny(kind, device);
+        write_dir(
+            &m,
+            &dir,
+            r#"{"_class_name":"DDIMScheduler","num_train_timesteps":500,"beta_schedule":"scaled_linear",
+               "beta_start":0.00085,"beta_end":0.012,"clip_sample":false,"steps_offset":1,
+               "timestep_spacing":"trailing","prediction_type":"epsilon","variance_type":"fixed_small"}"#,
+        );
+        let loaded = AnyDenoiser::from_pretrained(&dir, device).unwrap();
+        assert_eq!(loaded.class_name(), m.class_name());
+        let sched = SchedulerSpec::from_dir(&dir).unwrap();
+        assert_eq!(sched.ddim.num_train_timesteps, 500);
+        assert!(!sched.ddim.clip_sample);
+        assert_eq!(sched.ddim.steps_offset, 1);
+        // trailing spacing over 500 steps, 5 inference steps: 499, 399, ..., 99
+        let s = sched.ddim(5).unwrap();
+        assert_eq!(
+            s.timesteps(),
+            &[99, 199, 299, 399, 499][..]
+                .iter()
+                .rev()
+                .copied()
+                .collect::<Vec<_>>()[..]
+        );
+        assert!(max_diff(&m, &loaded, &sched.ddim(2).unwrap(), device) == 0.0);
+    }
+    // refusals name the file and the field
+    let dir = tmp.path().join("unet");
+    std::fs::write(
+        dir.join("scheduler_config.json"),
+        r#"{"prediction_type":"v_prediction"}"#,
+    )
+    .unwrap();
+    let e = SchedulerSpec::from_dir(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("scheduler_config.json") && e.contains("prediction_type"),
+        "{e}"
+    );
+    std::fs::write(
+        dir.join("scheduler_config.json"),
+        r#"{"beta_schedule":"sigmoid"}"#,
+    )
+    .unwrap();
+    let e = SchedulerSpec::from_dir(&dir).unwrap_err().to_string();
+    assert!(e.contains("beta_schedule") && e.contains("sigmoid"), "{e}");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    cfg["_class_name"] = "UNet2DConditionModel".into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let e = AnyDenoiser::from_pretrained(&dir, device).unwrap_err();
+    assert!(
+        matches!(e, PipelineError::UnsupportedModel { ref class, .. } if class == "UNet2DConditionModel"),
+        "{e}"
+    );
+    // no scheduler file: diffusers' DDPMScheduler defaults (clip_sample on)
+    let none = tmp.path().join("none");
+    std::fs::create_dir_all(&none).unwrap();
+    assert!(SchedulerSpec::from_dir(&none).unwrap().ddim.clip_sample);
+}
+
+/// Every method through the one entry point (iterations cut to a few), written to a file and
+/// read back: the loaded model computes what the quantized one computed.
+fn every_method_round_trips_through_the_file(device: &Device) {
+    let ad = device.clone().autodiff();
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = tiny("unet", &ad);
+    let sched = SchedulerSpec::default();
+    let sampler = sched.ddim(STEPS).unwrap();
+    let calib = calib(&fp, &sampler, &ad);
+    let timesteps: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
+    let config = QuantConfig::preset("W8A8").unwrap();
+    for name in dmq_pipeline::METHOD_NAMES {
+        let mut method = Method::from_name(name).unwrap().scaled(0.005);
+        if let Method::Efficientdm {
+            train_steps,
+            config,
+        } = &mut method
+        {
+            *train_steps = 2;
+            config.epochs = 1;
+            config.student.rank = 2;
+        }
+        if let Method::Quest { config, .. } = &mut method {
+            (config.stage_a_chunks, config.stage_b_chunks) = (1, 1);
+        }
+        let opts = RunOptions {
+            work_dir: Some(tmp.path().join(name)),
+            sampler: sampler.clone(),
+        };
+        let mut events = 0;
+        let q = quantize(&fp, &config, &calib, &method, &opts, &ad, &mut |_| {
+            events += 1
+        })
+        .unwrap();
+        assert!(events > 0, "{name}: no progress reported");
+        let path = tmp.path().join(format!("{name}.dmq.safetensors"));
+        let prov = Provenance {
+            method: method.name().into(),
+            method_settings: method.settings(),
+            quant_config: serde_json::to_value(&config).unwrap(),
+        };
+        dmq_file::save(&path, &q.model, &sched, &timesteps, &prov).unwrap();
+        let back = dmq_file::load(&path, device).unwrap();
+        assert_eq!(back.info.method, name);
+        assert_eq!(back.info.timesteps, timesteps);
+        assert!(!back.info.quantized_layers.is_empty());
+        let d = max_diff(&q.model, &back.model, &sampler, &ad);
+        assert!(
+            d <= 1e-4,
+            "{name}: loaded file differs from the quantized model by {d}"
+        );
+        // and it is quantized: it differs from FP
+        assert!(max_diff(&fp, &back.model, &sampler, &ad) > 1e-6, "{name}");
+    }
+}
+
+fn file_refuses_what_does_not_fit(device: &Device) {
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = tiny("unet", device);
+    let sched = SchedulerSpec::default();
+    let sampler = sched.ddim(STEPS).unwrap();
+    let calib = calib(&fp, &sampler, device);
+    let ts: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
+    let mut q = fp.clone();
+    dmq_calib::ptq(
+        &mut q,
+        &QuantConfig::preset("W4A8").unwrap(),
+        &calib,
+        &Default::default(),
+        device,
+    )
+    .unwrap();
+    let good = dmq_file::to_file(&q, &sched, &ts, &Provenance::default()).unwrap();
+    let save = |f: &dmq_quant::QuantizedFile, name: &str| {
+        let p = tmp.path().join(name);
+        f.save(&p).unwrap();
+        p
+    };
+    let p = save(&good, "good.dmq.safetensors");
+    dmq_file::load(&p, device).unwrap();
+    let expect = |f: dmq_quant::QuantizedFile, name: &str, field: &str| {
+        let p = save(&f, name);
+        let e = dmq_file::load(&p, device).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains(field), "{name}: {e}");
+    };
+    let mut f = good.clone();
+    f.metadata
+        .insert(keys::FORMAT.into(), "dmq.model.v0".into());
+    expect(f, "version.dmq.safetensors", keys::FORMAT);
+    let mut f = good.clone();
+    f.float.insert(
+        "down_blocks.9.resnets.0.conv1.a.delta.0".into(),
+        (vec![1], vec![1.0]),
+    );
+    expect(
+        f,
+        "stray.dmq.safetensors",
+        "down_blocks.9.resnets.0.conv1.a.delta.0",
+    );
+    let mut f = good.clone();
+    let (k, _) = f.quantized.pop_first().unwrap();
+    expect(f, "missing.dmq.safetensors", &k);
+    // a UNet's layers under a DiT config: nothing matches, refused rather than run in FP
+    let mut f = good.clone();
+    let dit = tiny("dit", device);
+    f.metadata
+        .insert(keys::CLASS.into(), dit.class_name().into());
+    f.metadata
+        .insert(keys::CONFIG.into(), dit.config_json().unwrap().to_string());
+    expect(f, "foreign.dmq.safetensors", "missing");
+    let mut f = good.clone();
+    f.metadata.remove(keys::TIMESTEPS);
+    expect(f, "nots.dmq.safetensors", keys::TIMESTEPS);
+    // truncated bytes: a typed error, not a panic
+    let bytes = std::fs::read(&p).unwrap();
+    let cut = tmp.path().join("cut.dmq.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(dmq_file::load(&cut, device).is_err());
+}
+
+macro_rules! per_backend {
+    ($($name:ident),*) => {
+        #[cfg(feature = "flex")]
+        mod flex { $( #[test] fn $name() { super::$name(&burn::tensor::Device::flex()) } )* }
+        #[cfg(feature = "ndarray")]
+        mod ndarray { $( #[test] #[allow(deprecated)] fn $name() { super::$name(&burn::tensor::Device::ndarray()) } )* }
+        #[cfg(feature = "wgpu")]
+        mod wgpu { $( #[test] fn $name() { super::$name(&burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)) } )* }
+    };
+}
+
+per_backend!(
+    load_dispatches_and_reads_the_schedule,
+    every_method_round_trips_through_the_file,
+    file_refuses_what_does_not_fit
+);
