@@ -1,346 +1,156 @@
-//! Quickstart: quantize the weights of a real layer stack with every dmq quantizer.
+//! Quickstart: quantize the embedded Fashion-MNIST UNet at W8A8 and W4A8, save each as a
+//! self-contained `.dmq.safetensors` file, load it back, and compare with the FP model.
 //!
-//! Trains a small MLP classifier (784 → 256 → 128 → 10) on Fashion-MNIST for a few hundred
-//! steps, then quantizes its three weight matrices at 8/4/2/1 bits with each weight quantizer
-//! of `dmq-quant` (uniform max, uniform MSE, LSQ init, AdaRound with a short layer-wise
-//! reconstruction, the binarizer and the two-basis EBB binarizer), exports them as packed
-//! integers and prints, per format: relative weight error, packed size, compression and the
-//! test accuracy of the network running with the dequantized weights.
+//! Prints, per format: file size and compression, FD against the test set and PSNR against
+//! the FP samples from the same noise (a small sample count: a quick look, not a result
+//! table), and images/s of the FP model, the fake-quant model and the integer path; writes
+//! FP | W8A8 | W4A8 samples side by side to `target/quickstart/samples.png`.
 //!
 //! ```text
-//! cargo run --release --example quickstart [-- --backend flex|ndarray|wgpu --steps 2000]
+//! cargo run --release --example quickstart [-- --samples 100 --steps 20 --out target/quickstart]
 //! ```
-//! Needs the Debian package `dataset-fashion-mnist` (or `--data DIR`).
+//! Needs the Debian package `dataset-fashion-mnist` for FD (the test-set statistics).
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{Module, Param};
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
-use burn::tensor::activation::relu;
-use burn::tensor::{Device, Int, Tensor};
-use dmq::eval::data::fashion_mnist::{FashionMnist, FashionMnistSplit, Padding};
-use dmq::quant::{
-    AdaRoundMode, AdaRoundQuantizer, BetaSchedule, BinaryQuantizer, LsqQuantizer,
-    MultiBasisBinarizer, QuantSpec, QuantizedFile, QuantizedTensor, Quantizer, RangeInit,
-    UniformQuantizer, WeightQuantizer, init_params,
-};
+use burn::tensor::Device;
+use dmq::calib::{CalibSet, QuantConfig, RecordOptions};
+use dmq::eval::harness::SampleSpec;
+use dmq::models::HostTensor;
+use dmq::models::scheduler::Scheduler;
+use dmq::pipeline::dmq_file::{self, Provenance};
+use dmq::pipeline::eval::{Evaluator, grid_png, sample};
+use dmq::pipeline::{AnyDenoiser, Method, RunOptions, SchedulerSpec, quantize};
 
-#[derive(Module, Debug)]
-struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-    fc3: Linear,
-}
-
-impl Mlp {
-    fn new(device: &Device) -> Self {
-        Self {
-            fc1: LinearConfig::new(784, 256).init(device),
-            fc2: LinearConfig::new(256, 128).init(device),
-            fc3: LinearConfig::new(128, 10).init(device),
-        }
-    }
-
-    fn layers(&self) -> [&Linear; 3] {
-        [&self.fc1, &self.fc2, &self.fc3]
-    }
-
-    /// Logits and the input of every layer.
-    fn forward_taps(&self, x: Tensor<2>) -> (Tensor<2>, [Tensor<2>; 3]) {
-        let h1 = relu(self.fc1.forward(x.clone()));
-        let h2 = relu(self.fc2.forward(h1.clone()));
-        (self.fc3.forward(h2.clone()), [x, h1, h2])
-    }
-
-    fn with_weights(&self, weights: &[Tensor<2>]) -> Self {
-        let mut m = self.clone();
-        for (layer, w) in [&mut m.fc1, &mut m.fc2, &mut m.fc3]
-            .into_iter()
-            .zip(weights)
-        {
-            layer.weight = Param::from_tensor(w.clone());
-        }
-        m
-    }
-}
+type Error = Box<dyn std::error::Error>;
 
 struct Args {
-    backend: String,
+    samples: usize,
     steps: usize,
-    data: Option<String>,
+    out: PathBuf,
 }
 
-fn parse_args() -> Args {
+fn parse() -> Result<Args, Error> {
     let mut a = Args {
-        backend: "flex".into(),
-        steps: 2000,
-        data: None,
+        samples: 100,
+        steps: 20,
+        out: PathBuf::from("target/quickstart"),
     };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < argv.len() {
-        let value = argv.get(i + 1).cloned().unwrap_or_default();
-        match argv[i].as_str() {
-            "--backend" => a.backend = value,
-            "--steps" => a.steps = value.parse().unwrap_or(a.steps),
-            "--data" => a.data = Some(value),
-            other => {
-                eprintln!(
-                    "unknown argument {other}; see the doc comment of examples/quickstart.rs"
-                );
-                std::process::exit(2);
-            }
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--samples" => a.samples = value()?.parse()?,
+            "--steps" => a.steps = value()?.parse()?,
+            "--out" => a.out = PathBuf::from(value()?),
+            other => return Err(format!("unknown flag {other} (see examples/quickstart.rs)").into()),
         }
-        i += 2;
     }
-    a
-}
-
-fn flat_batch(split: &FashionMnistSplit, start: usize, n: usize, device: &Device) -> Tensor<2> {
-    let x = split
-        .range_tensor(start, n, Padding::None, device)
-        .expect("batch in range");
-    x.reshape([n, 784])
-}
-
-fn accuracy(model: &Mlp, test: &FashionMnistSplit, device: &Device) -> f64 {
-    let mut correct = 0i64;
-    let bs = 1000;
-    for start in (0..test.len()).step_by(bs) {
-        let n = bs.min(test.len() - start);
-        let (logits, _) = model.forward_taps(flat_batch(test, start, n, device));
-        let idx: Vec<usize> = (start..start + n).collect();
-        let labels = test.labels_tensor(&idx, device).expect("labels");
-        let pred: Tensor<1, Int> = logits.argmax(1).reshape([n]);
-        correct += pred.equal(labels).int().sum().into_scalar::<i64>();
+    if a.samples == 0 || a.steps == 0 {
+        return Err("--samples and --steps must be ≥ 1".into());
     }
-    correct as f64 / test.len() as f64
+    Ok(a)
 }
 
-fn train(data: &FashionMnist, steps: usize, device: &Device) -> Mlp {
-    let ad = device.clone().autodiff();
-    let mut model = Mlp::new(&ad);
-    let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
-    let bs = 128;
+/// Images per second of `model` sampling one batch of 16 with `steps` steps.
+fn images_per_s<M: dmq::models::Denoiser>(
+    model: &M,
+    sched: &dmq::models::scheduler::DdimScheduler,
+    device: &Device,
+) -> Result<f64, Error> {
+    let x = dmq::models::noise::NoiseRng::new(1).tensor([16, 1, 28, 28], device);
+    let t = Instant::now();
+    let y = dmq::models::sampler::sample(model, sched, x, None, 1.0, 0, &mut |_, _| {})?;
+    let _ = HostTensor::from_tensor(&y);
+    Ok(16.0 / t.elapsed().as_secs_f64())
+}
+
+fn main() -> Result<(), Error> {
+    let args = parse()?;
     let t0 = Instant::now();
-    for step in 0..steps {
-        let start = (step * bs) % (data.train.len() - bs);
-        let idx: Vec<usize> = (start..start + bs).collect();
-        let x = flat_batch(&data.train, start, bs, &ad);
-        let y = data.train.labels_tensor(&idx, &ad).expect("labels");
-        let (logits, _) = model.forward_taps(x);
-        let loss = loss_fn.forward(logits, y);
-        if step % 100 == 0 || step + 1 == steps {
-            let l = loss.clone().into_scalar::<f64>();
-            eprintln!(
-                "  train step {step:>4}/{steps}  loss {l:.4}  {:.1}s",
-                t0.elapsed().as_secs_f64()
-            );
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(1e-3, model, grads);
-    }
-    model.valid().to_device(device)
-}
-
-/// One row of the report.
-struct Row {
-    format: String,
-    rel_err: f64,
-    bytes: usize,
-    acc: f64,
-}
-
-/// PyTorch layout `[out, in]` (burn stores `[in, out]`): per-output-channel is axis 0.
-fn torch_layout(l: &Linear) -> Tensor<2> {
-    l.weight.val().transpose()
-}
-
-fn rel_error(ws: &[Tensor<2>], w_hat: &[Tensor<2>]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
-    for (w, h) in ws.iter().zip(w_hat) {
-        num += (w.clone() - h.clone())
-            .powi_scalar(2)
-            .sum()
-            .into_scalar::<f64>();
-        den += w.clone().powi_scalar(2).sum().into_scalar::<f64>();
-    }
-    (num / den).sqrt()
-}
-
-/// Fake-quantized weights and their packed exports (one bitplane set per layer).
-fn apply(
-    qs: impl Iterator<Item = WeightQuantizer>,
-    ws: &[Tensor<2>],
-) -> (Vec<Tensor<2>>, Vec<Vec<QuantizedTensor>>) {
-    qs.zip(ws)
-        .map(|(q, w)| {
-            let w_hat = q.fake_quant(w.clone(), 0).expect("fake quant");
-            let planes = match &q {
-                WeightQuantizer::MultiBasis(m) => m.export_bases(w.clone()),
-                q => q.export(w.clone(), 0).map(|e| vec![e]),
-            };
-            (w_hat, planes.expect("export"))
-        })
-        .unzip()
-}
-
-/// AdaRound on one layer: minimise ‖X·Ŵᵀ − X·Wᵀ‖² + λ·Σ(1 − |2h(V) − 1|^β) over V.
-fn adaround_layer(w: Tensor<2>, x: Tensor<2>, spec: QuantSpec, iters: usize) -> AdaRoundQuantizer {
-    let device = w.device();
-    let ad = device.clone().autodiff();
-    let data: Vec<f32> = w.clone().into_data().try_to_vec::<f32>().expect("f32");
-    let params = init_params(&data, &w.dims(), &spec, &RangeInit::mse()).expect("init");
-    // Fresh leaves on the autodiff device (to_device keeps a tensor's autodiff context).
-    let w = Tensor::<2>::from_data(w.into_data(), &ad);
-    let x = Tensor::<2>::from_data(x.into_data(), &ad);
-    let target = x.clone().matmul(w.clone().transpose());
-    let mut q = AdaRoundQuantizer::init(w.clone(), &params).expect("adaround init");
-    let mut optim = AdamConfig::new().init();
-    let schedule = BetaSchedule::reference(iters);
-    for it in 0..iters {
-        let w_hat = q.fake_quant(w.clone(), 0).expect("fake quant");
-        let out = x.clone().matmul(w_hat.transpose());
-        let rec = (out - target.clone()).powi_scalar(2).sum_dim(1).mean();
-        let loss = match schedule.beta(it) {
-            Some(beta) => rec + q.round_regularizer(beta) * 0.01,
-            None => rec,
-        };
-        let grads = GradientsParams::from_grads(loss.backward(), &q);
-        q = optim.step(1e-2, q, grads);
-    }
-    q.valid().to_device(&device).with_mode(AdaRoundMode::Hard)
-}
-
-fn main() {
-    let args = parse_args();
-    let device = dmq::quant::device::by_name(&args.backend).unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2)
-    });
-    let data = match &args.data {
-        Some(dir) => FashionMnist::load_from(dir),
-        None => FashionMnist::load(),
-    }
-    .unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(1)
-    });
-    eprintln!(
-        "backend {}: training a 784-256-128-10 MLP for {} steps",
-        args.backend, args.steps
-    );
-    let model = train(&data, args.steps, &device);
-    let fp_acc = accuracy(&model, &data.test, &device);
-    let ws: Vec<Tensor<2>> = model.layers().iter().map(|l| torch_layout(l)).collect();
-    let biases: Vec<(Vec<usize>, Vec<f32>)> = model
-        .layers()
-        .iter()
-        .map(|l| {
-            let b = l.bias.as_ref().expect("bias").val();
-            (
-                b.dims().to_vec(),
-                b.into_data().try_to_vec::<f32>().expect("f32"),
-            )
-        })
-        .collect();
-    let fp_bytes: usize = ws
-        .iter()
-        .map(|w| 4 * w.dims().iter().product::<usize>())
-        .sum::<usize>()
-        + biases.iter().map(|(_, b)| 4 * b.len()).sum::<usize>();
-    // Calibration inputs for AdaRound: each layer's FP input on 512 training images.
-    let (_, taps) = model.forward_taps(flat_batch(&data.train, 0, 512, &device));
-
-    let mut rows = vec![Row {
-        format: "fp32".into(),
-        rel_err: 0.0,
-        bytes: fp_bytes,
-        acc: fp_acc,
-    }];
-    let mut evaluate =
-        |format: String, w_hat: Vec<Tensor<2>>, exports: Vec<Vec<QuantizedTensor>>| {
-            let mut file = QuantizedFile::default();
-            for (i, planes) in exports.into_iter().enumerate() {
-                for (j, q) in planes.into_iter().enumerate() {
-                    file.quantized
-                        .insert(format!("fc{}.weight.basis{j}", i + 1), q);
-                }
-                file.float
-                    .insert(format!("fc{}.bias", i + 1), biases[i].clone());
-            }
-            let bytes = file.to_bytes().expect("serialise").len();
-            let qmodel = model.with_weights(
-                &w_hat
-                    .iter()
-                    .map(|w| w.clone().transpose())
-                    .collect::<Vec<_>>(),
-            );
-            let row = Row {
-                rel_err: rel_error(&ws, &w_hat),
-                acc: accuracy(&qmodel, &data.test, &device),
-                bytes,
-                format,
-            };
-            eprintln!("  {:<28} acc {:.4}", row.format, row.acc);
-            rows.push(row);
-        };
-
-    for bits in [8u32, 4, 2, 1] {
-        let spec = QuantSpec::int(bits).expect("bits").per_channel(0);
-        for (name, method) in [
-            ("uniform/max", RangeInit::Max),
-            ("uniform/mse", RangeInit::mse()),
-        ] {
-            let qs = ws.iter().map(|w| {
-                WeightQuantizer::Uniform(
-                    UniformQuantizer::init(spec, w.clone(), &method).expect("init"),
-                )
-            });
-            let (w_hat, ex) = apply(qs, &ws);
-            evaluate(format!("W{bits} {name}"), w_hat, ex);
-        }
-        let qs = ws.iter().map(|w| {
-            WeightQuantizer::Lsq(
-                LsqQuantizer::init(spec, w.clone(), &RangeInit::Lsq, false, false).expect("init"),
-            )
-        });
-        let (w_hat, ex) = apply(qs, &ws);
-        evaluate(format!("W{bits} lsq-init"), w_hat, ex);
-        let qs = ws.iter().zip(&taps).map(|(w, x)| {
-            WeightQuantizer::AdaRound(adaround_layer(w.clone(), x.clone(), spec, 300))
-        });
-        let (w_hat, ex) = apply(qs, &ws);
-        evaluate(format!("W{bits} adaround (300 it)"), w_hat, ex);
-    }
-    let qs = ws
-        .iter()
-        .map(|w| WeightQuantizer::Binary(BinaryQuantizer::init(w.clone()).expect("init")));
-    let (w_hat, ex) = apply(qs, &ws);
-    evaluate("W1 binary σ·sign".into(), w_hat, ex);
-    let qs = ws
-        .iter()
-        .map(|w| WeightQuantizer::MultiBasis(MultiBasisBinarizer::init(w.clone()).expect("init")));
-    let (w_hat, ex) = apply(qs, &ws);
-    evaluate("W1x2 EBB (2 bitplanes)".into(), w_hat, ex);
+    let device = Device::flex();
+    let dir = Path::new("assets/models/unet-fmnist");
+    let fp = AnyDenoiser::from_pretrained(dir, &device)?;
+    let sched = SchedulerSpec::from_dir(dir)?;
+    let sampler = sched.ddim(args.steps)?;
+    let timesteps: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
+    println!("calibration: 64 FP trajectories, {} of {} steps kept", 10.min(args.steps), args.steps);
+    let calib = CalibSet::record(
+        &fp,
+        &sampler,
+        &RecordOptions {
+            trajectories: 64,
+            steps_kept: 10.min(args.steps),
+            guidance: 1.0,
+            batch: 64,
+            seed: 7,
+        },
+        &device,
+    )?;
+    let spec = SampleSpec {
+        n: args.samples,
+        guidance: 1.0,
+        seed: 2024,
+        batch: 50.min(args.samples),
+    };
+    let fp_images = sample(&fp, &sampler, &spec, None, &device, &mut |_, _| {})?;
+    let data = Path::new(dmq::eval::data::fashion_mnist::DEFAULT_DIR);
+    let evaluator = Evaluator::new(Path::new("assets/models/fmnist-classifier"), data, fp_images.clone(), &device)?;
+    let fp_scores = evaluator.score(&fp_images, None, &device)?;
+    let fp_ips = images_per_s(&fp, &sampler, &device)?;
+    let fp_bytes = std::fs::metadata(dir.join("diffusion_pytorch_model.safetensors"))?.len();
+    std::fs::create_dir_all(&args.out)?;
 
     println!(
-        "\nWeights of a 784-256-128-10 MLP trained on Fashion-MNIST ({} steps, backend {})",
-        args.steps, args.backend
+        "\n| model | file | bytes | × smaller | FD test ({} samples) | PSNR vs FP dB | images/s burn | images/s integer |",
+        args.samples
     );
-    println!("| format | rel. weight error | file bytes | compression | test acc |");
-    println!("|---|---|---|---|---|");
-    for r in &rows {
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| FP32 | {} | {fp_bytes} | 1.00 | {:.1} | - | {fp_ips:.1} | - |",
+        dir.display(),
+        fp_scores.fd_test
+    );
+    let mut grids = vec![fp_images];
+    for preset in ["W8A8", "W4A8"] {
+        let config = QuantConfig::preset(preset)?;
+        let method = Method::from_name("naive")?;
+        let opts = RunOptions { work_dir: None, sampler: sampler.clone() };
+        let q = quantize(&fp, &config, &calib, &method, &opts, &device, &mut |_| {})?;
+        let path = args.out.join(format!("unet-fmnist-{}.dmq.safetensors", preset.to_lowercase()));
+        let bytes = dmq_file::save(
+            &path,
+            &q.model,
+            &sched,
+            &timesteps,
+            &Provenance {
+                method: method.name().into(),
+                method_settings: method.settings(),
+                quant_config: serde_json::to_value(&config)?,
+            },
+        )?;
+        // everything below runs on the file alone
+        let loaded = dmq_file::load(&path, &device)?;
+        let images = sample(&loaded.model, &sampler, &spec, None, &device, &mut |_, _| {})?;
+        let s = evaluator.score(&images, None, &device)?;
+        let fq_ips = images_per_s(&loaded.model, &sampler, &device)?;
+        let int = dmq::infer::IntegerModel::from_export(loaded.model.clone(), &loaded.file, &device)?;
+        let int_ips = images_per_s(&int, &sampler, &device)?;
         println!(
-            "| {} | {:.4} | {} | {:.1}x | {:.2}% |",
-            r.format,
-            r.rel_err,
-            r.bytes,
-            fp_bytes as f64 / r.bytes as f64,
-            100.0 * r.acc
+            "| {preset} naive PTQ | {} | {bytes} | {:.2} | {:.1} | {:.2} | {fq_ips:.1} | {int_ips:.1} |",
+            path.display(),
+            fp_bytes as f64 / bytes as f64,
+            s.fd_test,
+            s.fidelity.psnr
         );
+        grids.push(images);
     }
+    let png = grid_png(&args.out.join("samples.png"), &grids.iter().collect::<Vec<_>>(), &device)?;
+    println!(
+        "\nFP | W8A8 | W4A8 samples from the same noise: {}\ntotal {:.0} s",
+        png.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

@@ -14,6 +14,7 @@
 //! | [`kernels`] | `dmq-kernels`| integer GEMMs (int8, W4, W1, XNOR) with scalar references |
 //! | [`infer`]   | `dmq-infer`  | the integer inference path for exported models   |
 //! | [`search`]  | `dmq-search` | TMPQ-DM timestep and mixed-precision search       |
+//! | [`pipeline`]| `dmq-pipeline`| load a diffusers directory, `quantize` with any method, `.dmq.safetensors` files, evaluation |
 
 pub use dmq_calib as calib;
 pub use dmq_eval as eval;
@@ -21,5 +22,6 @@ pub use dmq_finetune as finetune;
 pub use dmq_infer as infer;
 pub use dmq_kernels as kernels;
 pub use dmq_models as models;
+pub use dmq_pipeline as pipeline;
 pub use dmq_quant as quant;
 pub use dmq_search as search;

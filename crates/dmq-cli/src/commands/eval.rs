@@ -51,11 +51,6 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     if !(a.cfg.is_finite() && a.cfg >= 1.0) {
         return Err(format!("--cfg {}: must be ≥ 1", a.cfg).into());
     }
-    for (flag, dir) in [("classifier", &a.classifier), ("data", &a.data)] {
-        if !dir.is_dir() {
-            return Err(format!("--{flag} {}: not a directory", dir.display()).into());
-        }
-    }
     let device = device(backend, false)?;
     let arg = ModelArg::load(&a.model, &device)?;
     let model = arg.model();
@@ -92,22 +87,52 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         }
         None => None,
     };
-    let ev = Evaluator::new(
-        &a.classifier,
-        &a.data,
-        fp_images.clone().unwrap_or_else(|| images.clone()),
-        &device,
-    )?;
-    let s = ev.score(&images, info.num_classes, &device)?;
+    // FD and class accuracy use the Fashion-MNIST metric classifier: only for 1×28×28 models
+    let fmnist = info.in_channels == 1 && info.sample_size == 28;
+    let (fd_test, fd_fp, class_acc) = if fmnist {
+        for (flag, dir) in [("classifier", &a.classifier), ("data", &a.data)] {
+            if !dir.is_dir() {
+                return Err(format!("--{flag} {}: not a directory", dir.display()).into());
+            }
+        }
+        let ev = Evaluator::new(
+            &a.classifier,
+            &a.data,
+            fp_images.clone().unwrap_or_else(|| images.clone()),
+            &device,
+        )?;
+        let s = ev.score(&images, info.num_classes, &device)?;
+        (Some(s.fd_test), Some(s.fd_fp), s.class_acc)
+    } else {
+        eprintln!(
+            "note: FD and class accuracy need the Fashion-MNIST metric classifier (1×28×28 images); \
+             this model makes {}×{}×{}: reporting fidelity to FP, BitOPs and bytes",
+            info.in_channels, info.sample_size, info.sample_size
+        );
+        (None, None, None)
+    };
+    let fidelity = match &fp_images {
+        Some(fp) => Some(dmq_eval::metrics::fidelity::fidelity(
+            &images.data,
+            &fp.data,
+            [
+                images.shape[0],
+                images.shape[1],
+                images.shape[2],
+                images.shape[3],
+            ],
+        )?),
+        None => None,
+    };
     let c = cost(model, steps, spec.guidance != 1.0, &device)?;
-    let with_fp = fp_images.is_some();
+    let fd_fp = fd_fp.filter(|_| fp_images.is_some());
     let row = serde_json::json!({
         "model": a.model, "samples": a.samples, "steps": steps, "cfg": spec.guidance, "seed": a.seed,
-        "fd_test": s.fd_test,
-        "fd_fp": with_fp.then_some(s.fd_fp),
-        "psnr_fp": with_fp.then_some(s.fidelity.psnr),
-        "ssim_fp": with_fp.then_some(s.fidelity.ssim),
-        "class_acc": s.class_acc,
+        "fd_test": fd_test,
+        "fd_fp": fd_fp,
+        "psnr_fp": fidelity.as_ref().map(|f| f.psnr),
+        "ssim_fp": fidelity.as_ref().map(|f| f.ssim),
+        "class_acc": class_acc,
         "gbitops_per_image": c.bitops / 1e9,
         "model_bytes": c.model_bytes,
         "sample_s": sample_s,
@@ -118,13 +143,13 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {steps} | {:.2} | {} | {} | {} | {} | {:.1} | {:.0} |",
+        "| {} | {steps} | {} | {} | {} | {} | {} | {:.1} | {:.0} |",
         a.samples,
-        s.fd_test,
-        opt(with_fp.then_some(s.fd_fp), 2),
-        opt(with_fp.then_some(s.fidelity.psnr), 2),
-        opt(with_fp.then_some(s.fidelity.ssim), 4),
-        opt(s.class_acc.map(|x| 100.0 * x), 1),
+        opt(fd_test, 2),
+        opt(fd_fp, 2),
+        opt(fidelity.as_ref().map(|f| f.psnr), 2),
+        opt(fidelity.as_ref().map(|f| f.ssim), 4),
+        opt(class_acc.map(|x| 100.0 * x), 1),
         c.bitops / 1e9,
         c.model_bytes as f64 / 1024.0
     );

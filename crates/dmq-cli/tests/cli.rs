@@ -1,0 +1,207 @@
+//! The `dmq` binary end to end: every subcommand on a tiny model, on both embedded models and
+//! on a diffusers directory in the CIFAR-10 DDPM shape that the repository does not ship; bad
+//! input gives one line on stderr and a non-zero status, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+
+const DMQ: &str = env!("CARGO_BIN_EXE_dmq");
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn dmq(args: &[&str]) -> Output {
+    Command::new(DMQ)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the dmq binary runs")
+}
+
+/// Runs `dmq args`, asserts success, returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = dmq(args);
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(out.status.success(), "dmq {args:?} failed:\n{so}\n{se}");
+    so
+}
+
+/// Runs `dmq args`, asserts a one-line error (no panic) mentioning `needle`.
+fn fails(args: &[&str], needle: &str) {
+    let out = dmq(args);
+    let se = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "dmq {args:?} succeeded");
+    assert!(
+        !se.contains("panicked") && !se.contains("RUST_BACKTRACE"),
+        "{args:?} panicked: {se}"
+    );
+    let first = se.lines().find(|l| l.starts_with("error")).unwrap_or("");
+    assert!(
+        first.contains(needle),
+        "dmq {args:?}: '{needle}' not in the error line:\n{se}"
+    );
+}
+
+fn write_unet_dir(dir: &Path, config: serde_json::Value) {
+    let cfg = dmq_models::unet::UNetConfig::from_json(&config).unwrap();
+    let m = dmq_models::unet::UNet2DModel::new(&cfg, &Device::flex()).unwrap();
+    m.save_pretrained(dir).unwrap();
+    std::fs::write(
+        dir.join("scheduler_config.json"),
+        r#"{"_class_name":"DDPMScheduler","beta_schedule":"linear","num_train_timesteps":1000}"#,
+    )
+    .unwrap();
+}
+
+/// quantize → inspect → sample (fake-quant and integer) → bench → eval on `model`.
+fn every_subcommand(model: &str, tmp: &Path, tag: &str, quick: &[&str]) {
+    let file = tmp.join(format!("{tag}.dmq.safetensors"));
+    let f = file.to_str().unwrap();
+    let mut q = vec![
+        "quantize", "--model", model, "--method", "naive", "--preset", "W8A8", "--out", f,
+    ];
+    q.extend_from_slice(quick);
+    let out = ok(&q);
+    assert!(out.contains("× smaller"), "{out}");
+    assert!(
+        !Path::new(&format!("{f}.work")).exists(),
+        "the run directory is removed after success"
+    );
+    let ins = ok(&["inspect", f]);
+    assert!(ins.contains("total:") && ins.contains("naive"), "{ins}");
+    let png = tmp.join(format!("{tag}.png"));
+    let p = png.to_str().unwrap();
+    ok(&["sample", "--model", f, "--n", "2", "--out", p]);
+    assert!(std::fs::metadata(&png).unwrap().len() > 100);
+    ok(&["sample", "--model", f, "--n", "2", "--out", p, "--integer"]);
+    let b = ok(&["bench", "--model", f, "--batch", "1", "--repeats", "1"]);
+    assert!(b.contains("integer kernels"), "{b}");
+    let e = ok(&["eval", "--model", f, "--fp", model, "--samples", "2"]);
+    let row: serde_json::Value = serde_json::from_str(e.lines().last().unwrap()).unwrap();
+    assert!(row["psnr_fp"].as_f64().unwrap() > 10.0, "{row}");
+    assert!(row["gbitops_per_image"].as_f64().unwrap() > 0.0, "{row}");
+}
+
+const QUICK: [&str; 6] = ["--steps", "2", "--calib-n", "2", "--calib-steps", "1"];
+
+#[test]
+fn tiny_unet_every_subcommand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny");
+    write_unet_dir(
+        &dir,
+        serde_json::to_value(dmq_models::defaults::tiny_unet().unwrap()).unwrap(),
+    );
+    every_subcommand(dir.to_str().unwrap(), tmp.path(), "tiny", &QUICK);
+}
+
+#[test]
+fn embedded_models_every_subcommand() {
+    let tmp = tempfile::tempdir().unwrap();
+    for m in ["unet-fmnist", "dit-fmnist"] {
+        every_subcommand(&format!("assets/models/{m}"), tmp.path(), m, &QUICK);
+    }
+}
+
+/// The CIFAR-10 DDPM shape (35.7M parameters), random weights: a model dmq does not ship.
+#[test]
+fn cifar10_ddpm_shape_every_subcommand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ddpm-cifar10");
+    write_unet_dir(
+        &dir,
+        serde_json::json!({
+            "_class_name": "UNet2DModel", "sample_size": 32, "in_channels": 3, "out_channels": 3,
+            "block_out_channels": [128, 256, 256, 256], "layers_per_block": 2,
+            "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+            "attention_head_dim": null, "norm_num_groups": 32, "norm_eps": 1e-6,
+            "downsample_padding": 0, "flip_sin_to_cos": false, "freq_shift": 1,
+            "resnet_time_scale_shift": "default", "add_attention": true, "act_fn": "silu"
+        }),
+    );
+    every_subcommand(
+        dir.to_str().unwrap(),
+        tmp.path(),
+        "cifar",
+        &["--steps", "1", "--calib-n", "1", "--calib-steps", "1"],
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_and_nonzero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let unet = "assets/models/unet-fmnist";
+    let out = t.join("x.dmq.safetensors");
+    let o = out.to_str().unwrap();
+    fails(
+        &["quantize", "--model", "/no/such/dir", "--out", o],
+        "no such file",
+    );
+    fails(
+        &["quantize", "--model", unet, "--preset", "W99A3", "--out", o],
+        "W99A3",
+    );
+    fails(
+        &["quantize", "--model", unet, "--method", "magic", "--out", o],
+        "magic",
+    );
+    fails(
+        &["quantize", "--model", unet, "--steps", "0", "--out", o],
+        "--steps",
+    );
+    fails(
+        &["quantize", "--model", unet, "--bogus", "--out", o],
+        "--bogus",
+    );
+    fails(&["sample", "--model", unet, "--out", "grid.jpg"], ".png");
+    fails(
+        &[
+            "sample",
+            "--model",
+            unet,
+            "--out",
+            t.join("a.png").to_str().unwrap(),
+            "--integer",
+        ],
+        "--integer",
+    );
+    // a directory without a config, a file that is not safetensors, a truncated one
+    let empty = t.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    fails(
+        &[
+            "sample",
+            "--model",
+            empty.to_str().unwrap(),
+            "--out",
+            t.join("b.png").to_str().unwrap(),
+        ],
+        "config.json",
+    );
+    let junk = t.join("junk.dmq.safetensors");
+    std::fs::write(&junk, b"not a model").unwrap();
+    fails(&["inspect", junk.to_str().unwrap()], "junk.dmq.safetensors");
+    fails(
+        &[
+            "sample",
+            "--model",
+            junk.to_str().unwrap(),
+            "--out",
+            t.join("c.png").to_str().unwrap(),
+        ],
+        "junk.dmq.safetensors",
+    );
+    // a plain safetensors file that is no dmq model
+    let plain = root().join("assets/models/unet-fmnist/diffusion_pytorch_model.safetensors");
+    fails(&["inspect", plain.to_str().unwrap()], "dmq.format");
+    // nothing was written into the source tree
+    assert!(!root().join("grid.jpg").exists());
+}
