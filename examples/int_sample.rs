@@ -218,7 +218,7 @@ fn main() {
         };
         run("dit-fmnist", m, w, &args, &device, &mut rows);
     }
-    // A JSON array of records (DESIGN.md §6): every row names its command and commit.
+    // A JSON array of records (docs/design.md §6): every row names its command and commit.
     let command = format!(
         "cargo run --release --example int_sample -- {}",
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")

@@ -7,7 +7,7 @@
 //! FP | W8A8 | W4A8 samples side by side to `target/quickstart/samples.png`.
 //!
 //! ```text
-//! cargo run --release --example quickstart [-- --samples 100 --steps 20 --out target/quickstart]
+//! cargo run --release --example quickstart [-- --samples 64 --steps 20 --out target/quickstart]
 //! ```
 //! Needs the Debian package `dataset-fashion-mnist` for FD (the test-set statistics).
 
@@ -33,7 +33,7 @@ struct Args {
 
 fn parse() -> Result<Args, Error> {
     let mut a = Args {
-        samples: 100,
+        samples: 64,
         steps: 20,
         out: PathBuf::from("target/quickstart"),
     };
@@ -44,7 +44,9 @@ fn parse() -> Result<Args, Error> {
             "--samples" => a.samples = value()?.parse()?,
             "--steps" => a.steps = value()?.parse()?,
             "--out" => a.out = PathBuf::from(value()?),
-            other => return Err(format!("unknown flag {other} (see examples/quickstart.rs)").into()),
+            other => {
+                return Err(format!("unknown flag {other} (see examples/quickstart.rs)").into());
+            }
         }
     }
     if a.samples == 0 || a.steps == 0 {
@@ -75,15 +77,19 @@ fn main() -> Result<(), Error> {
     let sched = SchedulerSpec::from_dir(dir)?;
     let sampler = sched.ddim(args.steps)?;
     let timesteps: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
-    println!("calibration: 64 FP trajectories, {} of {} steps kept", 10.min(args.steps), args.steps);
+    println!(
+        "calibration: 32 FP trajectories, {} of {} steps kept",
+        10.min(args.steps),
+        args.steps
+    );
     let calib = CalibSet::record(
         &fp,
         &sampler,
         &RecordOptions {
-            trajectories: 64,
+            trajectories: 32,
             steps_kept: 10.min(args.steps),
             guidance: 1.0,
-            batch: 64,
+            batch: 32,
             seed: 7,
         },
         &device,
@@ -92,11 +98,16 @@ fn main() -> Result<(), Error> {
         n: args.samples,
         guidance: 1.0,
         seed: 2024,
-        batch: 50.min(args.samples),
+        batch: 64.min(args.samples),
     };
     let fp_images = sample(&fp, &sampler, &spec, None, &device, &mut |_, _| {})?;
     let data = Path::new(dmq::eval::data::fashion_mnist::DEFAULT_DIR);
-    let evaluator = Evaluator::new(Path::new("assets/models/fmnist-classifier"), data, fp_images.clone(), &device)?;
+    let evaluator = Evaluator::new(
+        Path::new("assets/models/fmnist-classifier"),
+        data,
+        fp_images.clone(),
+        &device,
+    )?;
     let fp_scores = evaluator.score(&fp_images, None, &device)?;
     let fp_ips = images_per_s(&fp, &sampler, &device)?;
     let fp_bytes = std::fs::metadata(dir.join("diffusion_pytorch_model.safetensors"))?.len();
@@ -116,9 +127,15 @@ fn main() -> Result<(), Error> {
     for preset in ["W8A8", "W4A8"] {
         let config = QuantConfig::preset(preset)?;
         let method = Method::from_name("naive")?;
-        let opts = RunOptions { work_dir: None, sampler: sampler.clone() };
+        let opts = RunOptions {
+            work_dir: None,
+            sampler: sampler.clone(),
+        };
         let q = quantize(&fp, &config, &calib, &method, &opts, &device, &mut |_| {})?;
-        let path = args.out.join(format!("unet-fmnist-{}.dmq.safetensors", preset.to_lowercase()));
+        let path = args.out.join(format!(
+            "unet-fmnist-{}.dmq.safetensors",
+            preset.to_lowercase()
+        ));
         let bytes = dmq_file::save(
             &path,
             &q.model,
@@ -132,10 +149,18 @@ fn main() -> Result<(), Error> {
         )?;
         // everything below runs on the file alone
         let loaded = dmq_file::load(&path, &device)?;
-        let images = sample(&loaded.model, &sampler, &spec, None, &device, &mut |_, _| {})?;
+        let images = sample(
+            &loaded.model,
+            &sampler,
+            &spec,
+            None,
+            &device,
+            &mut |_, _| {},
+        )?;
         let s = evaluator.score(&images, None, &device)?;
         let fq_ips = images_per_s(&loaded.model, &sampler, &device)?;
-        let int = dmq::infer::IntegerModel::from_export(loaded.model.clone(), &loaded.file, &device)?;
+        let int =
+            dmq::infer::IntegerModel::from_export(loaded.model.clone(), &loaded.file, &device)?;
         let int_ips = images_per_s(&int, &sampler, &device)?;
         println!(
             "| {preset} naive PTQ | {} | {bytes} | {:.2} | {:.1} | {:.2} | {fq_ips:.1} | {int_ips:.1} |",
@@ -146,7 +171,11 @@ fn main() -> Result<(), Error> {
         );
         grids.push(images);
     }
-    let png = grid_png(&args.out.join("samples.png"), &grids.iter().collect::<Vec<_>>(), &device)?;
+    let png = grid_png(
+        &args.out.join("samples.png"),
+        &grids.iter().collect::<Vec<_>>(),
+        &device,
+    )?;
     println!(
         "\nFP | W8A8 | W4A8 samples from the same noise: {}\ntotal {:.0} s",
         png.display(),

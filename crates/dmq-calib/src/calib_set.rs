@@ -1,5 +1,5 @@
 //! [`CalibSet`]: data-free calibration inputs recorded from the FP model's own sampling
-//! trajectories (ALGORITHMS.md §1.5).
+//! trajectories (docs/algorithms.md §1.5).
 //!
 //! Every entry is `(x_t, t, class, step)` **exactly as fed to the denoiser** at that step:
 //! the input of step i paired with the timestep of step i. (QuEST's collector stores the

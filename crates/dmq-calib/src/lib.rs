@@ -1,6 +1,6 @@
 //! # dmq-calib
 //!
-//! From a full-precision diffusion model to a calibrated quantized one (DESIGN.md §1, §3):
+//! From a full-precision diffusion model to a calibrated quantized one (docs/design.md §1, §3):
 //!
 //! - [`config`]: [`QuantConfig`], weight and activation specs per layer by glob pattern over
 //!   diffusers layer names, first/last-layer policies and presets (`W8A8`, `W4A4`, ...);

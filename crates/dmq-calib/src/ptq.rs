@@ -1,4 +1,4 @@
-//! PTQ initialisation (ALGORITHMS.md §1.2, §2.1 step 2): attach weight quantizers (per output
+//! PTQ initialisation (docs/algorithms.md §1.2, §2.1 step 2): attach weight quantizers (per output
 //! channel, max or MSE search) and calibrate activation quantizers on a [`CalibSet`]
 //! (per tensor or per channel; max, MSE or percentile; one set for all steps, one per step,
 //! or one per group of steps), attention-matmul operands included.

@@ -1,4 +1,4 @@
-//! The Q-Diffusion baseline (ALGORITHMS.md §2.1, §1.3, §1.4): AdaRound block reconstruction
+//! The Q-Diffusion baseline (docs/algorithms.md §2.1, §1.3, §1.4): AdaRound block reconstruction
 //! of the weights, unit by unit in forward order, then reconstruction of the activation step
 //! sizes, unit by unit.
 //!
@@ -411,7 +411,7 @@ pub fn restore_quantizer_state<M: Denoiser + ?Sized>(
     err.map_or(Ok(()), Err)
 }
 
-/// QuEST's `--resume_w` (ALGORITHMS.md §5.3): attaches `plans`' weight quantizers to `model`
+/// QuEST's `--resume_w` (docs/algorithms.md §5.3): attaches `plans`' weight quantizers to `model`
 /// (range init `init`, which must be the one the checkpoint's run used) and restores the
 /// hard AdaRound rounding of a [`qdiffusion`] checkpoint whose weight phase is complete. The
 /// checkpoint's activation state is ignored. Returns the number of AdaRound layers.

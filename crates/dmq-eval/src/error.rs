@@ -30,6 +30,12 @@ pub enum DataError {
         source: std::io::Error,
     },
 
+    /// A size in a file's header above dmq's [`Limits`](dmq_quant::Limits), refused before
+    /// the payload is read (a [`dmq_quant::QuantError::LimitExceeded`] naming the file and
+    /// the header field).
+    #[error(transparent)]
+    Limit(dmq_quant::QuantError),
+
     /// The IDX magic number is not the expected one.
     #[error(
         "{path} is not an IDX {kind} file: magic number {found} (0x{found:08x}), expected \

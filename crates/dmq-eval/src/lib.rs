@@ -1,6 +1,6 @@
 //! # dmq-eval
 //!
-//! Evaluation side of dmq (DESIGN.md §5): the Fashion-MNIST IDX loader ([`data`]), the
+//! Evaluation side of dmq (docs/design.md §5): the Fashion-MNIST IDX loader ([`data`]), the
 //! metric classifier whose features define the Fréchet distance ([`classifier`]), PNG sample
 //! grids ([`image`]) and PNG charts ([`plot`]), plus the flag parsing ([`cli`]) and progress
 //! reporting ([`progress`]) the examples share.

@@ -1,4 +1,4 @@
-//! Results records (DESIGN.md §6): one JSON object per (model, method, bits, steps, samples)
+//! Results records (docs/design.md §6): one JSON object per (model, method, bits, steps, samples)
 //! in `docs/results/<topic>.json`, a markdown table beside it, both written atomically.
 //! Rerunning a configuration replaces its row, so tables fill up over several runs; the same
 //! configuration scored on another number of samples is another row (FD depends on it).
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DataError;
 
-/// One results row; the first keys are the cross-method schema of DESIGN.md §6.
+/// One results row; the first keys are the cross-method schema of docs/design.md §6.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultRow {
     /// `unet-fmnist`, `dit-fmnist`, ...

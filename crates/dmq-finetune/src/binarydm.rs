@@ -1,4 +1,4 @@
-//! [`binarydm`]: BinaryDM (ALGORITHMS.md §6): quantization-aware training of 1-bit weights on
+//! [`binarydm`]: BinaryDM (docs/algorithms.md §6): quantization-aware training of 1-bit weights on
 //! real images, initialised from the FP model, with a frozen FP teacher.
 //!
 //! - **Weights**: the evolvable-basis binarizer (EBB, two bases, [`MultiBasisBinarizer`]) in

@@ -1,5 +1,5 @@
 //! [`efficientdm`]: data-free QALoRA distillation along the FP model's own trajectories
-//! (ALGORITHMS.md §3.3 step 7), with checkpoint/resume.
+//! (docs/algorithms.md §3.3 step 7), with checkpoint/resume.
 //!
 //! Per epoch: a fresh x_T (and class labels for class-conditional models); for each of the
 //! scheduler's steps, ε_fp = CFG(FP(x_t)) and ε_q = CFG(Q(x_t)) on the same `[uncond; cond]`

@@ -1,15 +1,15 @@
 //! Fine-tuning methods of dmq.
 //!
-//! - [`efficientdm()`]: EfficientDM (He et al., ICLR 2024; ALGORITHMS.md §3): naive PTQ, then
+//! - [`efficientdm()`]: EfficientDM (He et al., ICLR 2024; docs/algorithms.md §3): naive PTQ, then
 //!   QALoRA weights ([`dmq_quant::QaLoraQuantizer`], integer base + LoRA offsets inside the
 //!   rounding) and TALSQ activations (one learnable (Δ_x, z_x) per step) trained by data-free
 //!   distillation from the FP model along its own trajectories, with per-layer scale-aware
 //!   LoRA learning rates. [`finalize`] moves TALSQ to the sampling schedule and rounds z_x so
 //!   the model equals its integer export ([`dmq_calib::export_layers`]).
-//! - [`binarydm()`]: BinaryDM (Zheng et al., ICLR 2025; ALGORITHMS.md §6): QAT of 1-bit
+//! - [`binarydm()`]: BinaryDM (Zheng et al., ICLR 2025; docs/algorithms.md §6): QAT of 1-bit
 //!   weights (EBB in the head/tail blocks, vanilla σ·sign elsewhere), signed LSQ activations,
 //!   LRM feature mimicking ([`lrm`]) against a frozen FP teacher, EMA.
-//! - [`quest()`]: QuEST (Wang et al., ICCV 2025; ALGORITHMS.md §5): Q-Diffusion AdaRound
+//! - [`quest()`]: QuEST (Wang et al., ICCV 2025; docs/algorithms.md §5): Q-Diffusion AdaRound
 //!   weights with a floor STE, timestep-grouped (per-channel at 4 bits) activations, then
 //!   time-embedding alignment (stage A) and activation-sensitive layer fine-tuning (stage B)
 //!   of the layers [`quest_select`] picks; [`quest_sensitivity`] measures the per-layer

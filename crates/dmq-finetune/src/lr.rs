@@ -1,4 +1,4 @@
-//! EfficientDM's optimiser groups (ALGORITHMS.md §3.3 step 6) as burn per-parameter learning
+//! EfficientDM's optimiser groups (docs/algorithms.md §3.3 step 6) as burn per-parameter learning
 //! rates: one group per LoRA layer for A and B at `mean(Δ_w)/lora_lr_divisor`, one per layer
 //! for Δ_w at `weight_delta_lr`, and the TALSQ Δ_x, z_x at `talsq_lr` (the base group); every
 //! group decays linearly to 0 over the run.

@@ -1,4 +1,4 @@
-//! BinaryDM's Low-rank Representation Mimicking (ALGORITHMS.md §6.2): per block, the top
+//! BinaryDM's Low-rank Representation Mimicking (docs/algorithms.md §6.2): per block, the top
 //! eigenvectors of the FP feature covariance, computed once from the first batch and frozen;
 //! the loss is the MSE of the student's and teacher's features projected on them.
 //!

@@ -1,4 +1,4 @@
-//! EfficientDM's layer policy (ALGORITHMS.md §3.2), computed from the model's layer graph
+//! EfficientDM's layer policy (docs/algorithms.md §3.2), computed from the model's layer graph
 //! instead of the reference's hard-coded module indices (`special_module_count_list`).
 //!
 //! Classes, from the layer inventory (call order of one forward pass):

@@ -1,4 +1,4 @@
-//! [`quest`]: QuEST's selective fine-tuning (ALGORITHMS.md §5.3–5.4) on top of the
+//! [`quest`]: QuEST's selective fine-tuning (docs/algorithms.md §5.3–5.4) on top of the
 //! Q-Diffusion weight reconstruction, with checkpoint/resume.
 //!
 //! 1. **Student** ([`quest_student`]): the hard AdaRound weights of a finished Q-Diffusion

@@ -1,4 +1,4 @@
-//! QuEST's layer selection (ALGORITHMS.md §5.2), as glob rules over diffusers names with
+//! QuEST's layer selection (docs/algorithms.md §5.2), as glob rules over diffusers names with
 //! defaults per architecture, resolved on the model's layer inventory.
 //!
 //! | set | UNet2DModel | DiT |

@@ -1,4 +1,4 @@
-//! QuEST's layer-sensitivity sweep (paper Fig. 3; ALGORITHMS.md §5): the model-output error
+//! QuEST's layer-sensitivity sweep (paper Fig. 3; docs/algorithms.md §5): the model-output error
 //! when only one layer is quantized, its weights or its input activations, per bit-width.
 //! It is what justifies fine-tuning some layers and not others on a given model.
 //!

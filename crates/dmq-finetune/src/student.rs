@@ -1,4 +1,4 @@
-//! Building the EfficientDM student from a naive-PTQ pass (ALGORITHMS.md §3.3 steps 2–5),
+//! Building the EfficientDM student from a naive-PTQ pass (docs/algorithms.md §3.3 steps 2–5),
 //! choosing what trains, and finalising it for another step count and for export.
 
 use burn::module::{Module, Param};

@@ -537,6 +537,4 @@ per_backend!(
 );
 // End-to-end runs (minutes on lavapipe): CPU backends only; the backend-sensitive ops they
 // use are covered on wgpu by the tests above.
-per_cpu_backend!(
-    distillation_checkpoint_and_export
-);
+per_cpu_backend!(distillation_checkpoint_and_export);

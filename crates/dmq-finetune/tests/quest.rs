@@ -479,7 +479,4 @@ per_backend!(
 );
 // End-to-end runs (minutes on lavapipe): CPU backends only; the backend-sensitive ops they
 // use are covered on wgpu by the tests above.
-per_cpu_backend!(
-    quest_stages_checkpoint_and_export,
-    quest_sensitivity_sweep
-);
+per_cpu_backend!(quest_stages_checkpoint_and_export, quest_sensitivity_sweep);

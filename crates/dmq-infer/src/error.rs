@@ -8,8 +8,10 @@ use dmq_quant::QuantError;
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
     /// The export does not fit the model, or one of its entries is malformed.
-    #[error("export entry '{entry}': {reason}")]
+    #[error("{origin}: export entry '{entry}': {reason}")]
     Export {
+        /// The export file (its [`QuantizedFile::origin_name`](dmq_quant::QuantizedFile::origin_name)).
+        origin: String,
         /// The tensor or metadata key.
         entry: String,
         /// What is wrong.
@@ -63,8 +65,13 @@ pub enum InferError {
 /// Result alias for this crate.
 pub type Result<T, E = InferError> = std::result::Result<T, E>;
 
-pub(crate) fn export_err(entry: impl Into<String>, reason: impl Into<String>) -> InferError {
+pub(crate) fn export_err(
+    origin: &str,
+    entry: impl Into<String>,
+    reason: impl Into<String>,
+) -> InferError {
     InferError::Export {
+        origin: origin.into(),
         entry: entry.into(),
         reason: reason.into(),
     }

@@ -155,6 +155,7 @@ fn checked_bias(file: &QuantizedFile, name: &str, n: usize) -> Result<Option<Vec
         && b.len() != n
     {
         return Err(crate::error::export_err(
+            file.origin_name(),
             format!("{name}.bias"),
             format!("{} values for {n} output channels", b.len()),
         ));

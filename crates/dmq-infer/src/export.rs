@@ -1,7 +1,7 @@
 //! Reading the layer export of `dmq-calib` (`export_layers`, format `layers.v1`): weights,
 //! biases and activation parameter sets with their step → set map.
 
-use dmq_quant::{AffineParams, QuantSpec, QuantizedFile, QuantizedTensor};
+use dmq_quant::{AffineParams, Limits, QuantSpec, QuantizedFile, QuantizedTensor};
 
 use crate::error::{Result, export_err};
 
@@ -44,25 +44,58 @@ pub struct ActSets {
 }
 
 impl ActSets {
-    /// Reads `<layer>.<op>.{spec, step_to_set}` and `<layer>.<op>.{delta,zero}.<i>`.
+    /// Reads `<layer>.<op>.{spec, step_to_set}` and `<layer>.<op>.{delta,zero}.<i>`, with
+    /// sizes checked against [`Limits::current`].
     pub fn read(file: &QuantizedFile, layer: &str, op: &str) -> Result<Option<Self>> {
+        Self::read_with_limits(file, layer, op, &Limits::current())
+    }
+
+    /// [`ActSets::read`] with explicit [`Limits`].
+    ///
+    /// The spec is checked (bits 1..=8) and the step → set map before anything of its size
+    /// is allocated: at most `limits.max_steps` steps, every set index below the step count
+    /// (so there are never more sets than steps), and every set present with valid (Δ, z).
+    /// Errors name the file and the entry.
+    pub fn read_with_limits(
+        file: &QuantizedFile,
+        layer: &str,
+        op: &str,
+        limits: &Limits,
+    ) -> Result<Option<Self>> {
+        let origin = file.origin_name();
         let spec_key = format!("{layer}.{op}.spec");
         let Some(spec) = file.metadata.get(&spec_key) else {
             return Ok(None);
         };
-        let spec: QuantSpec = serde_json::from_str(spec)
-            .map_err(|e| export_err(&spec_key, format!("not a quantizer spec: {e}")))?;
+        let spec = QuantSpec::from_json(spec, origin, &spec_key)?;
         let map_key = format!("{layer}.{op}.step_to_set");
         let map = file
             .metadata
             .get(&map_key)
-            .ok_or_else(|| export_err(&map_key, "missing (the spec is there)"))?;
-        let step_to_set: Vec<usize> = serde_json::from_str(map)
-            .map_err(|e| export_err(&map_key, format!("not a list of set indices: {e}")))?;
-        let n_sets = step_to_set.iter().max().map_or(0, |m| m + 1);
-        if n_sets == 0 {
-            return Err(export_err(&map_key, "empty step → set map"));
+            .ok_or_else(|| export_err(origin, &map_key, "missing (the spec is there)"))?;
+        // u64 so that no index overflows; the JSON text bounds the list's length.
+        let raw: Vec<u64> = serde_json::from_str(map)
+            .map_err(|e| export_err(origin, &map_key, format!("not a list of set indices: {e}")))?;
+        let steps = raw.len();
+        if steps == 0 {
+            return Err(export_err(origin, &map_key, "empty step → set map"));
         }
+        limits.check_steps(steps as u64, origin, &map_key)?;
+        let mut step_to_set = Vec::with_capacity(steps);
+        for (step, &set) in raw.iter().enumerate() {
+            if set >= steps as u64 {
+                return Err(export_err(
+                    origin,
+                    &map_key,
+                    format!(
+                        "step {step} names set {set}, but a map of {steps} steps can name at \
+                         most {steps} sets"
+                    ),
+                ));
+            }
+            step_to_set.push(set as usize);
+        }
+        let n_sets = step_to_set.iter().max().map_or(0, |m| m + 1);
         let mut sets = Vec::with_capacity(n_sets);
         for i in 0..n_sets {
             let get = |what: &str| {
@@ -70,14 +103,14 @@ impl ActSets {
                 file.float
                     .get(&key)
                     .map(|(_, d)| d.clone())
-                    .ok_or_else(|| export_err(key, "missing (named by the step → set map)"))
+                    .ok_or_else(|| export_err(origin, key, "missing (named by the step → set map)"))
             };
             let p = AffineParams {
                 spec,
                 delta: get("delta")?,
                 zero: get("zero")?,
             };
-            p.validate(&format!("{layer}.{op} set {i}"))?;
+            p.validate(&format!("{origin}: {layer}.{op} set {i}"))?;
             sets.push(p);
         }
         Ok(Some(Self { sets, step_to_set }))

@@ -18,20 +18,26 @@ fn tensor<const D: usize>(
     shape: &[usize],
     data: &[f32],
     device: &Device,
+    origin: &str,
     entry: &str,
 ) -> Result<Tensor<D>> {
-    let dims: [usize; D] = shape
-        .try_into()
-        .map_err(|_| export_err(entry, format!("rank {} (expected {D})", shape.len())))?;
+    let dims: [usize; D] = shape.try_into().map_err(|_| {
+        export_err(
+            origin,
+            entry,
+            format!("rank {} (expected {D})", shape.len()),
+        )
+    })?;
     Ok(Tensor::from_data(
         TensorData::new(data.to_vec(), dims),
         device,
     ))
 }
 
-fn check_shape(entry: &str, got: &[usize], want: &[usize]) -> Result<()> {
+fn check_shape(origin: &str, entry: &str, got: &[usize], want: &[usize]) -> Result<()> {
     if got != want {
         return Err(export_err(
+            origin,
             entry,
             format!("shape {got:?}, the model's layer has {want:?}"),
         ));
@@ -81,8 +87,13 @@ fn act_quantizer(sets: &ActSets, timesteps: &[f64], device: &Device) -> Result<A
 pub fn export_timesteps(file: &QuantizedFile) -> Result<Vec<f64>> {
     match file.metadata.get("dmq.timesteps") {
         None => Ok(Vec::new()),
-        Some(s) => serde_json::from_str(s)
-            .map_err(|e| export_err("dmq.timesteps", format!("not a list of numbers: {e}"))),
+        Some(s) => serde_json::from_str(s).map_err(|e| {
+            export_err(
+                file.origin_name(),
+                "dmq.timesteps",
+                format!("not a list of numbers: {e}"),
+            )
+        }),
     }
 }
 
@@ -90,15 +101,22 @@ pub fn export_timesteps(file: &QuantizedFile) -> Result<Vec<f64>> {
 macro_rules! load_dense {
     ($l:ident, $rank:literal, $name:ident, $file:ident, $ts:ident, $device:ident) => {{
         if let Some(w) = export::weight($file, &$name) {
-            let (t, q) = load_weight::<$rank>(w, &$l.weight_shape(), &$name, $device)?;
+            let (t, q) =
+                load_weight::<$rank>(w, &$l.weight_shape(), $file.origin_name(), &$name, $device)?;
             $l.weight = Param::from_tensor(t);
             $l.w_quant = q;
         } else {
             $l.w_quant = None;
         }
         if let (Some(b), Some(lb)) = (export::bias($file, &$name), $l.bias.as_mut()) {
-            check_shape(&format!("{}.bias", $name), &[b.len()], &lb.val().dims())?;
-            *lb = Param::from_tensor(tensor(&[b.len()], b, $device, &$name)?);
+            let origin = $file.origin_name();
+            check_shape(
+                origin,
+                &format!("{}.bias", $name),
+                &[b.len()],
+                &lb.val().dims(),
+            )?;
+            *lb = Param::from_tensor(tensor(&[b.len()], b, $device, origin, &$name)?);
         }
         $l.a_quant = ActSets::read($file, &$name, "a")?
             .map(|s| act_quantizer(&s, &$ts, $device))
@@ -120,6 +138,7 @@ pub fn load_export<M: Denoiser + ?Sized>(
     device: &Device,
 ) -> Result<()> {
     let timesteps = export_timesteps(file)?;
+    check_entries_match_layers(&*model, file)?;
     let mut err = None;
     model.for_each_layer_mut(&mut |layer| {
         if err.is_some() {
@@ -148,24 +167,62 @@ pub fn load_export<M: Denoiser + ?Sized>(
     err.map_or(Ok(()), Err)
 }
 
+/// Every quantized tensor (`<layer>.weight`) and every activation spec (`<layer>.<a|b>.spec`)
+/// of `file` must name a quantizable layer of `model`: an export of another architecture
+/// is refused instead of loading as an FP model under a quantized label. (Float tensors are
+/// not checked here: a self-contained model file also holds norms and embeddings, which its
+/// reader checks against the model's parameters.)
+fn check_entries_match_layers<M: Denoiser + ?Sized>(model: &M, file: &QuantizedFile) -> Result<()> {
+    let mut layers = std::collections::BTreeSet::new();
+    model.for_each_layer(&mut |l| {
+        layers.insert(l.name().to_string());
+    });
+    let origin = file.origin_name();
+    for name in file.quantized.keys() {
+        let layer = name.strip_suffix(".weight").unwrap_or(name);
+        if !layers.contains(layer) {
+            return Err(export_err(
+                origin,
+                name.as_str(),
+                "matches no quantizable layer of the model (an export of another model?)",
+            ));
+        }
+    }
+    for key in file.metadata.keys() {
+        if let Some(rest) = key.strip_suffix(".spec")
+            && let Some((layer, op)) = rest.rsplit_once('.')
+            && (op == "a" || op == "b")
+            && !layers.contains(layer)
+        {
+            return Err(export_err(
+                origin,
+                key.as_str(),
+                "matches no quantizable layer of the model (an export of another model?)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn load_weight<const D: usize>(
     w: ExportedWeight<'_>,
     want: &[usize],
+    origin: &str,
     name: &str,
     device: &Device,
 ) -> Result<(Tensor<D>, Option<WeightQuantizer>)> {
     let entry = format!("{name}.weight");
     match w {
         ExportedWeight::Quantized(q) => {
-            check_shape(&entry, &q.shape, want)?;
+            check_shape(origin, &entry, &q.shape, want)?;
             Ok((
                 q.dequantize_tensor::<D>(device)?,
                 Some(weight_quantizer(q, device)?),
             ))
         }
         ExportedWeight::Float(shape, data) => {
-            check_shape(&entry, shape, want)?;
-            Ok((tensor(shape, data, device, &entry)?, None))
+            check_shape(origin, &entry, shape, want)?;
+            Ok((tensor(shape, data, device, origin, &entry)?, None))
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Configs of the embedded default models (DESIGN.md §4), shared by the training example,
+//! Configs of the embedded default models (docs/design.md §4), shared by the training example,
 //! the benches and the reference timing script.
 
 use crate::dit::DiTConfig;

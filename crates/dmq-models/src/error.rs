@@ -31,6 +31,11 @@ pub enum ModelError {
     /// A model configuration that is invalid or not supported (names the option).
     #[error("invalid model config: {0}")]
     Config(String),
+    /// A size in a config or file above dmq's [`Limits`](dmq_quant::Limits), refused before
+    /// any layer is initialised (a [`QuantError::LimitExceeded`] naming the file and the
+    /// field).
+    #[error(transparent)]
+    Limit(QuantError),
     /// Reading or writing a file failed.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -78,5 +83,26 @@ pub(crate) fn shape_err(
         context: context.into(),
         expected: expected.into(),
         got: format!("{got:?}"),
+    }
+}
+
+/// Replaces the origin of a limit error (configs are checked as `config.json`; a loader that
+/// knows the path names it).
+pub(crate) fn at_origin(e: ModelError, path: &std::path::Path) -> ModelError {
+    match e {
+        ModelError::Limit(QuantError::LimitExceeded {
+            field,
+            value,
+            limit,
+            what,
+            ..
+        }) => ModelError::Limit(QuantError::LimitExceeded {
+            origin: path.display().to_string(),
+            field,
+            value,
+            limit,
+            what,
+        }),
+        other => other,
     }
 }

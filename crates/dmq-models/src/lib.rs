@@ -1,6 +1,6 @@
 //! # dmq-models
 //!
-//! Model-side building blocks of dmq (DESIGN.md §1, §3):
+//! Model-side building blocks of dmq (docs/design.md §1, §3):
 //!
 //! - [`layers`]: quantizable layers [`layers::QLinear`], [`layers::QConv2d`],
 //!   [`layers::QMatmul`] (FP exactly when their quantizers are off) and diffusers-named norms;

@@ -302,6 +302,4 @@ per_backend!(
 );
 // End-to-end runs (minutes on lavapipe): CPU backends only; the backend-sensitive ops they
 // use are covered on wgpu by the tests above.
-per_cpu_backend!(
-    zero_initialised_dit_trains
-);
+per_cpu_backend!(zero_initialised_dit_trains);

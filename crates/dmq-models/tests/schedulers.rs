@@ -787,7 +787,7 @@ macro_rules! backend_tests {
 #[cfg(feature = "flex")]
 backend_tests!(flex, Device::flex());
 
-/// The deprecated ndarray device (kept building and tested, DESIGN.md §2).
+/// The deprecated ndarray device (kept building and tested, docs/design.md §2).
 #[cfg(feature = "ndarray")]
 #[allow(deprecated)]
 fn ndarray_device() -> Device {

@@ -318,6 +318,24 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
             return Err(file_err(path, k, "matches no layer of the model"));
         }
     }
+    // every activation step map covers exactly the file's sampling steps
+    for (k, v) in &file.metadata {
+        if let Some(rest) = k.strip_suffix(".step_to_set")
+            && let Some((_, op)) = rest.rsplit_once('.')
+            && (op == "a" || op == "b")
+        {
+            let n = serde_json::from_str::<Vec<serde_json::Value>>(v)
+                .map_err(|e| file_err(path, k, format!("not a list: {e}")))?
+                .len();
+            if n != info.num_steps {
+                return Err(file_err(
+                    path,
+                    k,
+                    format!("maps {n} steps; the file is for {} steps", info.num_steps),
+                ));
+            }
+        }
+    }
     let mut quantized_now = BTreeSet::new();
     model.for_each_layer(&mut |l| {
         if layer_quantized(&l) {

@@ -20,6 +20,9 @@ pub const DIT_CLASS: &str = "DiTTransformer2DModel";
 
 /// A denoiser of any architecture dmq supports; every algorithm, sampler and metric takes
 /// it as it takes the concrete models.
+// One model per process: the size difference of the variants costs nothing, and boxing
+// them would take the enum out of burn's `Module` derive.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum AnyDenoiser {
     /// diffusers `UNet2DModel`.

@@ -96,7 +96,7 @@ impl SchedulerSpec {
         }
         let mut ddim = DdimConfig::new();
         if let Some(n) = num("num_train_timesteps")? {
-            if n < 1.0 || n > 100_000.0 || n.fract() != 0.0 {
+            if !(1.0..=100_000.0).contains(&n) || n.fract() != 0.0 {
                 return Err(file_err(
                     origin,
                     "num_train_timesteps",

@@ -1,4 +1,4 @@
-//! [`AdaRoundQuantizer`]: learned rounding for weights (ALGORITHMS.md §1.3).
+//! [`AdaRoundQuantizer`]: learned rounding for weights (docs/algorithms.md §1.3).
 
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData, activation::sigmoid};

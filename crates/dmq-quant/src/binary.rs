@@ -1,4 +1,4 @@
-//! Binary weight quantizers (ALGORITHMS.md §6.1): the vanilla binarizer σ·sign(w) and the
+//! Binary weight quantizers (docs/algorithms.md §6.1): the vanilla binarizer σ·sign(w) and the
 //! multi-basis / evolvable-basis binarizer (EBB) with its regulariser and collapse.
 
 use burn::module::{Module, Param};

@@ -111,6 +111,55 @@ pub enum QuantError {
         /// What was wrong.
         reason: String,
     },
+    /// A field of a file (or of another input surface) that is present but invalid:
+    /// names the source and the field.
+    #[error("{origin}: field '{field}': {reason}")]
+    InvalidField {
+        /// The file (or `<memory>`).
+        origin: String,
+        /// The field: a metadata key, tensor name or JSON path.
+        field: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A size in an input above the loader's [`Limits`](crate::Limits), refused before
+    /// anything of that size is allocated.
+    #[error(
+        "{origin}: field '{field}' asks for {value} {what}, above the limit of {limit} \
+         (see dmq_quant::Limits)"
+    )]
+    LimitExceeded {
+        /// The file (or `<memory>`).
+        origin: String,
+        /// The field.
+        field: String,
+        /// The requested size (saturated at `u64::MAX` when it overflows).
+        value: u64,
+        /// The limit it exceeds.
+        limit: u64,
+        /// What is counted (e.g. "elements", "steps").
+        what: &'static str,
+    },
+    /// A step size and zero point whose extreme codes dequantize to a non-finite value
+    /// (a finite but huge Δ).
+    #[error(
+        "step size {delta} with zero point {zero} at index {index} of {context} dequantizes \
+         codes {qmin}..={qmax} to a non-finite value"
+    )]
+    DequantOverflow {
+        /// Δ.
+        delta: f32,
+        /// z.
+        zero: f32,
+        /// Flat index of the parameter group.
+        index: usize,
+        /// Smallest code.
+        qmin: i32,
+        /// Largest code.
+        qmax: i32,
+        /// Which quantizer or tensor.
+        context: String,
+    },
     /// A tensor read back from the device could not be converted to f32.
     #[error("tensor data error in {context}: {reason}")]
     Data {

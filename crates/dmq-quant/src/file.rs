@@ -14,6 +14,7 @@
 //! Files are written atomically (temporary file + rename).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
@@ -21,20 +22,30 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{QuantError, Result};
-use crate::pack::packed_len;
+use crate::limits::Limits;
+use crate::pack::{PackedDefect, check_packed};
 use crate::qtensor::{AffineParams, QuantizedTensor};
 use crate::spec::QuantSpec;
 
 const FORMAT: &str = "dmq-quantized/1";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Entry {
     shape: Vec<usize>,
     spec: QuantSpec,
 }
 
+/// [`Entry`] as read, before its spec is checked.
+#[derive(Deserialize)]
+struct RawEntry {
+    shape: Vec<usize>,
+    spec: serde_json::Value,
+}
+
 /// A named collection of quantized and float tensors plus string metadata.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// Equality and [`QuantizedFile::content_hash`] compare the content, not [`Self::origin`].
+#[derive(Clone, Debug, Default)]
 pub struct QuantizedFile {
     /// Quantized tensors by name.
     pub quantized: BTreeMap<String, QuantizedTensor>,
@@ -42,6 +53,25 @@ pub struct QuantizedFile {
     pub float: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     /// Free metadata (stored as `user.<key>`).
     pub metadata: BTreeMap<String, String>,
+    /// Where the file was read from (`None` when built in memory); named by the errors of
+    /// readers of its entries. Not stored, not compared.
+    pub origin: Option<String>,
+}
+
+impl PartialEq for QuantizedFile {
+    fn eq(&self, other: &Self) -> bool {
+        self.quantized == other.quantized
+            && self.float == other.float
+            && self.metadata == other.metadata
+    }
+}
+
+fn invalid(origin: &str, field: impl Into<String>, reason: impl Into<String>) -> QuantError {
+    QuantError::InvalidField {
+        origin: origin.into(),
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 fn malformed(path: &str, reason: impl Into<String>) -> QuantError {
@@ -62,7 +92,12 @@ fn bytes_f32(b: &[u8]) -> Vec<f32> {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
-/// renamed over the target, so a crash never leaves a half-written file.
+/// renamed over the target, and the directory synced, so a crash never leaves a
+/// half-written file and a completed call survives a power loss.
+///
+/// The temporary file has an unpredictable name (`.<name>.tmp-<pid>-<random>`) and is
+/// opened with `create_new` (`O_CREAT | O_EXCL`), which never follows a symlink or opens a
+/// file someone else placed there; on any error it is removed again.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| QuantError::Io {
         path: path.to_path_buf(),
@@ -71,19 +106,73 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| io(std::io::Error::other("path has no file name")))?;
-    // pid + a per-process counter: two threads writing the same path never share a temp file
+    let (tmp, mut f) = create_temp(path, &file_name.to_string_lossy()).map_err(io)?;
+    let written = (|| {
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    sync_parent_dir(path).map_err(io)
+}
+
+/// A fresh temporary file next to `path`, created with `create_new` under a name nobody can
+/// predict (random keys of the standard library's hasher, the pid and a counter).
+fn create_temp(path: &Path, file_name: &str) -> std::io::Result<(std::path::PathBuf, File)> {
+    use std::hash::{BuildHasher, Hasher};
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}-{}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)
+    let mut last = None;
+    for _ in 0..16 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let tmp = path.with_file_name(format!(
+            ".{file_name}.tmp-{}-{:016x}",
+            std::process::id(),
+            h.finish()
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+}
+
+/// Syncs the directory holding `path`, so that a rename into it is durable (no-op where
+/// directories cannot be opened, i.e. outside Unix).
+pub fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    sync_dir(dir)
+}
+
+/// Syncs a directory's entries to disk (Unix); a no-op elsewhere.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 impl QuantizedFile {
@@ -140,8 +229,26 @@ impl QuantizedFile {
         safetensors::serialize(views, Some(meta)).map_err(|e| malformed("<memory>", e.to_string()))
     }
 
-    /// Parses safetensors bytes; `origin` names the source in errors.
+    /// The name of the file's source for error messages (`<memory>` when built in memory).
+    pub fn origin_name(&self) -> &str {
+        self.origin.as_deref().unwrap_or("<memory>")
+    }
+
+    /// Parses safetensors bytes; `origin` names the source in errors. Sizes are checked
+    /// against [`Limits::current`].
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self> {
+        Self::from_bytes_with_limits(bytes, origin, &Limits::current())
+    }
+
+    /// [`QuantizedFile::from_bytes`] with explicit [`Limits`].
+    ///
+    /// Every quantized entry is checked before anything of its size is allocated: its
+    /// metadata (`dmq.q.<name>`: shape within the limits, spec with bits 1..=8), the packed
+    /// codes (exact length, codes `< 2^b` for 3/5/6/7 bits, zero padding), one (Δ, z) per
+    /// parameter group, Δ finite and > 0, z finite, and no extreme code dequantizing to
+    /// ±inf. A float tensor may not share a quantized tensor's name. Errors name `origin`
+    /// and the field.
+    pub fn from_bytes_with_limits(bytes: &[u8], origin: &str, limits: &Limits) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| malformed(origin, e.to_string()))?;
         let (_, header) =
             SafeTensors::read_metadata(bytes).map_err(|e| malformed(origin, e.to_string()))?;
@@ -160,17 +267,18 @@ impl QuantizedFile {
                 .tensor(key)
                 .map_err(|e| malformed(origin, format!("tensor '{key}': {e}")))?;
             if t.dtype() != dtype {
-                return Err(malformed(
+                return Err(invalid(
                     origin,
-                    format!(
-                        "tensor '{key}' has dtype {:?}, expected {dtype:?}",
-                        t.dtype()
-                    ),
+                    key,
+                    format!("dtype {:?}, expected {dtype:?}", t.dtype()),
                 ));
             }
             Ok(t)
         };
-        let mut out = QuantizedFile::default();
+        let mut out = QuantizedFile {
+            origin: Some(origin.to_string()),
+            ..QuantizedFile::default()
+        };
         let mut claimed = std::collections::HashSet::new();
         for (k, v) in &meta {
             if let Some(key) = k.strip_prefix("user.") {
@@ -180,45 +288,64 @@ impl QuantizedFile {
             let Some(name) = k.strip_prefix("dmq.q.") else {
                 continue;
             };
-            let entry: Entry = serde_json::from_str(v)
-                .map_err(|e| malformed(origin, format!("metadata of '{name}': {e}")))?;
-            let bits = entry.spec.int_bits().ok_or_else(|| {
-                malformed(
+            let entry: RawEntry = serde_json::from_str(v).map_err(|e| {
+                invalid(origin, k, format!("not {{\"shape\", \"spec\"}} JSON: {e}"))
+            })?;
+            let shape = entry.shape;
+            let numel = limits.check_shape(&shape, origin, &format!("{k}.shape"))?;
+            let spec = QuantSpec::from_value(entry.spec, origin, &format!("{k}.spec"))?;
+            let bits = spec.int_bits().ok_or_else(|| {
+                invalid(
                     origin,
-                    format!("'{name}' has a float spec but is stored quantized"),
+                    format!("{k}.spec.bits"),
+                    "a float spec but the tensor is stored quantized",
                 )
             })?;
-            let numel: usize = entry.shape.iter().product();
-            let codes = tensor(&format!("{name}.qcodes"), Dtype::U8)?;
-            let need = packed_len(numel, bits);
-            if codes.data().len() != need {
-                return Err(malformed(
-                    origin,
-                    format!(
-                        "'{name}.qcodes' holds {} bytes, shape {:?} at {bits} bits needs {need}",
-                        codes.data().len(),
-                        entry.shape
+            let n_params = spec
+                .num_params(&shape)
+                .map_err(|e| invalid(origin, format!("{k}.spec.granularity"), e.to_string()))?;
+            let codes_key = format!("{name}.qcodes");
+            let codes = tensor(&codes_key, Dtype::U8)?;
+            check_packed(codes.data(), bits, numel).map_err(|d| {
+                let reason = match d {
+                    PackedDefect::Length { got, need } => {
+                        format!("holds {got} bytes, shape {shape:?} at {bits} bits needs {need}")
+                    }
+                    PackedDefect::CodeTooLarge { index, code } => {
+                        format!("code {code} at element {index} does not fit in {bits} bits")
+                    }
+                    PackedDefect::Padding { byte } => format!(
+                        "padding bits after the last code are not zero (trailing byte {byte:#04x})"
                     ),
-                ));
-            }
-            let delta = bytes_f32(tensor(&format!("{name}.delta"), Dtype::F32)?.data());
-            let zero = bytes_f32(tensor(&format!("{name}.zero"), Dtype::F32)?.data());
-            let params = AffineParams {
-                spec: entry.spec,
-                delta,
-                zero,
+                };
+                invalid(origin, codes_key.as_str(), reason)
+            })?;
+            let mut read_params = |what: &str| -> Result<Vec<f32>> {
+                let key = format!("{name}.{what}");
+                let t = tensor(&key, Dtype::F32)?;
+                if t.data().len() != 4 * n_params {
+                    return Err(invalid(
+                        origin,
+                        key.as_str(),
+                        format!(
+                            "{} values, the spec needs one per parameter group ({n_params}) \
+                             for shape {shape:?}",
+                            t.data().len() / 4
+                        ),
+                    ));
+                }
+                claimed.insert(key);
+                Ok(bytes_f32(t.data()))
             };
-            params
-                .validate(&format!("{origin}: '{name}'"))
-                .and_then(|_| params.group_index(&entry.shape).map(|_| ()))
-                .map_err(|e| malformed(origin, format!("'{name}': {e}")))?;
-            for suffix in ["qcodes", "delta", "zero"] {
-                claimed.insert(format!("{name}.{suffix}"));
-            }
+            let delta = read_params("delta")?;
+            let zero = read_params("zero")?;
+            claimed.insert(codes_key);
+            let params = AffineParams { spec, delta, zero };
+            params.validate(&format!("{origin}: tensors '{name}.delta' / '{name}.zero'"))?;
             out.quantized.insert(
                 name.to_string(),
                 QuantizedTensor {
-                    shape: entry.shape,
+                    shape,
                     params,
                     packed: codes.data().to_vec(),
                 },
@@ -228,15 +355,21 @@ impl QuantizedFile {
             if claimed.contains(name) {
                 continue;
             }
-            if view.dtype() != Dtype::F32 {
-                return Err(malformed(
+            if out.quantized.contains_key(name) {
+                return Err(invalid(
                     origin,
-                    format!(
-                        "float tensor '{name}' has dtype {:?}, expected F32",
-                        view.dtype()
-                    ),
+                    name,
+                    "a float tensor with the name of a quantized tensor",
                 ));
             }
+            if view.dtype() != Dtype::F32 {
+                return Err(invalid(
+                    origin,
+                    name,
+                    format!("float tensor of dtype {:?}, expected F32", view.dtype()),
+                ));
+            }
+            limits.check_shape(view.shape(), origin, &format!("{name}.shape"))?;
             out.float.insert(
                 name.to_string(),
                 (view.shape().to_vec(), bytes_f32(view.data())),
@@ -250,14 +383,20 @@ impl QuantizedFile {
         write_atomic(path.as_ref(), &self.to_bytes()?)
     }
 
-    /// Reads a file; a missing, truncated or malformed file is an error naming it.
+    /// Reads a file; a missing, truncated or malformed file is an error naming it. Sizes
+    /// are checked against [`Limits::current`].
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with_limits(path, &Limits::current())
+    }
+
+    /// [`QuantizedFile::load`] with explicit [`Limits`].
+    pub fn load_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| QuantError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_bytes(&bytes, &path.display().to_string())
+        Self::from_bytes_with_limits(&bytes, &path.display().to_string(), limits)
     }
 
     /// FNV-1a hash of the content (every tensor's name, shape, spec, codes, Δ, z and data,

@@ -1,6 +1,6 @@
 //! Bit packing of unsigned codes at 1, 2, 4 and 8 bits.
 //!
-//! Layout (EfficientDM's nibble order, ALGORITHMS.md §9.4): with `k = 8/b` codes per byte,
+//! Layout (EfficientDM's nibble order, docs/algorithms.md §9.4): with `k = 8/b` codes per byte,
 //! code `i` goes to byte `i / k` at bit offset `b·(i mod k)` (least significant bits first).
 //! A trailing partial byte is zero-padded.
 
@@ -31,9 +31,74 @@ pub fn storage_bits(bits: u32) -> u32 {
     }
 }
 
-/// Number of bytes holding `n` codes of `bits` (storage) bits.
+/// Number of bytes holding `n` codes of `bits` (storage) bits (never overflows).
 pub fn packed_len(n: usize, bits: u32) -> usize {
-    (n * storage_bits(bits) as usize).div_ceil(8)
+    n.div_ceil((8 / storage_bits(bits)) as usize)
+}
+
+/// What [`check_packed`] found wrong with packed codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackedDefect {
+    /// The byte count is not [`packed_len`]`(n, bits)`.
+    Length {
+        /// Bytes present.
+        got: usize,
+        /// Bytes needed.
+        need: usize,
+    },
+    /// Code `index` is `code ≥ 2^bits` (possible for 3, 5, 6 and 7 bits, stored wider).
+    CodeTooLarge {
+        /// Element index.
+        index: usize,
+        /// The stored code.
+        code: u8,
+    },
+    /// The unused bits after the last code of the trailing byte are not zero.
+    Padding {
+        /// The trailing byte.
+        byte: u8,
+    },
+}
+
+/// Checks packed codes without unpacking them: exactly [`packed_len`]`(n, bits)` bytes,
+/// every code `< 2^bits`, and zero padding bits in the trailing byte. `bits` must be in
+/// 1..=8 (a checked spec).
+pub fn check_packed(packed: &[u8], bits: u32, n: usize) -> std::result::Result<(), PackedDefect> {
+    let need = packed_len(n, bits);
+    if packed.len() != need {
+        return Err(PackedDefect::Length {
+            got: packed.len(),
+            need,
+        });
+    }
+    let sb = storage_bits(bits);
+    if sb == 8 {
+        return Ok(());
+    }
+    let per = (8 / sb) as usize;
+    let mask = ((1u16 << sb) - 1) as u8;
+    if bits < sb {
+        for (b, &byte) in packed.iter().enumerate() {
+            for j in 0..per {
+                let index = b * per + j;
+                if index >= n {
+                    break;
+                }
+                let code = (byte >> (sb as usize * j)) & mask;
+                if code >> bits != 0 {
+                    return Err(PackedDefect::CodeTooLarge { index, code });
+                }
+            }
+        }
+    }
+    let used = n % per;
+    if used != 0 {
+        let byte = packed[need - 1];
+        if byte >> (sb as usize * used) != 0 {
+            return Err(PackedDefect::Padding { byte });
+        }
+    }
+    Ok(())
 }
 
 /// Packs codes (each `< 2^bits`) into bytes. Widths 3, 5, 6, 7 are stored at the next

@@ -1,5 +1,5 @@
 //! [`QaLoraQuantizer`]: EfficientDM's quantization-aware LoRA in the shared-scale integer form
-//! (ALGORITHMS.md §3.1).
+//! (docs/algorithms.md §3.1).
 //!
 //! ```text
 //! Ŵ = Δ_w · ( clamp( W_int + round(B·A / Δ_w), q_min, q_max ) − z_w )

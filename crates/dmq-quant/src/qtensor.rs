@@ -22,7 +22,8 @@ pub struct AffineParams {
 }
 
 impl AffineParams {
-    /// Checks finiteness, Δ > 0, equal lengths, and z = 0 for symmetric specs.
+    /// Checks finiteness, Δ > 0, equal lengths, z = 0 for symmetric specs, and that every
+    /// code of the integer range dequantizes to a finite value.
     pub fn validate(&self, context: &str) -> Result<()> {
         if self.delta.len() != self.zero.len() {
             return Err(QuantError::ShapeMismatch {
@@ -46,6 +47,23 @@ impl AffineParams {
                     index,
                     context: format!("{context} (symmetric specs need z = 0)"),
                 });
+            }
+        }
+        // A finite but huge Δ (or z) must not dequantize the extreme codes to ±inf.
+        if let Some((qmin, qmax)) = self.spec.int_range() {
+            for (index, (&delta, &zero)) in self.delta.iter().zip(&self.zero).enumerate() {
+                let lo = (qmin as f32 - zero) * delta;
+                let hi = (qmax as f32 - zero) * delta;
+                if !(lo.is_finite() && hi.is_finite()) {
+                    return Err(QuantError::DequantOverflow {
+                        delta,
+                        zero,
+                        index,
+                        qmin,
+                        qmax,
+                        context: context.into(),
+                    });
+                }
             }
         }
         Ok(())

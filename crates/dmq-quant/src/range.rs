@@ -1,4 +1,4 @@
-//! Range initialisers (ALGORITHMS.md §1.2): max, MSE search, percentile, LSQ init and a
+//! Range initialisers (docs/algorithms.md §1.2): max, MSE search, percentile, LSQ init and a
 //! running EMA of min/max. They run on the host (one pass over calibration data is cheap
 //! next to a forward pass, and host code is exactly reproducible across backends), per
 //! tensor, per channel or per group according to the spec.

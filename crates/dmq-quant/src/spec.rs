@@ -5,12 +5,81 @@ use serde::{Deserialize, Serialize};
 use crate::error::{QuantError, Result};
 
 /// Integer bit-width, or the float pass-through state (quantizer switched off).
+///
+/// Deserializing checks the width: `Int(0)` or `Int(9)` is refused, so a spec read from a
+/// file can never overflow [`QuantSpec::int_range`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawBitWidth")]
 pub enum BitWidth {
     /// Integer codes of this many bits, 1..=8.
     Int(u8),
     /// No quantization: the tensor passes through unchanged.
     Float,
+}
+
+/// [`BitWidth`] as written in a file, before its range is checked (any integer width).
+#[derive(Clone, Copy, Debug, Deserialize)]
+enum RawBitWidth {
+    Int(u64),
+    Float,
+}
+
+impl RawBitWidth {
+    fn check(self, context: &str) -> Result<BitWidth> {
+        match self {
+            RawBitWidth::Float => Ok(BitWidth::Float),
+            RawBitWidth::Int(b) => {
+                let bits = u32::try_from(b).unwrap_or(u32::MAX);
+                check_bits(bits, context).map(|b| BitWidth::Int(b as u8))
+            }
+        }
+    }
+}
+
+impl TryFrom<RawBitWidth> for BitWidth {
+    type Error = QuantError;
+    fn try_from(raw: RawBitWidth) -> Result<Self> {
+        raw.check("a deserialized BitWidth")
+    }
+}
+
+/// [`QuantSpec`] as written in a file, before it is checked.
+#[derive(Clone, Copy, Debug, Deserialize)]
+struct RawQuantSpec {
+    bits: RawBitWidth,
+    signed: bool,
+    symmetric: bool,
+    granularity: Granularity,
+    rounding: Rounding,
+}
+
+impl RawQuantSpec {
+    /// Checks the spec; `field(sub)` names a sub-field (`bits`, `granularity`) in errors.
+    fn check(self, field: impl Fn(&str) -> String) -> Result<QuantSpec> {
+        let bits = self.bits.check(&field("bits"))?;
+        if let Granularity::PerGroup { axis, size: 0 } = self.granularity {
+            return Err(QuantError::BadGroupSize {
+                group: 0,
+                axis,
+                len: 0,
+                context: field("granularity"),
+            });
+        }
+        Ok(QuantSpec {
+            bits,
+            signed: self.signed,
+            symmetric: self.symmetric,
+            granularity: self.granularity,
+            rounding: self.rounding,
+        })
+    }
+}
+
+impl TryFrom<RawQuantSpec> for QuantSpec {
+    type Error = QuantError;
+    fn try_from(raw: RawQuantSpec) -> Result<Self> {
+        raw.check(|sub| format!("the field '{sub}' of a deserialized QuantSpec"))
+    }
 }
 
 /// Which elements share one (Δ, z) pair.
@@ -48,7 +117,7 @@ pub enum Rounding {
 /// Description of a uniform quantizer: bit-width, integer range, zero-point mode,
 /// granularity and rounding.
 ///
-/// Integer ranges (ALGORITHMS.md §1.1):
+/// Integer ranges (docs/algorithms.md §1.1):
 ///
 /// | signed | range                    |
 /// |--------|--------------------------|
@@ -67,7 +136,11 @@ pub enum Rounding {
 /// assert!(QuantSpec::int(9).is_err());
 /// # Ok::<(), dmq_quant::QuantError>(())
 /// ```
+///
+/// Deserializing checks the bit-width (1..=8) and a per-group size (> 0); use
+/// [`QuantSpec::from_json`] to get a typed error naming the file and the field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawQuantSpec")]
 pub struct QuantSpec {
     bits: BitWidth,
     signed: bool,
@@ -94,6 +167,31 @@ impl QuantSpec {
             granularity: Granularity::PerTensor,
             rounding: Rounding::HalfToEven,
         })
+    }
+
+    /// Parses a spec from JSON read from `origin` (a file) at `field` (its key), checking
+    /// it: a bit-width outside 1..=8 is [`QuantError::InvalidBits`] and a zero group size
+    /// [`QuantError::BadGroupSize`], both naming `origin` and `field`; JSON that is not a
+    /// spec is [`QuantError::InvalidField`].
+    pub fn from_json(json: &str, origin: &str, field: &str) -> Result<Self> {
+        let raw: RawQuantSpec =
+            serde_json::from_str(json).map_err(|e| QuantError::InvalidField {
+                origin: origin.into(),
+                field: field.into(),
+                reason: format!("not a quantizer spec: {e}"),
+            })?;
+        raw.check(|sub| format!("{origin}: field '{field}.{sub}'"))
+    }
+
+    /// [`QuantSpec::from_json`] for a spec already parsed into a JSON value.
+    pub fn from_value(value: serde_json::Value, origin: &str, field: &str) -> Result<Self> {
+        let raw: RawQuantSpec =
+            serde_json::from_value(value).map_err(|e| QuantError::InvalidField {
+                origin: origin.into(),
+                field: field.into(),
+                reason: format!("not a quantizer spec: {e}"),
+            })?;
+        raw.check(|sub| format!("{origin}: field '{field}.{sub}'"))
     }
 
     /// The float pass-through spec: quantizers with it return their input unchanged.
@@ -193,7 +291,8 @@ impl QuantSpec {
 
     /// Clamp range `(q_min, q_max)` of the integer codes; `None` in the float state.
     pub fn int_range(&self) -> Option<(i32, i32)> {
-        let b = self.int_bits()?;
+        // Every constructor and deserializer checks 1..=8; the guard keeps this total.
+        let b = self.int_bits().filter(|b| (1..=8).contains(b))?;
         Some(if self.signed {
             (-(1 << (b - 1)), (1 << (b - 1)) - 1)
         } else {
@@ -202,7 +301,8 @@ impl QuantSpec {
     }
 
     /// Number of (Δ, z) pairs this spec needs for a tensor of `shape`, after checking that
-    /// the axis exists and the group size divides it.
+    /// the axis exists and the group size divides it. An element count that overflows
+    /// `usize` is an error.
     pub fn num_params(&self, shape: &[usize]) -> Result<usize> {
         match self.granularity {
             Granularity::PerTensor => Ok(1),
@@ -221,7 +321,14 @@ impl QuantSpec {
                         context: "per-group quantization".into(),
                     });
                 }
-                Ok(shape.iter().product::<usize>() / size)
+                let numel = crate::limits::checked_numel(shape).ok_or_else(|| {
+                    QuantError::ShapeMismatch {
+                        expected: "an element count that fits in usize".into(),
+                        got: format!("shape {shape:?}"),
+                        context: "per-group quantization".into(),
+                    }
+                })?;
+                Ok(numel / size)
             }
         }
     }

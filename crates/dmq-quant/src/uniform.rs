@@ -1,4 +1,4 @@
-//! [`UniformQuantizer`]: the uniform affine fake-quantizer of ALGORITHMS.md §1.1.
+//! [`UniformQuantizer`]: the uniform affine fake-quantizer of docs/algorithms.md §1.1.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};

@@ -1,6 +1,6 @@
 //! One conformance suite for the quantizers, run on every compiled-in backend.
 //!
-//! Reference values: the test vectors of ALGORITHMS.md §1.1/§1.3/§6.1, closed-form STE/LSQ
+//! Reference values: the test vectors of docs/algorithms.md §1.1/§1.3/§6.1, closed-form STE/LSQ
 //! gradients, and PyTorch's `fake_quantize_per_{tensor,channel}_affine` fixtures
 //! (`scripts/fixtures/quant_fixtures.py`).
 

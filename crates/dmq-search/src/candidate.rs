@@ -1,4 +1,4 @@
-//! The search space (ALGORITHMS.md §4.1) and its candidates.
+//! The search space (docs/algorithms.md §4.1) and its candidates.
 //!
 //! A candidate picks one timestep per group and, per quantizable layer, a weight and an
 //! input bit-width index into the candidate list (default {8, 6, 5, 4}); for attention

@@ -1,4 +1,4 @@
-//! The BitOPs cost model (ALGORITHMS.md §1.7, §4.6) of a candidate and the budget filter.
+//! The BitOPs cost model (docs/algorithms.md §1.7, §4.6) of a candidate and the budget filter.
 //!
 //! `BitOPs = Σ_selected steps Σ_layers MACs_l · b_w · b_a` (× 2 under batched CFG), with the
 //! MACs of one batch-1 forward pass from the layer inventory: attention matmuls count

@@ -1,4 +1,4 @@
-//! The evolutionary search (ALGORITHMS.md §4.5): memoised, seedable, resumable, with
+//! The evolutionary search (docs/algorithms.md §4.5): memoised, seedable, resumable, with
 //! candidates evaluated in batches by an [`Evaluator`] (threads here; the trait takes a whole
 //! batch so an implementation can spread it over devices or machines).
 
@@ -235,7 +235,49 @@ impl<'a> Evolution<'a> {
                     .into(),
             });
         }
+        self.check_state(&state)
+            .map_err(|reason| SearchError::Checkpoint {
+                path: path.clone(),
+                reason,
+            })?;
         Ok(Some(state))
+    }
+
+    /// Checks a loaded state's contents against the search before anything indexes them:
+    /// an initialised state has scored candidates, every candidate lies in the space, and
+    /// every fitness and BitOPs value is finite. The error names the field.
+    fn check_state(&self, state: &SearchState) -> std::result::Result<(), String> {
+        if state.initialised && state.scored.is_empty() {
+            return Err(
+                "field 'scored': empty, but 'initialised' is true (the initial population \
+                 is always scored)"
+                    .into(),
+            );
+        }
+        if !state.initialised && state.epochs_done > 0 {
+            return Err(format!(
+                "field 'epochs_done': {} epochs done, but 'initialised' is false",
+                state.epochs_done
+            ));
+        }
+        for (i, s) in state.scored.iter().enumerate() {
+            self.space
+                .check(&s.candidate)
+                .map_err(|e| format!("field 'scored[{i}].candidate': {e}"))?;
+            if !s.fitness.is_finite() {
+                return Err(format!(
+                    "field 'scored[{i}].fitness': non-finite {}",
+                    s.fitness
+                ));
+            }
+            if !(s.bitops.is_finite() && s.bitops >= 0.0) {
+                return Err(format!(
+                    "field 'scored[{i}].bitops': {} is not a finite count",
+                    s.bitops
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn save(&self, state: &SearchState) -> Result<()> {

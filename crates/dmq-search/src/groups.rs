@@ -1,4 +1,4 @@
-//! Non-uniform timestep groups (ALGORITHMS.md §4.2): the search picks one timestep per group.
+//! Non-uniform timestep groups (docs/algorithms.md §4.2): the search picks one timestep per group.
 //!
 //! Boundaries `s_k = ⌊(k/(N−1) · √(0.8·T))²⌋` for k = 1..N−1, groups `[0, s_1), [s_1, s_2),
 //! …, [s_{N−1}, T)`, empty groups dropped. They are dense near t = 0, where detail forms; the

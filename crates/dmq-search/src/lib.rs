@@ -1,6 +1,6 @@
 //! # dmq-search: TMPQ-DM, joint timestep reduction and mixed-precision search
 //!
-//! ALGORITHMS.md §4. The pieces, each usable alone:
+//! docs/algorithms.md §4. The pieces, each usable alone:
 //! - [`groups`]: the non-uniform timestep groups (one timestep is chosen per group) and the
 //!   uniform baseline;
 //! - [`candidate`]: the search space (timesteps × per-layer weight/input bit indices, shared

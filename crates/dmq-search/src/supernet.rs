@@ -1,4 +1,4 @@
-//! The super-network (ALGORITHMS.md §4.3): every quantizable layer holds K calibrated
+//! The super-network (docs/algorithms.md §4.3): every quantizable layer holds K calibrated
 //! quantizer sets, one per candidate bit-width, calibrated once; a mixed assignment is
 //! applied by **selecting** each layer's weight and input quantizers, nothing recalibrated.
 //!

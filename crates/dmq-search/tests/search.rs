@@ -1,4 +1,4 @@
-//! TMPQ-DM pieces: group boundaries against ALGORITHMS.md §4.2, legality of mutation and
+//! TMPQ-DM pieces: group boundaries against docs/algorithms.md §4.2, legality of mutation and
 //! crossover, the BitOPs cost against hand counts, the budget filter, the evolutionary
 //! search (determinism, resume, improvement on a synthetic fitness), and the super-network's
 //! selection against directly calibrated models.

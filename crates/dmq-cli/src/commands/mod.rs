@@ -23,6 +23,7 @@ pub fn device(backend: &str, train: bool) -> Result<Device, Error> {
 
 /// A model named on the command line: a diffusers directory (FP) or a `.dmq.safetensors`
 /// file (quantized).
+#[allow(clippy::large_enum_variant)] // one per command
 pub enum ModelArg {
     /// An FP diffusers directory.
     Dir {

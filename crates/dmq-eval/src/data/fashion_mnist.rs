@@ -20,10 +20,11 @@
 //! ```
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use dmq_quant::Limits;
 use flate2::read::MultiGzDecoder;
 
 use crate::DataError;
@@ -425,49 +426,73 @@ pub struct IdxImages {
     pub pixels: Vec<u8>,
 }
 
-/// Reads a whole file, gunzipping it when it starts with the gzip magic `1f 8b`.
-fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
+/// Trailing bytes counted after the payload before giving up (the count in
+/// [`DataError::TrailingBytes`] is at least this when it is this).
+const MAX_TRAILING_COUNT: u64 = 1 << 26;
+
+/// Reads into `buf` until it is full or the stream ends; returns the bytes read.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A reader over the file's content, gunzipping it (streamed) when it starts with the gzip
+/// magic `1f 8b`.
+fn open_stream(path: &Path) -> Result<Box<dyn Read>, DataError> {
     let io_err = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut raw = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut raw))
-        .map_err(io_err)?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(io_err)?;
-        Ok(out)
+    let mut f = File::open(path).map_err(io_err)?;
+    let mut magic = [0u8; 2];
+    let n = read_full(&mut f, &mut magic).map_err(io_err)?;
+    f.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    let r = BufReader::new(f);
+    Ok(if n == 2 && magic == [0x1f, 0x8b] {
+        Box::new(MultiGzDecoder::new(r))
     } else {
-        Ok(raw)
-    }
+        Box::new(r)
+    })
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-/// Checks the IDX header (magic and `dims` sizes) and the exact length; returns the
-/// dimensions and the payload.
-fn parse_idx<'a>(
+/// Reads an IDX file as a stream: the header first (magic and `rank` sizes), the sizes
+/// checked against [`Limits::current`], then exactly the payload the header announces —
+/// never more, so a gzip bomb is refused after at most the announced size — and a check that
+/// nothing follows. Returns the dimensions and the payload.
+fn read_idx(
     path: &Path,
-    bytes: &'a [u8],
     kind: &'static str,
     magic: u32,
     rank: usize,
-) -> Result<(Vec<usize>, &'a [u8]), DataError> {
+) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+    let io_err = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut r = open_stream(path)?;
     let header = 4 + 4 * rank;
-    if bytes.len() < 4 {
+    let mut head = vec![0u8; header];
+    let got = read_full(&mut r, &mut head).map_err(io_err)?;
+    if got < 4 {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
             expected: header,
-            actual: bytes.len(),
+            actual: got,
         });
     }
-    let found = be_u32(bytes, 0);
+    let found = be_u32(&head, 0);
     if found != magic {
         return Err(DataError::BadMagic {
             path: path.to_path_buf(),
@@ -476,51 +501,61 @@ fn parse_idx<'a>(
             found,
         });
     }
-    if bytes.len() < header {
+    if got < header {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
             expected: header,
-            actual: bytes.len(),
+            actual: got,
         });
     }
     let dims: Vec<usize> = (0..rank)
-        .map(|k| be_u32(bytes, 4 + 4 * k) as usize)
+        .map(|k| be_u32(&head, 4 + 4 * k) as usize)
         .collect();
-    let payload = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    let expected = payload
-        .and_then(|p| p.checked_add(header))
-        .unwrap_or(usize::MAX);
-    if bytes.len() < expected {
+    let limits = Limits::current();
+    let origin = path.display().to_string();
+    let payload = limits
+        .check_shape(&dims, &origin, &format!("{kind} header dimensions"))
+        .map_err(DataError::Limit)?;
+    let expected = header + payload;
+    // Grows with the data actually present, never to the announced size up front.
+    let mut data = Vec::new();
+    (&mut r)
+        .take(payload as u64)
+        .read_to_end(&mut data)
+        .map_err(io_err)?;
+    if data.len() < payload {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
             expected,
-            actual: bytes.len(),
+            actual: header + data.len(),
         });
     }
-    if bytes.len() > expected {
+    let extra =
+        std::io::copy(&mut r.take(MAX_TRAILING_COUNT), &mut std::io::sink()).map_err(io_err)?;
+    if extra > 0 {
         return Err(DataError::TrailingBytes {
             path: path.to_path_buf(),
             expected,
-            extra: bytes.len() - expected,
+            extra: extra as usize,
         });
     }
-    Ok((dims, &bytes[header..]))
+    Ok((dims, data))
 }
 
 /// Reads an IDX image file (magic 2051, `[N, rows, cols]` unsigned bytes), gzipped or not.
 ///
 /// # Errors
 /// [`DataError::Io`], [`DataError::BadMagic`], [`DataError::Truncated`],
-/// [`DataError::TrailingBytes`].
+/// [`DataError::TrailingBytes`], [`DataError::Limit`] (header sizes above
+/// [`Limits::current`], checked before the payload is read).
 pub fn read_idx_images(path: impl AsRef<Path>) -> Result<IdxImages, DataError> {
     let path = path.as_ref();
-    let bytes = read_bytes(path)?;
-    let (dims, payload) = parse_idx(path, &bytes, "images", IMAGES_MAGIC, 3)?;
+    let (dims, pixels) = read_idx(path, "images", IMAGES_MAGIC, 3)?;
     Ok(IdxImages {
         count: dims[0],
         rows: dims[1],
         cols: dims[2],
-        pixels: payload.to_vec(),
+        pixels,
     })
 }
 
@@ -528,10 +563,10 @@ pub fn read_idx_images(path: impl AsRef<Path>) -> Result<IdxImages, DataError> {
 ///
 /// # Errors
 /// [`DataError::Io`], [`DataError::BadMagic`], [`DataError::Truncated`],
-/// [`DataError::TrailingBytes`].
+/// [`DataError::TrailingBytes`], [`DataError::Limit`] (header sizes above
+/// [`Limits::current`], checked before the payload is read).
 pub fn read_idx_labels(path: impl AsRef<Path>) -> Result<Vec<u8>, DataError> {
     let path = path.as_ref();
-    let bytes = read_bytes(path)?;
-    let (_, payload) = parse_idx(path, &bytes, "labels", LABELS_MAGIC, 1)?;
-    Ok(payload.to_vec())
+    let (_, labels) = read_idx(path, "labels", LABELS_MAGIC, 1)?;
+    Ok(labels)
 }

@@ -1,4 +1,4 @@
-//! BitOPs (ALGORITHMS.md §1.7, §4.6): `MACs · b_w · b_a` per layer call, attention matmuls
+//! BitOPs (docs/algorithms.md §1.7, §4.6): `MACs · b_w · b_a` per layer call, attention matmuls
 //! charged `MACs · b_left · b_right` with `MACs = N²·C` per sample for self-attention (the
 //! reference's C²·N formula and its batch-2 / one-sample mix-up are not reproduced), summed
 //! over every denoiser call of the sampling run.

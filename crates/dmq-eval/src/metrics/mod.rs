@@ -1,4 +1,4 @@
-//! Quality and cost metrics (DESIGN.md §5): Fréchet distance of classifier features
+//! Quality and cost metrics (docs/design.md §5): Fréchet distance of classifier features
 //! ([`mod@fd`]), fidelity to full-precision samples from the same noise ([`mod@fidelity`]: MSE, PSNR,
 //! SSIM), and BitOPs summed over sampling steps ([`mod@bitops`]).
 

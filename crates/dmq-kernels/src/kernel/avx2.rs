@@ -171,7 +171,11 @@ unsafe fn tile_u8<const MR: usize>(
     }
 }
 
-fn tile_small_fmt<F: Block>(rows: usize, t: &mut TileArgs<'_>, panel: usize) {
+/// One panel of a 1- or 4-bit tile.
+///
+/// # Safety
+/// As [`tile`], with `panel < np`.
+unsafe fn tile_small_fmt<F: Block>(rows: usize, t: &mut TileArgs<'_>, panel: usize) {
     let a = t.a.as_ptr();
     let w = t.w[panel].as_ptr();
     // SAFETY: `run_tile` checked AVX2 and the bounds; `acc` has TILE_COLS ≥ 16·(panel + 1).
@@ -191,7 +195,11 @@ fn tile_small_fmt<F: Block>(rows: usize, t: &mut TileArgs<'_>, panel: usize) {
     });
 }
 
-fn tile_u8_panel(rows: usize, t: &mut TileArgs<'_>, panel: usize) {
+/// One panel of an 8-bit tile.
+///
+/// # Safety
+/// As [`tile`], with `panel < np`.
+unsafe fn tile_u8_panel(rows: usize, t: &mut TileArgs<'_>, panel: usize) {
     let a16 = t.a16.as_ptr();
     let w = t.w[panel].as_ptr();
     // SAFETY: as in `tile_small_fmt`.
@@ -210,13 +218,24 @@ fn tile_u8_panel(rows: usize, t: &mut TileArgs<'_>, panel: usize) {
     });
 }
 
-/// Entry from [`super::run_tile`] (features and bounds already checked).
-pub(crate) fn tile(format: CodeFormat, rows: usize, np: usize, mut t: TileArgs<'_>) {
+/// Entry from [`super::run_tile`]: one register tile of `rows` rows and `np` panels.
+///
+/// # Safety
+/// The CPU supports AVX2 (`Isa::Avx2.is_available()`), `rows ≥ 1` (split into
+/// the kernel's row chunks), `1 ≤ np ≤ MAX_NP`, `t.q0 ≤ t.q1`, `t.lda ≥ 4·t.q1` and a multiple
+/// of 4, `t.a.len() ≥ (rows − 1)·t.lda + 4·t.q1` (for `U8` the same for `t.a16`),
+/// `t.w[p].len() ≥ t.q1·format.block_bytes()` for every `p < np`, and
+/// `t.acc.len() ≥ rows·TILE_COLS`: the kernels read and write through raw pointers within
+/// exactly these bounds. [`super::run_tile`] asserts all of them before calling.
+pub(crate) unsafe fn tile(format: CodeFormat, rows: usize, np: usize, mut t: TileArgs<'_>) {
     for panel in 0..np {
-        match format {
-            CodeFormat::U8 => tile_u8_panel(rows, &mut t, panel),
-            CodeFormat::Nib4 => tile_small_fmt::<Nib4>(rows, &mut t, panel),
-            CodeFormat::Bit1 => tile_small_fmt::<Bit1>(rows, &mut t, panel),
+        // SAFETY: the caller upholds this function's contract, and `panel < np`.
+        unsafe {
+            match format {
+                CodeFormat::U8 => tile_u8_panel(rows, &mut t, panel),
+                CodeFormat::Nib4 => tile_small_fmt::<Nib4>(rows, &mut t, panel),
+                CodeFormat::Bit1 => tile_small_fmt::<Bit1>(rows, &mut t, panel),
+            }
         }
     }
 }

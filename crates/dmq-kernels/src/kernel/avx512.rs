@@ -118,7 +118,11 @@ pub(crate) const SHAPE: (usize, usize) = (6, 4);
 /// Row-chunk sizes a tile of any height is split into.
 const ROW_SIZES: [usize; 4] = [6, 4, 2, 1];
 
-fn tile_fmt<F: Block>(rows: usize, np: usize, mut t: TileArgs<'_>) {
+/// A tile of one code format.
+///
+/// # Safety
+/// As [`tile`].
+unsafe fn tile_fmt<F: Block>(rows: usize, np: usize, mut t: TileArgs<'_>) {
     let a = t.a.as_ptr();
     let w: [*const u8; MAX_NP] = std::array::from_fn(|p| t.w[p.min(np - 1)].as_ptr());
     let acc = t.acc.as_mut_ptr();
@@ -152,11 +156,22 @@ fn tile_fmt<F: Block>(rows: usize, np: usize, mut t: TileArgs<'_>) {
     let _ = &mut t;
 }
 
-/// Entry from [`super::run_tile`] (features and bounds already checked).
-pub(crate) fn tile(format: CodeFormat, rows: usize, np: usize, t: TileArgs<'_>) {
-    match format {
-        CodeFormat::U8 => tile_fmt::<U8>(rows, np, t),
-        CodeFormat::Nib4 => tile_fmt::<Nib4>(rows, np, t),
-        CodeFormat::Bit1 => tile_fmt::<Bit1>(rows, np, t),
+/// Entry from [`super::run_tile`]: one register tile of `rows` rows and `np` panels.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW and VNNI (`Isa::Avx512Vnni.is_available()`),
+/// `rows ≥ 1` (split into the kernel's row chunks), `1 ≤ np ≤ MAX_NP`, `t.q0 ≤ t.q1`, `t.lda ≥ 4·t.q1` and a multiple
+/// of 4, `t.a.len() ≥ (rows − 1)·t.lda + 4·t.q1`, `t.w[p].len() ≥ t.q1·format.block_bytes()`
+/// for every `p < np`, and `t.acc.len() ≥ rows·TILE_COLS`: the kernels read and write
+/// through raw pointers within exactly these bounds. [`super::run_tile`] asserts all of
+/// them before calling.
+pub(crate) unsafe fn tile(format: CodeFormat, rows: usize, np: usize, t: TileArgs<'_>) {
+    // SAFETY: the caller upholds this function's contract, which is `tile_fmt`'s.
+    unsafe {
+        match format {
+            CodeFormat::U8 => tile_fmt::<U8>(rows, np, t),
+            CodeFormat::Nib4 => tile_fmt::<Nib4>(rows, np, t),
+            CodeFormat::Bit1 => tile_fmt::<Bit1>(rows, np, t),
+        }
     }
 }

@@ -83,12 +83,16 @@ pub(crate) fn run_tile(isa: Isa, format: CodeFormat, rows: usize, np: usize, t: 
             if format == CodeFormat::U8 {
                 assert!(t.a16.len() >= (rows - 1) * t.lda + QUAD * t.q1);
             }
-            avx2::tile(format, rows, np, t)
+            // SAFETY: AVX2 is available and every bound of `avx2::tile`'s contract was
+            // asserted above.
+            unsafe { avx2::tile(format, rows, np, t) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
             assert!(Isa::Avx512Vnni.is_available());
-            avx512::tile(format, rows, np, t)
+            // SAFETY: AVX-512 VNNI is available and every bound of `avx512::tile`'s
+            // contract was asserted above.
+            unsafe { avx512::tile(format, rows, np, t) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         _ => scalar::tile(format, rows, np, t),

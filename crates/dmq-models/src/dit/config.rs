@@ -18,6 +18,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use dmq_quant::Limits;
+
 use crate::error::{ModelError, Result};
 use crate::io;
 
@@ -266,6 +268,7 @@ impl DiTConfig {
     /// Reads and validates `dir/config.json`.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         Self::from_json_value(&io::read_config(dir.as_ref())?)
+            .map_err(|e| crate::error::at_origin(e, &dir.as_ref().join(io::CONFIG_FILE)))
     }
 
     /// The config as diffusers writes it for `DiTTransformer2DModel` (with `_class_name`
@@ -279,8 +282,77 @@ impl DiTConfig {
         v
     }
 
-    /// Checks that the options are supported and consistent.
+    /// Checks that the options are supported and consistent, and within
+    /// [`Limits::current`] (see [`Self::validate_with_limits`]).
     pub fn validate(&self) -> Result<()> {
+        self.validate_with_limits(&Limits::current())
+    }
+
+    /// Parameters (plus the fixed position-embedding table) of the model this config
+    /// builds, counted from the config alone, saturating at `u64::MAX`: patch embedding and
+    /// its `(sample_size/patch_size)²·D` position table, per block an adaLN-Zero with its
+    /// own timestep/label embedding, attention and feed-forward, and the output projection.
+    pub fn param_count(&self) -> u64 {
+        let c = |x: usize| x as u64;
+        let mul = |a: u64, b: u64| a.saturating_mul(b);
+        let linear = |i: u64, o: u64| mul(i, o).saturating_add(o);
+        let d = mul(c(self.num_attention_heads), c(self.attention_head_dim));
+        let p2 = mul(c(self.patch_size), c(self.patch_size));
+        let grid = c(self.sample_size) / c(self.patch_size.max(1));
+        let classes = c(self.num_embeds_ada_norm.unwrap_or(0)).saturating_add(1);
+        let embed = linear(c(TIMESTEP_PROJ_DIM), d)
+            .saturating_add(linear(d, d))
+            .saturating_add(mul(classes, d));
+        let block = embed
+            .saturating_add(linear(d, mul(6, d)))
+            .saturating_add(mul(4, linear(d, d)))
+            .saturating_add(if self.norm_elementwise_affine {
+                mul(2, d)
+            } else {
+                0
+            })
+            .saturating_add(linear(d, mul(4, d)))
+            .saturating_add(linear(mul(4, d), d));
+        let patch = linear(mul(c(self.in_channels), p2), d);
+        let pos = mul(mul(grid, grid), d);
+        let out = linear(d, mul(2, d)).saturating_add(linear(d, mul(p2, c(self.out_channels()))));
+        patch
+            .saturating_add(pos)
+            .saturating_add(mul(c(self.num_layers), block))
+            .saturating_add(out)
+    }
+
+    /// [`Self::validate`] with explicit [`Limits`]: every size key within `max_dim`, the
+    /// width `num_attention_heads·attention_head_dim` too (computed without overflow),
+    /// `num_layers` within `max_layers`, then the parameter count ([`Self::param_count`])
+    /// within `max_params`, before anything else (so before any layer is initialised). A
+    /// limit error names `config.json` and the key.
+    pub fn validate_with_limits(&self, limits: &Limits) -> Result<()> {
+        let origin = io::CONFIG_FILE;
+        let lim = ModelError::Limit;
+        for (key, v) in [
+            ("num_attention_heads", self.num_attention_heads),
+            ("attention_head_dim", self.attention_head_dim),
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels()),
+            ("sample_size", self.sample_size),
+            ("patch_size", self.patch_size),
+            ("norm_num_groups", self.norm_num_groups),
+            ("num_embeds_ada_norm", self.num_embeds_ada_norm.unwrap_or(0)),
+        ] {
+            limits.check_dim(v as u64, origin, key).map_err(lim)?;
+        }
+        let width =
+            (self.num_attention_heads as u64).saturating_mul(self.attention_head_dim as u64);
+        limits
+            .check_dim(width, origin, "num_attention_heads·attention_head_dim")
+            .map_err(lim)?;
+        limits
+            .check_layers(self.num_layers as u64, origin, "num_layers")
+            .map_err(lim)?;
+        limits
+            .check_params(self.param_count(), origin, "num_layers")
+            .map_err(lim)?;
         if self.norm_type != "ada_norm_zero" {
             return Err(config_err(format!(
                 "config key 'norm_type' = \"{}\": only \"ada_norm_zero\" (DiT) is supported",

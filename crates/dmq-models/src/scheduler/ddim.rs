@@ -11,7 +11,7 @@
 //!
 //! Two rules pick `t_prev`:
 //! - [`DdimScheduler::with_timesteps`]: the previous entry of the ascending list
-//!   (ALGORITHMS.md §1.6; LDM, Q-Diffusion, TMPQ-DM's searched lists);
+//!   (docs/algorithms.md §1.6; LDM, Q-Diffusion, TMPQ-DM's searched lists);
 //! - [`DdimScheduler::diffusers`]: diffusers' `t - N / S`, whatever the spacing (it
 //!   equals the list rule for `leading`, not for `trailing` / `linspace`).
 //!

@@ -6,7 +6,7 @@
 //! - [`DdpmScheduler`]: ancestral sampling (diffusers `DDPMScheduler`), including
 //!   DiT's learned-range variance.
 //! - [`DdimScheduler`]: DDIM with `eta`, either exactly as diffusers' `DDIMScheduler`
-//!   after `set_timesteps` or over an arbitrary ascending list (ALGORITHMS.md §1.6).
+//!   after `set_timesteps` or over an arbitrary ascending list (docs/algorithms.md §1.6).
 //! - [`spacing`]: timestep lists (`leading`, `trailing`, `linspace`, LDM `uniform`,
 //!   Q-Diffusion `quad`).
 //!

@@ -3,7 +3,7 @@
 //! "previous" timestep.
 //!
 //! Every function here returns the list in **ascending** order (`tau_0 < ... < tau_{S-1}`,
-//! the order of ALGORITHMS.md §1.6); schedulers sample it in descending order.
+//! the order of docs/algorithms.md §1.6); schedulers sample it in descending order.
 
 use std::str::FromStr;
 
@@ -239,7 +239,7 @@ pub fn validate_timesteps(
 /// (`1` for DDPM; `1` or `abar_0` for DDIM, see `set_alpha_to_one`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PrevRule {
-    /// The previous entry of the ascending list (ALGORITHMS.md §1.6, LDM, diffusers
+    /// The previous entry of the ascending list (docs/algorithms.md §1.6, LDM, diffusers
     /// DDPM with custom or set timesteps).
     ListNeighbour,
     /// diffusers `DDIMScheduler.step`: `prev = t - N / S` (integer division), whatever

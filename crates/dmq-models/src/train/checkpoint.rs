@@ -2,8 +2,11 @@
 //!
 //! Layout: `model.bpk` and `ema.bpk` (burnpack records, which keep parameter ids so the
 //! optimizer state still matches after a restart), `optim.bpk` (AdamW moments) and
-//! `state.json` ([`TrainState`]). A save writes a fresh `<dir>.tmp`, then swaps it in with two
-//! renames; an interrupted save leaves either the old or the new checkpoint, never a mix.
+//! `state.json` ([`TrainState`]). A save writes a fresh `<dir>.tmp` and syncs every file in
+//! it and the directory itself, then swaps it in with two renames, syncing the parent
+//! directory after each; `<dir>.old` is removed only once the new checkpoint is durable. An
+//! interrupted save (or a power loss at any point) leaves either the old or the new
+//! checkpoint loadable, never a mix: [`Checkpoint::load`] falls back to `<dir>.old`.
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +44,14 @@ fn err(path: &Path, reason: impl std::fmt::Display) -> ModelError {
     }
 }
 
+/// fsync of a file written by someone else (burn's record writers do not sync).
+fn sync_file(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .open(path)?
+        .sync_all()
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io {
         path: path.to_path_buf(),
@@ -49,9 +60,19 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
 }
 
 impl Checkpoint {
-    /// A checkpoint at `dir` (created on first save).
+    /// A checkpoint at `dir` (created on first save). A trailing slash is ignored
+    /// (`runs/a/` is `runs/a`, whose siblings are `runs/a.tmp` and `runs/a.old`).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        let dir: PathBuf = dir.into();
+        // `components` drops trailing separators and `.` components.
+        let normal: PathBuf = dir.components().collect();
+        Self {
+            dir: if normal.as_os_str().is_empty() {
+                dir
+            } else {
+                normal
+            },
+        }
     }
 
     /// The directory.
@@ -89,17 +110,32 @@ impl Checkpoint {
             .save(tmp.join("optim.bpk"))
             .map_err(|e| err(&tmp, e))?;
         let json = serde_json::to_vec_pretty(state).map_err(|e| err(&tmp, e))?;
-        std::fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
+        let state_path = tmp.join("state.json");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&state_path).map_err(io(&state_path))?;
+            f.write_all(&json).map_err(io(&state_path))?;
+        }
+        // Every file, then the directory, on disk before the new checkpoint is swapped in.
+        for name in ["model.bpk", "ema.bpk", "optim.bpk", "state.json"] {
+            let p = tmp.join(name);
+            sync_file(&p).map_err(io(&p))?;
+        }
+        dmq_quant::file::sync_dir(&tmp).map_err(io(&tmp))?;
         let old = self.sibling(".old");
         if self.dir.exists() {
             if old.exists() {
                 std::fs::remove_dir_all(&old).map_err(io(&old))?;
             }
             std::fs::rename(&self.dir, &old).map_err(io(&self.dir))?;
+            dmq_quant::file::sync_parent_dir(&self.dir).map_err(io(&self.dir))?;
         }
         std::fs::rename(&tmp, &self.dir).map_err(io(&tmp))?;
+        dmq_quant::file::sync_parent_dir(&self.dir).map_err(io(&self.dir))?;
+        // Only now is the new checkpoint durable: the previous one may go.
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(io(&old))?;
+            dmq_quant::file::sync_parent_dir(&old).map_err(io(&old))?;
         }
         Ok(())
     }

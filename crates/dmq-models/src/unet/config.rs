@@ -12,6 +12,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use dmq_quant::Limits;
+
 use crate::error::{ModelError, Result};
 use crate::io;
 
@@ -306,6 +308,7 @@ impl UNetConfig {
     /// Reads, parses and validates `dir/config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         Self::from_json(&io::read_config(dir)?)
+            .map_err(|e| crate::error::at_origin(e, &dir.join(io::CONFIG_FILE)))
     }
 
     /// The config as diffusers' `config.json` text.
@@ -315,8 +318,13 @@ impl UNetConfig {
 
     /// Width of the time embedding.
     pub fn time_embed_dim(&self) -> usize {
-        self.time_embedding_dim
-            .unwrap_or_else(|| self.block_out_channels.first().copied().unwrap_or(0) * 4)
+        self.time_embedding_dim.unwrap_or_else(|| {
+            self.block_out_channels
+                .first()
+                .copied()
+                .unwrap_or(0)
+                .saturating_mul(4)
+        })
     }
 
     /// GroupNorm groups (after [`Self::validate`], always set).
@@ -366,8 +374,156 @@ impl UNetConfig {
             .collect()
     }
 
-    /// Checks that the config is one this implementation computes exactly as diffusers.
+    /// Checks that the config is one this implementation computes exactly as diffusers,
+    /// and that it is within [`Limits::current`] (see [`Self::validate_with_limits`]).
     pub fn validate(&self) -> Result<()> {
+        self.validate_with_limits(&Limits::current())
+    }
+
+    /// Parameters of the model this config builds, counted from the config alone (no layer
+    /// is initialised), saturating at `u64::MAX`. Exact for the diffusers structure:
+    /// convs, linears, norms, attention projections and the class table.
+    pub fn param_count(&self) -> u64 {
+        let c = |x: usize| x as u64;
+        let ted = c(self.time_embed_dim());
+        let mul = |a: u64, b: u64| a.saturating_mul(b);
+        let conv3 = |i: u64, o: u64| mul(mul(i, o), 9).saturating_add(o);
+        let linear = |i: u64, o: u64| mul(i, o).saturating_add(o);
+        let resnet = |i: u64, o: u64| {
+            let mut n = mul(2, i)
+                .saturating_add(conv3(i, o))
+                .saturating_add(linear(ted, o))
+                .saturating_add(mul(2, o))
+                .saturating_add(conv3(o, o));
+            if i != o {
+                n = n.saturating_add(linear(i, o));
+            }
+            n
+        };
+        let attention = |ch: u64| mul(2, ch).saturating_add(mul(4, linear(ch, ch)));
+        let ch = &self.block_out_channels;
+        let n = ch.len();
+        let Some(&c0) = ch.first() else {
+            return 0;
+        };
+        let (c0, l) = (c(c0), c(self.layers_per_block));
+        let attn_down: Vec<bool> = self
+            .down_block_types
+            .iter()
+            .map(|t| t.contains("Attn"))
+            .collect();
+        let attn_up: Vec<bool> = self
+            .up_block_types
+            .iter()
+            .map(|t| t.contains("Attn"))
+            .collect();
+        let mut total = conv3(c(self.in_channels), c0)
+            .saturating_add(linear(c0, ted))
+            .saturating_add(linear(ted, ted))
+            .saturating_add(mul(c(self.num_class_embeds.unwrap_or(0)), ted));
+        let mut input = c0;
+        for (i, &o) in ch.iter().enumerate() {
+            let o = c(o);
+            let block = resnet(input, o).saturating_add(mul(l.saturating_sub(1), resnet(o, o)));
+            let attn = if attn_down.get(i).copied().unwrap_or(false) {
+                mul(l, attention(o))
+            } else {
+                0
+            };
+            let down = if i + 1 < n { conv3(o, o) } else { 0 };
+            total = total
+                .saturating_add(block)
+                .saturating_add(attn)
+                .saturating_add(down);
+            input = o;
+        }
+        if self.mid_block_type.is_some() {
+            let last = c(ch[n - 1]);
+            total = total.saturating_add(mul(2, resnet(last, last)));
+            if self.add_attention {
+                total = total.saturating_add(attention(last));
+            }
+        }
+        let rev: Vec<u64> = ch.iter().rev().map(|&x| c(x)).collect();
+        let mut prev = rev[0];
+        for i in 0..n {
+            let o = rev[i];
+            let skip_in = rev[(i + 1).min(n - 1)];
+            for j in 0..=self.layers_per_block {
+                let skip = if j == self.layers_per_block {
+                    skip_in
+                } else {
+                    o
+                };
+                let res_in = if j == 0 { prev } else { o };
+                total = total.saturating_add(resnet(res_in.saturating_add(skip), o));
+                if attn_up.get(i).copied().unwrap_or(false) {
+                    total = total.saturating_add(attention(o));
+                }
+            }
+            if i + 1 < n {
+                total = total.saturating_add(conv3(o, o));
+            }
+            prev = o;
+        }
+        total
+            .saturating_add(mul(2, c0))
+            .saturating_add(conv3(c0, c(self.out_channels)))
+    }
+
+    /// Blocks (resnets and attentions) of the model this config builds.
+    fn block_count(&self) -> u64 {
+        let levels = self.block_out_channels.len() as u64;
+        let per_level = (self.layers_per_block as u64)
+            .saturating_mul(4)
+            .saturating_add(2);
+        levels.saturating_mul(per_level).saturating_add(3)
+    }
+
+    /// [`Self::validate`] with explicit [`Limits`]: every channel count, the sample size and
+    /// the class count within `max_dim`, the blocks within `max_layers`, then the
+    /// parameter count ([`Self::param_count`]) within `max_params`, before anything else
+    /// (so before any layer is initialised). A limit error names `config.json` and the key.
+    pub fn validate_with_limits(&self, limits: &Limits) -> Result<()> {
+        let origin = io::CONFIG_FILE;
+        let lim = ModelError::Limit;
+        let mut dims: Vec<(String, usize)> = vec![
+            ("in_channels".into(), self.in_channels),
+            ("out_channels".into(), self.out_channels),
+            ("layers_per_block".into(), self.layers_per_block),
+        ];
+        dims.extend(
+            self.block_out_channels
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| (format!("block_out_channels[{i}]"), c)),
+        );
+        for (key, v) in [
+            ("time_embedding_dim", self.time_embedding_dim),
+            ("attention_head_dim", self.attention_head_dim),
+            ("norm_num_groups", self.norm_num_groups),
+            ("attn_norm_num_groups", self.attn_norm_num_groups),
+            ("num_class_embeds", self.num_class_embeds),
+            ("num_train_timesteps", self.num_train_timesteps),
+        ] {
+            if let Some(v) = v {
+                dims.push((key.into(), v));
+            }
+        }
+        if let Some(s) = self.sample_size {
+            let [h, w] = s.hw();
+            dims.push(("sample_size".into(), h));
+            dims.push(("sample_size".into(), w));
+        }
+        for (key, v) in &dims {
+            limits.check_dim(*v as u64, origin, key).map_err(lim)?;
+        }
+        limits
+            .check_layers(self.block_count(), origin, "block_out_channels")
+            .map_err(lim)?;
+        limits
+            .check_params(self.param_count(), origin, "block_out_channels")
+            .map_err(lim)?;
         if let Some(name) = &self.class_name
             && name != CLASS_NAME
         {
