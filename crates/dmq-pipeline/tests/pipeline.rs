@@ -146,6 +146,15 @@ fn load_dispatches_and_reads_the_schedule(device: &Device) {
 /// Every method through the one entry point (iterations cut to a few), written to a file and
 /// read back: the loaded model computes what the quantized one computed.
 fn every_method_round_trips_through_the_file(device: &Device) {
+    methods_round_trip(device, &dmq_pipeline::METHOD_NAMES);
+}
+
+/// The same for the calibration methods (the fine-tuning ones take minutes on lavapipe).
+fn calibration_methods_round_trip_through_the_file(device: &Device) {
+    methods_round_trip(device, &["naive", "qdiffusion"]);
+}
+
+fn methods_round_trip(device: &Device, methods: &[&str]) {
     let ad = device.clone().autodiff();
     let tmp = tempfile::tempdir().unwrap();
     let fp = tiny("unet", &ad);
@@ -154,7 +163,7 @@ fn every_method_round_trips_through_the_file(device: &Device) {
     let calib = calib(&fp, &sampler, &ad);
     let timesteps: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
     let config = QuantConfig::preset("W8A8").unwrap();
-    for name in dmq_pipeline::METHOD_NAMES {
+    for &name in methods {
         let mut method = Method::from_name(name).unwrap().scaled(0.005);
         if let Method::Efficientdm {
             train_steps,
@@ -276,6 +285,12 @@ macro_rules! per_backend {
 
 per_backend!(
     load_dispatches_and_reads_the_schedule,
-    every_method_round_trips_through_the_file,
+    calibration_methods_round_trip_through_the_file,
     file_refuses_what_does_not_fit
 );
+
+#[cfg(feature = "flex")]
+#[test]
+fn flex_every_method_round_trips_through_the_file() {
+    every_method_round_trips_through_the_file(&Device::flex())
+}
