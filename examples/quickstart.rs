@@ -18,7 +18,6 @@ use burn::tensor::Device;
 use dmq::calib::{CalibSet, QuantConfig, RecordOptions};
 use dmq::eval::harness::SampleSpec;
 use dmq::models::HostTensor;
-use dmq::models::scheduler::Scheduler;
 use dmq::pipeline::dmq_file::{self, Provenance};
 use dmq::pipeline::eval::{Evaluator, grid_png, sample};
 use dmq::pipeline::{AnyDenoiser, Method, RunOptions, SchedulerSpec, quantize};
@@ -76,7 +75,7 @@ fn main() -> Result<(), Error> {
     let fp = AnyDenoiser::from_pretrained(dir, &device)?;
     let sched = SchedulerSpec::from_dir(dir)?;
     let sampler = sched.ddim(args.steps)?;
-    let timesteps: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
+    let timesteps = dmq::pipeline::scheduler::timesteps(&sampler);
     println!(
         "calibration: 32 FP trajectories, {} of {} steps kept",
         10.min(args.steps),
@@ -141,11 +140,7 @@ fn main() -> Result<(), Error> {
             &q.model,
             &sched,
             &timesteps,
-            &Provenance {
-                method: method.name().into(),
-                method_settings: method.settings(),
-                quant_config: serde_json::to_value(&config)?,
-            },
+            &Provenance::new(&method, &config),
         )?;
         // everything below runs on the file alone
         let loaded = dmq_file::load(&path, &device)?;

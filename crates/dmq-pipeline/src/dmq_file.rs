@@ -105,6 +105,17 @@ pub struct Provenance {
     pub quant_config: Value,
 }
 
+impl Provenance {
+    /// The provenance of a model quantized by `method` under `config`.
+    pub fn new(method: &crate::Method, config: &dmq_calib::QuantConfig) -> Self {
+        Self {
+            method: method.name().into(),
+            method_settings: method.settings(),
+            quant_config: serde_json::to_value(config).unwrap_or(Value::Null),
+        }
+    }
+}
+
 fn layer_quantized(layer: &LayerRef<'_>) -> bool {
     match layer {
         LayerRef::Linear(l) => l.w_quant.is_some() || l.a_quant.is_some(),

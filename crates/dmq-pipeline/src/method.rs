@@ -12,7 +12,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use dmq_calib::{CalibSet, PtqOptions, QuantConfig, ReconCheckpoint, ReconOptions};
 use dmq_finetune::{EfficientDmConfig, QuestConfig};
-use dmq_models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
+use dmq_models::scheduler::{DdimConfig, DdimScheduler};
 use dmq_models::{Denoiser, ForwardCtx, HostTensor};
 use serde::{Deserialize, Serialize};
 
@@ -168,7 +168,7 @@ pub fn quantize(
 ) -> Result<Quantized> {
     ensure_dir(&opts.work_dir)?;
     let t0 = Instant::now();
-    let timesteps: Vec<f64> = opts.sampler.timesteps().iter().map(|&t| t as f64).collect();
+    let timesteps = crate::scheduler::timesteps(&opts.sampler);
     let (model, report) = match method {
         Method::Naive(o) => {
             let mut m = fp.clone();

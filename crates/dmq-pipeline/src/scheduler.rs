@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use dmq_models::scheduler::{BetaSchedule, DdimConfig, DdimScheduler, TimestepSpacing};
+use dmq_models::scheduler::{BetaSchedule, DdimConfig, DdimScheduler, Scheduler, TimestepSpacing};
 use serde_json::{Map, Value};
 
 use crate::error::{Result, file_err};
@@ -177,4 +177,10 @@ impl SchedulerSpec {
     pub fn ddim(&self, steps: usize) -> Result<DdimScheduler> {
         Ok(DdimScheduler::diffusers(&self.ddim, steps)?)
     }
+}
+
+/// The timesteps of `sampler` in step order, as the file format and the integer path take
+/// them.
+pub fn timesteps(sampler: &DdimScheduler) -> Vec<f64> {
+    sampler.timesteps().iter().map(|&t| t as f64).collect()
 }

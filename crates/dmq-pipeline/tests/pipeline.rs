@@ -188,11 +188,7 @@ fn methods_round_trip(device: &Device, methods: &[&str]) {
         .unwrap();
         assert!(events > 0, "{name}: no progress reported");
         let path = tmp.path().join(format!("{name}.dmq.safetensors"));
-        let prov = Provenance {
-            method: method.name().into(),
-            method_settings: method.settings(),
-            quant_config: serde_json::to_value(&config).unwrap(),
-        };
+        let prov = Provenance::new(&method, &config);
         dmq_file::save(&path, &q.model, &sched, &timesteps, &prov).unwrap();
         let back = dmq_file::load(&path, device).unwrap();
         assert_eq!(back.info.method, name);

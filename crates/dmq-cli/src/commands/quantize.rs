@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use dmq_calib::{CalibSet, QuantConfig, RecordOptions};
-use dmq_models::scheduler::Scheduler;
 use dmq_pipeline::dmq_file::{self, Provenance};
 use dmq_pipeline::{AnyDenoiser, Method, RunOptions, SchedulerSpec, quantize};
 
@@ -137,17 +136,13 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     if let Some((_, b)) = progress.take() {
         b.finish();
     }
-    let timesteps: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
+    let timesteps = dmq_pipeline::scheduler::timesteps(&sampler);
     let bytes = dmq_file::save(
         &a.out,
         &q.model,
         &sched,
         &timesteps,
-        &Provenance {
-            method: method.name().into(),
-            method_settings: method.settings(),
-            quant_config: serde_json::to_value(&config)?,
-        },
+        &Provenance::new(&method, &config),
     )?;
     if a.work.is_none() {
         let _ = std::fs::remove_dir_all(&work);
