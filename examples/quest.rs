@@ -179,7 +179,12 @@ fn sensitivity<M: Model>(
             bar.set(done as u64, layer.to_string())
         })?;
     bar.finish();
-    let sel = select_layers(&calls, &SelectionRules::for_model(&calls))?;
+    let structure = fp.structure();
+    let sel = select_layers(
+        &structure,
+        &calls,
+        &SelectionRules::for_structure(&structure),
+    )?;
     let all: Vec<String> = rows.iter().map(|r| r.layer.clone()).collect();
     let rest: Vec<String> = all
         .iter()
@@ -274,7 +279,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
     for preset_name in &args.presets {
         let preset = QuantConfig::preset(preset_name)?;
         let weights = weights_checkpoint(&fp, name, &preset, &calib, args, device)?;
-        let calls_rules = SelectionRules::for_model(&ctx.calls);
+        let calls_rules = SelectionRules::for_structure(&fp.structure());
         let rules = (!args.sensitive.is_empty()).then(|| SelectionRules {
             sensitive: args.sensitive.clone(),
             ..calls_rules

@@ -126,10 +126,7 @@ fn main() -> Result<(), Error> {
     for preset in ["W8A8", "W4A8"] {
         let config = QuantConfig::preset(preset)?;
         let method = Method::from_name("naive")?;
-        let opts = RunOptions {
-            work_dir: None,
-            sampler: sampler.clone(),
-        };
+        let opts = RunOptions::new(sampler.clone());
         let q = quantize(&fp, &config, &calib, &method, &opts, &device, &mut |_| {})?;
         let path = args.out.join(format!(
             "unet-fmnist-{}.dmq.safetensors",

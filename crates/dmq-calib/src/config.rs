@@ -45,8 +45,12 @@ pub struct LayerRule {
     pub pattern: String,
     /// Weight quantizer.
     pub weight: Choice,
-    /// Input-activation quantizer (both operands for attention matmuls).
+    /// Input-activation quantizer (both operands for attention matmuls, unless
+    /// `act_right` is given).
     pub act: Choice,
+    /// Right-operand quantizer of attention matmuls (`None`: the same as `act`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act_right: Option<Choice>,
 }
 
 impl LayerRule {
@@ -56,6 +60,7 @@ impl LayerRule {
             pattern: pattern.into(),
             weight: Choice::Fp,
             act: Choice::Fp,
+            act_right: None,
         }
     }
 
@@ -72,6 +77,7 @@ impl LayerRule {
                 Some(b) => Choice::Spec(default_act_spec(b)?),
                 None => Choice::Fp,
             },
+            act_right: None,
         })
     }
 }
@@ -266,7 +272,7 @@ impl QuantConfig {
                     p.act = rule.act.apply(p.act);
                 } else {
                     p.act = rule.act.apply(p.act);
-                    p.act_b = rule.act.apply(p.act_b);
+                    p.act_b = rule.act_right.unwrap_or(rule.act).apply(p.act_b);
                 }
             }
             if !hit {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use burn::module::Module;
 use burn::tensor::Tensor;
 use dmq_models::layers::LayerRef;
-use dmq_models::{Denoiser, HostTensor};
+use dmq_models::{Denoiser, HostTensor, try_for_each_layer};
 use dmq_quant::{ActQuantizer, QuantizedFile, Quantizer, WeightQuantizer};
 
 use crate::error::{CalibError, Result};
@@ -92,43 +92,31 @@ fn put_act(
 /// of sampling steps whose activation parameters are exported.
 pub fn export_layers<M: Denoiser + ?Sized>(model: &M, num_steps: usize) -> Result<QuantizedFile> {
     let mut f = QuantizedFile::default();
-    let mut err = None;
-    model.for_each_layer(&mut |layer| {
-        if err.is_some() {
-            return;
-        }
+    try_for_each_layer(model, |layer| -> Result<()> {
         let name = layer.name().to_string();
-        let r = (|| -> Result<()> {
-            match layer {
-                LayerRef::Linear(l) => {
-                    put_weight(&mut f, &name, l.weight.val(), l.w_quant.as_ref())?;
-                    if let Some(b) = &l.bias {
-                        let h = HostTensor::from_tensor(&b.val());
-                        f.float.insert(format!("{name}.bias"), (h.shape, h.data));
-                    }
-                    put_act(&mut f, &name, "a", &l.a_quant, num_steps)
+        match layer {
+            LayerRef::Linear(l) => {
+                put_weight(&mut f, &name, l.weight.val(), l.w_quant.as_ref())?;
+                if let Some(b) = &l.bias {
+                    let h = HostTensor::from_tensor(&b.val());
+                    f.float.insert(format!("{name}.bias"), (h.shape, h.data));
                 }
-                LayerRef::Conv2d(l) => {
-                    put_weight(&mut f, &name, l.weight.val(), l.w_quant.as_ref())?;
-                    if let Some(b) = &l.bias {
-                        let h = HostTensor::from_tensor(&b.val());
-                        f.float.insert(format!("{name}.bias"), (h.shape, h.data));
-                    }
-                    put_act(&mut f, &name, "a", &l.a_quant, num_steps)
-                }
-                LayerRef::Matmul(m) => {
-                    put_act(&mut f, &name, "a", &m.a_quant, num_steps)?;
-                    put_act(&mut f, &name, "b", &m.b_quant, num_steps)
-                }
+                put_act(&mut f, &name, "a", &l.a_quant, num_steps)
             }
-        })();
-        if let Err(e) = r {
-            err = Some(e);
+            LayerRef::Conv2d(l) => {
+                put_weight(&mut f, &name, l.weight.val(), l.w_quant.as_ref())?;
+                if let Some(b) = &l.bias {
+                    let h = HostTensor::from_tensor(&b.val());
+                    f.float.insert(format!("{name}.bias"), (h.shape, h.data));
+                }
+                put_act(&mut f, &name, "a", &l.a_quant, num_steps)
+            }
+            LayerRef::Matmul(m) => {
+                put_act(&mut f, &name, "a", &m.a_quant, num_steps)?;
+                put_act(&mut f, &name, "b", &m.b_quant, num_steps)
+            }
         }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
+    })?;
     f.metadata.insert("dmq.export".into(), "layers.v1".into());
     Ok(f)
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use dmq_models::layers::{LayerKind, LayerMut};
-use dmq_models::{Denoiser, ForwardCtx, HostTensor, InputCapture, Operand};
+use dmq_models::{Denoiser, ForwardCtx, HostTensor, InputCapture, Operand, try_for_each_layer_mut};
 use dmq_quant::{
     ActQuantizer, AffineParams, QuantSpec, RangeInit, TimeIndexed, UniformQuantizer,
     WeightQuantizer, init_params,
@@ -90,14 +90,10 @@ pub fn quantize_weights<M: Denoiser + ?Sized>(
     init: &RangeInit,
 ) -> Result<usize> {
     let by_name: BTreeMap<&str, &LayerPlan> = plans.iter().map(|p| (p.name.as_str(), p)).collect();
-    let mut err = None;
     let mut n = 0;
-    model.for_each_layer_mut(&mut |layer| {
-        if err.is_some() {
-            return;
-        }
+    try_for_each_layer_mut(model, |layer| -> Result<()> {
         let Some(spec) = by_name.get(layer.name()).and_then(|p| p.weight) else {
-            return;
+            return Ok(());
         };
         let name = layer.name().to_string();
         let wrap = |e: dmq_quant::QuantError| CalibError::BadLayerSpec {
@@ -114,12 +110,11 @@ pub fn quantize_weights<M: Denoiser + ?Sized>(
                 .map_err(wrap),
             LayerMut::Matmul(_) => Ok(()),
         };
-        match r {
-            Ok(()) => n += 1,
-            Err(e) => err = Some(e),
-        }
-    });
-    err.map_or(Ok(n), Err)
+        r?;
+        n += 1;
+        Ok(())
+    })?;
+    Ok(n)
 }
 
 /// Removes every quantizer (weights and activations) from the model: back to exact FP.

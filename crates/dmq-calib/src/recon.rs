@@ -33,7 +33,10 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use dmq_models::layers::LayerMut;
 use dmq_models::noise::NoiseRng;
-use dmq_models::{Denoiser, ForwardCtx, HostTensor, LayerCall, TapTensor, Taps, forward_for_taps};
+use dmq_models::{
+    Denoiser, ForwardCtx, HostTensor, LayerCall, Structure, TapTensor, Taps, forward_for_taps,
+    try_for_each_layer_mut,
+};
 use dmq_quant::{
     ActQuantizer, AdaRoundMode, AdaRoundQuantizer, BetaSchedule, QuantizedFile, Quantizer,
     UniformQuantizer, WeightQuantizer,
@@ -54,34 +57,12 @@ pub struct Unit {
     pub layers: Vec<String>,
 }
 
-const BLOCK_KINDS: [&str; 5] = [
-    "resnets",
-    "attentions",
-    "downsamplers",
-    "upsamplers",
-    "transformer_blocks",
-];
-
-/// The unit a layer belongs to: the path up to the innermost `<block kind>.<index>`.
-pub fn unit_of(layer: &str) -> String {
-    let parts: Vec<&str> = layer.split('.').collect();
-    let mut cut = None;
-    for i in 0..parts.len().saturating_sub(1) {
-        if BLOCK_KINDS.contains(&parts[i]) && parts[i + 1].parse::<usize>().is_ok() {
-            cut = Some(i + 2);
-        }
-    }
-    match cut {
-        Some(c) if c < parts.len() => parts[..c].join("."),
-        _ => layer.to_string(),
-    }
-}
-
-/// Reconstruction units of a layer inventory, in first-call order.
-pub fn units(calls: &[LayerCall]) -> Vec<Unit> {
+/// Reconstruction units of a layer inventory, in first-call order: each layer goes to the
+/// unit the model's [`Structure`] puts it in (a layer outside every unit is its own).
+pub fn units(structure: &Structure, calls: &[LayerCall]) -> Vec<Unit> {
     let mut out: Vec<Unit> = Vec::new();
     for c in calls {
-        let u = unit_of(&c.name);
+        let u = structure.unit_of(&c.name);
         let unit = match out.iter_mut().find(|x| x.name == u) {
             Some(x) => x,
             None => {
@@ -382,33 +363,23 @@ pub fn restore_quantizer_state<M: Denoiser + ?Sized>(
     model: &mut M,
     f: &QuantizedFile,
 ) -> Result<()> {
-    let mut err: Option<CalibError> = None;
-    model.for_each_layer_mut(&mut |layer| {
-        if err.is_some() {
-            return;
-        }
+    try_for_each_layer_mut(model, |layer| -> Result<()> {
         let name = layer.name().to_string();
-        let r = (|| -> Result<()> {
-            match layer {
-                LayerMut::Linear(l) => {
-                    restore_weight(&name, &mut l.w_quant, l.weight.val(), f)?;
-                    restore_act(&name, "a", &mut l.a_quant, f)
-                }
-                LayerMut::Conv2d(l) => {
-                    restore_weight(&name, &mut l.w_quant, l.weight.val(), f)?;
-                    restore_act(&name, "a", &mut l.a_quant, f)
-                }
-                LayerMut::Matmul(m) => {
-                    restore_act(&name, "a", &mut m.a_quant, f)?;
-                    restore_act(&name, "b", &mut m.b_quant, f)
-                }
+        match layer {
+            LayerMut::Linear(l) => {
+                restore_weight(&name, &mut l.w_quant, l.weight.val(), f)?;
+                restore_act(&name, "a", &mut l.a_quant, f)
             }
-        })();
-        if let Err(e) = r {
-            err = Some(e);
+            LayerMut::Conv2d(l) => {
+                restore_weight(&name, &mut l.w_quant, l.weight.val(), f)?;
+                restore_act(&name, "a", &mut l.a_quant, f)
+            }
+            LayerMut::Matmul(m) => {
+                restore_act(&name, "a", &mut m.a_quant, f)?;
+                restore_act(&name, "b", &mut m.b_quant, f)
+            }
         }
-    });
-    err.map_or(Ok(()), Err)
+    })
 }
 
 /// QuEST's `--resume_w` (docs/algorithms.md §5.3): attaches `plans`' weight quantizers to `model`
@@ -434,7 +405,11 @@ pub fn restore_weight_rounding<M: Denoiser + ?Sized>(
             "no Q-Diffusion checkpoint there: run the weight reconstruction first".into(),
         ));
     };
-    let n_units = units(&dmq_models::layer_inventory(&*model, device)?).len();
+    let n_units = units(
+        &model.structure(),
+        &dmq_models::layer_inventory(&*model, device)?,
+    )
+    .len();
     if state.weight_units_done < n_units {
         return Err(file_err(format!(
             "its weight phase is unfinished ({} of {n_units} units)",
@@ -675,24 +650,22 @@ fn set_adaround(
     unit: &Unit,
     mode: AdaRoundMode,
 ) -> Result<usize> {
-    let mut err = None;
     let mut n = 0;
-    model.for_each_layer_mut(&mut |layer| {
-        if err.is_some() || !unit.layers.iter().any(|x| x == layer.name()) {
-            return;
+    try_for_each_layer_mut(model, |layer| -> Result<()> {
+        if !unit.layers.iter().any(|x| x == layer.name()) {
+            return Ok(());
         }
         let r = match layer {
             LayerMut::Linear(l) => switch_rounding(&mut l.w_quant, l.weight.val(), mode),
             LayerMut::Conv2d(l) => switch_rounding(&mut l.w_quant, l.weight.val(), mode),
             LayerMut::Matmul(_) => Ok(false),
         };
-        match r {
-            Ok(true) => n += 1,
-            Ok(false) => {}
-            Err(e) => err = Some(e),
+        if r? {
+            n += 1;
         }
-    });
-    err.map_or(Ok(n), Err)
+        Ok(())
+    })?;
+    Ok(n)
 }
 
 fn switch_rounding<const D: usize>(
@@ -795,7 +768,10 @@ pub fn qdiffusion<M: Denoiser + Module + Clone>(
     let t0 = Instant::now();
     let mut model = student;
     let plans: Vec<LayerPlan> = config.resolve(&model, device)?;
-    let unit_list = units(&dmq_models::layer_inventory(&model, device)?);
+    let unit_list = units(
+        &model.structure(),
+        &dmq_models::layer_inventory(&model, device)?,
+    );
     quantize_weights(&mut model, &plans, &opts.ptq.weight_init)?;
     let tag = format!(
         "{} {}",

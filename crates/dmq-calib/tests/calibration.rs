@@ -3,7 +3,7 @@
 
 use burn::tensor::{Device, Tensor};
 use dmq_calib::config::softmax_spec;
-use dmq_calib::recon::{lp_loss, unit_of};
+use dmq_calib::recon::lp_loss;
 use dmq_calib::{
     CalibError, CalibSet, EdgePolicy, LayerRule, PtqOptions, QuantConfig, ReconCheckpoint,
     ReconOptions, RecordOptions, TimeGrouping, kept_steps, ptq, qdiffusion, units,
@@ -128,24 +128,28 @@ fn presets_and_rules(device: &Device) {
 }
 
 fn reconstruction_units(device: &Device) {
+    let unet = tiny_unet(device);
+    let s = unet.structure();
     assert_eq!(
-        unit_of("down_blocks.1.resnets.0.conv1"),
+        s.unit_of("down_blocks.1.resnets.0.conv1"),
         "down_blocks.1.resnets.0"
     );
     assert_eq!(
-        unit_of("down_blocks.1.attentions.0.qk"),
+        s.unit_of("down_blocks.1.attentions.0.qk"),
         "down_blocks.1.attentions.0"
     );
+    assert_eq!(s.unit_of("conv_in"), "conv_in");
     assert_eq!(
-        unit_of("transformer_blocks.3.ff.net.2"),
-        "transformer_blocks.3"
-    );
-    assert_eq!(unit_of("conv_in"), "conv_in");
-    assert_eq!(
-        unit_of("time_embedding.linear_1"),
+        s.unit_of("time_embedding.linear_1"),
         "time_embedding.linear_1"
     );
-    let u = units(&layer_inventory(&tiny_unet(device), device).unwrap());
+    assert_eq!(
+        tiny_dit(device)
+            .structure()
+            .unit_of("transformer_blocks.1.ff.net.2"),
+        "transformer_blocks.1"
+    );
+    let u = units(&s, &layer_inventory(&unet, device).unwrap());
     let names: Vec<&str> = u.iter().map(|u| u.name.as_str()).collect();
     assert!(
         names.contains(&"conv_in") && names.contains(&"conv_out"),
@@ -160,7 +164,8 @@ fn reconstruction_units(device: &Device) {
         "{:?}",
         res.layers
     );
-    let d = units(&layer_inventory(&tiny_dit(device), device).unwrap());
+    let dit = tiny_dit(device);
+    let d = units(&dit.structure(), &layer_inventory(&dit, device).unwrap());
     let names: Vec<&str> = d.iter().map(|u| u.name.as_str()).collect();
     assert!(
         names.contains(&"transformer_blocks.0") && names.contains(&"transformer_blocks.1"),
@@ -501,8 +506,12 @@ fn adaround_reconstruction_lowers_block_error(device: &Device) {
         after < 0.9 * before,
         "summed block error {before} → {after}"
     );
-    let better = rep.units.iter().filter(|u| u.after < u.before).count();
-    assert!(better * 10 >= rep.units.len() * 7, "{:?}", rep.units);
+    // no unit ends clearly worse than round-to-nearest (AdaRound starts there; a unit whose
+    // rounding barely moves may end a hair above or below it, with the thread timing of
+    // the parallel reductions)
+    for u in &rep.units {
+        assert!(u.after <= 1.05 * u.before, "{:?}", rep.units);
+    }
     // Resume: everything is in the checkpoint, nothing is re-run, the model is the same.
     let student = fp.clone();
     let (again, rep2) = qdiffusion(

@@ -1,4 +1,4 @@
-//! `dmq`: quantize, sample, evaluate, benchmark and inspect low-bit diffusion models.
+//! `dmq`: quantize, sample, evaluate, benchmark, inspect and search low-bit diffusion models.
 //!
 //! Every subcommand checks its flags before any work starts; an error is one line on stderr
 //! and exit status 1 (2 for a usage error, from clap).
@@ -35,6 +35,9 @@ pub enum Command {
     Bench(commands::bench::Args),
     /// Per-layer bits, granularity and bytes of a .dmq.safetensors file.
     Inspect(commands::inspect::Args),
+    /// TMPQ-DM: search timesteps and per-layer bits under a BitOPs budget; writes a config
+    /// for `dmq quantize --config`.
+    Search(commands::search::Args),
 }
 
 /// A file argument that must exist.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval::run(a, &cli.backend),
         Command::Bench(a) => commands::bench::run(a, &cli.backend),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Search(a) => commands::search::run(a, &cli.backend),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

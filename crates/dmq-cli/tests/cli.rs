@@ -134,6 +134,181 @@ fn cifar10_ddpm_shape_every_subcommand() {
     );
 }
 
+/// `dmq search` writes a config; `dmq quantize --config` applies its per-layer bits and its
+/// timesteps; the file then samples over those timesteps without being told.
+#[test]
+fn search_then_quantize_with_the_searched_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny");
+    write_unet_dir(
+        &dir,
+        serde_json::to_value(dmq_models::defaults::tiny_unet().unwrap()).unwrap(),
+    );
+    let d = dir.to_str().unwrap();
+    let cfg = tmp.path().join("search.json");
+    let c = cfg.to_str().unwrap();
+    let out = ok(&[
+        "search",
+        "--model",
+        d,
+        "--steps",
+        "3",
+        "--bits",
+        "8,6,4",
+        "--budget-bits",
+        "6",
+        "--population",
+        "4",
+        "--epochs",
+        "1",
+        "--fitness-samples",
+        "2",
+        "--reference-steps",
+        "4",
+        "--calib-n",
+        "2",
+        "--out",
+        c,
+    ]);
+    assert!(out.contains("tmpq: 3 timesteps"), "{out}");
+    assert!(!Path::new(&format!("{c}.state.json")).exists());
+    let searched: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(searched["format"], "dmq.search.v1");
+    let ts: Vec<u64> = searched["timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    let file = tmp.path().join("tmpq.dmq.safetensors");
+    let f = file.to_str().unwrap();
+    ok(&[
+        "quantize",
+        "--model",
+        d,
+        "--config",
+        c,
+        "--calib-n",
+        "2",
+        "--calib-steps",
+        "1",
+        "--out",
+        f,
+    ]);
+    let ins = ok(&["inspect", f, "--json"]);
+    let info: serde_json::Value = serde_json::from_str(&ins).unwrap();
+    let mut file_ts: Vec<u64> = info["info"]["timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_f64().unwrap() as u64)
+        .collect();
+    file_ts.sort_unstable();
+    assert_eq!(file_ts, ts, "the file carries the searched timesteps");
+    let png = tmp.path().join("tmpq.png");
+    let s = ok(&[
+        "sample",
+        "--model",
+        f,
+        "--n",
+        "2",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(s.contains("3 steps"), "{s}");
+    fails(
+        &[
+            "quantize", "--model", d, "--config", c, "--steps", "5", "--out", f,
+        ],
+        "--steps 5",
+    );
+    fails(
+        &["search", "--model", d, "--bits", "8,9", "--out", c],
+        "--bits",
+    );
+    fails(
+        &["search", "--model", d, "--budget-bits", "3", "--out", c],
+        "--budget-bits 3",
+    );
+}
+
+/// BinaryDM from the command line on Fashion-MNIST (two iterations), and its refusals.
+#[test]
+fn binarydm_from_the_command_line() {
+    let data = dmq_eval::data::fashion_mnist::DEFAULT_DIR;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("bin.dmq.safetensors");
+    let f = file.to_str().unwrap();
+    let unet = "assets/models/unet-fmnist";
+    ok(&[
+        "quantize",
+        "--model",
+        unet,
+        "--method",
+        "binarydm",
+        "--preset",
+        "W1A4",
+        "--iters-scale",
+        "0.001",
+        "--steps",
+        "2",
+        "--calib-n",
+        "2",
+        "--calib-steps",
+        "1",
+        "--data",
+        data,
+        "--out",
+        f,
+    ]);
+    let ins = ok(&["inspect", f, "--json"]);
+    let info: serde_json::Value = serde_json::from_str(&ins).unwrap();
+    assert_eq!(info["info"]["method"], "binarydm");
+    let layers = info["layers"].as_array().unwrap();
+    let ones = layers.iter().filter(|l| l["weight_bits"] == 1).count();
+    assert!(
+        ones * 2 > layers.len(),
+        "most layers binarized: {ones} of {}",
+        layers.len()
+    );
+    fails(
+        &[
+            "quantize", "--model", unet, "--method", "binarydm", "--preset", "W4A4", "--data",
+            data, "--out", f,
+        ],
+        "W1Ax",
+    );
+    // Fashion-MNIST is 28×28: a model of another size is refused before training
+    let dir = tmp.path().join("tiny");
+    write_unet_dir(
+        &dir,
+        serde_json::to_value(dmq_models::defaults::tiny_unet().unwrap()).unwrap(),
+    );
+    fails(
+        &[
+            "quantize",
+            "--model",
+            dir.to_str().unwrap(),
+            "--method",
+            "binarydm",
+            "--preset",
+            "W1A4",
+            "--steps",
+            "2",
+            "--calib-n",
+            "2",
+            "--calib-steps",
+            "1",
+            "--data",
+            data,
+            "--out",
+            f,
+        ],
+        "1×28×28",
+    );
+}
+
 #[test]
 fn bad_input_is_one_line_and_nonzero() {
     let tmp = tempfile::tempdir().unwrap();

@@ -5,9 +5,9 @@
 //!   the head and tail blocks, the vanilla σ·sign(w) ([`BinaryQuantizer`]) elsewhere; σ from
 //!   the weights (mean |w| per output channel) and learnable. `L_EBB = τ·mean_layers(σ_II)`
 //!   until the transition iteration, where the second basis is dropped.
-//! - **Head and tail** ([`BinaryPlan`]): UNet blocks whose feature resolution is at least half
-//!   the input (the paper's criterion; measured from the layer inputs of one forward pass); DiT
-//!   the first and last transformer blocks.
+//! - **Head and tail** ([`BinaryPlan`]): stages whose feature resolution is at least half
+//!   the input (the paper's criterion, from the model's [`dmq_models::Structure`]); for
+//!   transformers, which keep one resolution, the first and last transformer blocks.
 //! - **Edges**: the first conv, the last layer and the timestep-embedding MLP stay FP (the
 //!   reference code's `bnn_modules[0, 1, 2, -1]`), or W8A8 with `edge_bits`.
 //! - **Activations**: signed LSQ per tensor (α = 2·mean|x|/√Q_p from the first batch, once —
@@ -37,7 +37,8 @@ use dmq_models::noise::NoiseRng;
 use dmq_models::scheduler::{BetaSchedule, NoiseSchedule};
 use dmq_models::train::{Checkpoint, Ema, TrainState, diffusion_batch};
 use dmq_models::{
-    Denoiser, ForwardCtx, HostTensor, InputCapture, Operand, StepContext, Taps, layer_inventory,
+    Denoiser, ForwardCtx, HostTensor, InputCapture, Operand, StageKind, StepContext, Taps,
+    layer_inventory, try_for_each_layer_mut,
 };
 use dmq_quant::{
     ActQuantizer, BinaryQuantizer, LsqQuantizer, MultiBasisBinarizer, QuantSpec, RangeInit,
@@ -167,26 +168,6 @@ pub struct BinaryPlan {
     pub layer_params: usize,
 }
 
-/// The block a layer belongs to: `down_blocks.1`, `mid_block`, `up_blocks.0`,
-/// `transformer_blocks.3`; `None` outside blocks.
-pub fn block_of(layer: &str) -> Option<String> {
-    let parts: Vec<&str> = layer.split('.').collect();
-    match parts.as_slice() {
-        [
-            b @ ("down_blocks" | "up_blocks" | "transformer_blocks"),
-            i,
-            ..,
-        ] if i.parse::<usize>().is_ok() => Some(format!("{b}.{i}")),
-        ["mid_block", ..] => Some("mid_block".into()),
-        _ => None,
-    }
-}
-
-fn is_edge_mlp(name: &str) -> bool {
-    name.split('.')
-        .any(|p| matches!(p, "time_embedding" | "timestep_embedder"))
-}
-
 /// Resolves the layer treatments on `fp` (module docs).
 pub fn binary_plan<M: Denoiser + ?Sized>(
     fp: &M,
@@ -205,14 +186,18 @@ pub fn binary_plan<M: Denoiser + ?Sized>(
         .find(|c| c.kind == LayerKind::Conv2d)
         .map(|c| c.name.clone());
     let last = dense.last().map(|c| c.name.clone());
-    let mut blocks: Vec<String> = Vec::new();
-    for c in &calls {
-        if let Some(b) = block_of(&c.name)
-            && !blocks.contains(&b)
-        {
-            blocks.push(b);
-        }
-    }
+    // stages that hold quantizable layers, in forward order
+    let structure = fp.structure();
+    let blocks: Vec<String> = structure
+        .stages
+        .iter()
+        .filter(|st| {
+            calls
+                .iter()
+                .any(|c| structure.stage_of(&c.name) == Some(*st))
+        })
+        .map(|st| st.path.clone())
+        .collect();
     let head_tail = match &cfg.head_tail {
         Some(h) => {
             if let Some(bad) = h.iter().find(|b| !blocks.contains(b)) {
@@ -222,63 +207,28 @@ pub fn binary_plan<M: Denoiser + ?Sized>(
             }
             h.clone()
         }
-        None if blocks.iter().any(|b| b.starts_with("transformer_blocks.")) => {
-            let t: Vec<&String> = blocks
-                .iter()
-                .filter(|b| b.starts_with("transformer_blocks."))
-                .collect();
-            let mut v = vec![t[0].clone()];
-            if t.len() > 1 {
-                v.push(t[t.len() - 1].clone());
-            }
-            v
-        }
         None => {
-            // feature resolution of a block = the smallest map its convs (and token linears) read,
-            // from the layer inputs of one forward pass (an up block's closing upsampler conv
-            // runs at the next resolution, but the block works at its own)
-            let info = fp.info();
-            let s = info.sample_size;
-            let cap = InputCapture::all();
-            let x = Tensor::zeros([1, info.in_channels, s, s], device);
-            let t = Tensor::from_floats([500.0f32], device);
-            let class = info
-                .num_classes
-                .map(|_| Tensor::<1, Int>::from_ints([0], device));
-            fp.forward(
-                x,
-                t,
-                class,
-                &ForwardCtx::new(StepContext::single(500.0)).with_inputs(&cap),
-            )?;
-            let mut res: BTreeMap<String, usize> = BTreeMap::new();
-            let convs: Vec<&str> = dense
+            let transformer: Vec<&String> = structure
+                .stages
                 .iter()
-                .filter(|c| c.kind == LayerKind::Conv2d)
-                .map(|c| c.name.as_str())
+                .filter(|st| st.kind == StageKind::Transformer && blocks.contains(&st.path))
+                .map(|st| &st.path)
                 .collect();
-            for ((name, _), v) in cap.take() {
-                // feature maps read by convs; token inputs of linears (matmul operands are
-                // [B, heads, N, d] and say nothing about the resolution)
-                let Some(b) = block_of(&name) else { continue };
-                if !dense.iter().any(|c| c.name == name) {
-                    continue;
-                }
-                let r = v.first().map_or(0, |h| match h.shape.len() {
-                    4 if convs.contains(&name.as_str()) => h.shape[2],
-                    3 => (h.shape[1] as f64).sqrt().round() as usize,
-                    _ => 0,
-                });
-                if r > 0 {
-                    let e = res.entry(b).or_insert(usize::MAX);
-                    *e = (*e).min(r);
+            match transformer.as_slice() {
+                // transformers work at one resolution: the first and the last block
+                [first, .., last] => vec![(*first).clone(), (*last).clone()],
+                [only] => vec![(*only).clone()],
+                // the paper's rule: blocks at no less than half the input resolution
+                [] => {
+                    let s = fp.info().sample_size;
+                    structure
+                        .stages
+                        .iter()
+                        .filter(|st| blocks.contains(&st.path) && 2 * st.resolution >= s)
+                        .map(|st| st.path.clone())
+                        .collect()
                 }
             }
-            blocks
-                .iter()
-                .filter(|b| res.get(*b).is_some_and(|&r| r != usize::MAX && 2 * r >= s))
-                .cloned()
-                .collect()
         }
     };
     let mut plan = BinaryPlan {
@@ -294,12 +244,14 @@ pub fn binary_plan<M: Denoiser + ?Sized>(
         let n: usize = c.weight_shape.iter().product();
         plan.layer_params += n;
         let edge = Some(&c.name) == first.as_ref() || Some(&c.name) == last.as_ref();
-        if edge || is_edge_mlp(&c.name) {
+        if edge || structure.is_time_mlp(&c.name) {
             plan.edges.push(c.name.clone());
             continue;
         }
         plan.binarized_params += n;
-        let in_ht = block_of(&c.name).is_some_and(|b| head_tail.contains(&b));
+        let in_ht = structure
+            .stage_of(&c.name)
+            .is_some_and(|st| head_tail.contains(&st.path));
         if cfg.ebb && in_ht {
             plan.ebb.push(c.name.clone());
         } else {
@@ -354,15 +306,11 @@ pub fn binarize<M: Denoiser + Module + Clone>(
 ) -> Result<M> {
     let mut model = fp.clone().no_grad();
     let edge_w = cfg.edge_bits.map(default_weight_spec).transpose()?;
-    let mut err: Option<FinetuneError> = None;
-    model.for_each_layer_mut(&mut |layer| {
-        if err.is_some() {
-            return;
-        }
+    try_for_each_layer_mut(&mut model, |layer| {
         let name = layer.name().to_string();
         let ebb = plan.ebb.contains(&name);
         let bin = ebb || plan.vanilla.contains(&name);
-        let r = match layer {
+        match layer {
             LayerMut::Linear(l) => {
                 weight_quantizer(l.weight.val(), &mut l.w_quant, bin, ebb, edge_w)
             }
@@ -370,17 +318,12 @@ pub fn binarize<M: Denoiser + Module + Clone>(
                 weight_quantizer(l.weight.val(), &mut l.w_quant, bin, ebb, edge_w)
             }
             LayerMut::Matmul(_) => Ok(()),
-        };
-        if let Err(e) = r {
-            err = Some(FinetuneError::Layer {
-                layer: name,
-                reason: e.to_string(),
-            });
         }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
+        .map_err(|e| FinetuneError::Layer {
+            layer: name,
+            reason: e.to_string(),
+        })
+    })?;
     let Some(bits) = cfg.act_bits else {
         return Ok(model);
     };
@@ -413,51 +356,41 @@ pub fn binarize<M: Denoiser + Module + Clone>(
             &p, false, true, device,
         )?))
     };
-    let mut err: Option<FinetuneError> = None;
-    model.for_each_layer_mut(&mut |layer| {
-        if err.is_some() {
-            return;
-        }
+    let structure = fp.structure();
+    try_for_each_layer_mut(&mut model, |layer| -> Result<()> {
         let name = layer.name().to_string();
-        let r: Result<()> = (|| {
-            let bin = plan.ebb.contains(&name) || plan.vanilla.contains(&name);
-            match layer {
-                LayerMut::Linear(l) if bin => {
-                    l.a_quant = Some(act_q(&name, Operand::Input, signed_lsq(bits)?)?)
-                }
-                LayerMut::Conv2d(l) if bin => {
-                    l.a_quant = Some(act_q(&name, Operand::Input, signed_lsq(bits)?)?)
-                }
-                LayerMut::Linear(l) => {
-                    if let Some(b) = edge_a {
-                        l.a_quant = Some(act_q(&name, Operand::Input, default_act_spec(b)?)?)
-                    }
-                }
-                LayerMut::Conv2d(l) => {
-                    if let Some(b) = edge_a {
-                        l.a_quant = Some(act_q(&name, Operand::Input, default_act_spec(b)?)?)
-                    }
-                }
-                LayerMut::Matmul(m) => {
-                    let left = if name.ends_with(".sv") {
-                        softmax_spec(bits)?
-                    } else {
-                        signed_lsq(bits)?
-                    };
-                    m.a_quant = Some(act_q(&name, Operand::Left, left)?);
-                    m.b_quant = Some(act_q(&name, Operand::Right, signed_lsq(bits)?)?);
+        let bin = plan.ebb.contains(&name) || plan.vanilla.contains(&name);
+        match layer {
+            LayerMut::Linear(l) if bin => {
+                l.a_quant = Some(act_q(&name, Operand::Input, signed_lsq(bits)?)?)
+            }
+            LayerMut::Conv2d(l) if bin => {
+                l.a_quant = Some(act_q(&name, Operand::Input, signed_lsq(bits)?)?)
+            }
+            LayerMut::Linear(l) => {
+                if let Some(b) = edge_a {
+                    l.a_quant = Some(act_q(&name, Operand::Input, default_act_spec(b)?)?)
                 }
             }
-            Ok(())
-        })();
-        if let Err(e) = r {
-            err = Some(e);
+            LayerMut::Conv2d(l) => {
+                if let Some(b) = edge_a {
+                    l.a_quant = Some(act_q(&name, Operand::Input, default_act_spec(b)?)?)
+                }
+            }
+            LayerMut::Matmul(m) => {
+                // the left operand of probabilities·V is a softmax output: unsigned
+                let left = if structure.attention.iter().any(|a| a.matmuls[1] == name) {
+                    softmax_spec(bits)?
+                } else {
+                    signed_lsq(bits)?
+                };
+                m.a_quant = Some(act_q(&name, Operand::Left, left)?);
+                m.b_quant = Some(act_q(&name, Operand::Right, signed_lsq(bits)?)?);
+            }
         }
-    });
-    match err {
-        Some(e) => Err(e),
-        None => Ok(model.no_grad()),
-    }
+        Ok(())
+    })?;
+    Ok(model.no_grad())
 }
 
 /// QAT trainability (the reference trains the whole UNet): every parameter — latent

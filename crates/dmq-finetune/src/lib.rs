@@ -52,7 +52,7 @@ pub mod student;
 
 pub use binarydm::{
     Batch, BinaryDmConfig, BinaryDmReport, BinaryPlan, BinaryProgress, binarize, binary_plan,
-    binarydm, block_of, collapse_ebb, ebb_loss, set_binary_trainable,
+    binarydm, collapse_ebb, ebb_loss, set_binary_trainable,
 };
 pub use efficientdm::{
     EfficientDmConfig, FinetuneProgress, FinetuneReport, distill_loss, efficientdm,
@@ -66,7 +66,7 @@ pub use quest::{
     quest_loss, quest_plans, quest_student, quest_student_with, quest_tuned_scalars,
     set_quest_trainable, tap_mse,
 };
-pub use quest_select::{QuestSelection, SelectionRules, on_time_embedding_path, select_layers};
+pub use quest_select::{QuestSelection, SelectionRules, select_layers};
 pub use quest_sensitivity::{
     SensitivityOptions, SensitivityRow, layer_sensitivity, sensitivity_by_set,
 };

@@ -10,8 +10,8 @@ use burn::module::{ParamGroup, ParamId};
 use burn::optim::lr_scheduler::LrSchedulerConfig;
 use burn::optim::lr_scheduler::linear::LinearLrSchedulerConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::{ModuleLrScheduler, ModuleLrSchedulerConfig};
-use dmq_models::Denoiser;
 use dmq_models::layers::LayerRef;
+use dmq_models::{Denoiser, try_for_each_layer};
 use dmq_quant::WeightQuantizer;
 use serde::{Deserialize, Serialize};
 
@@ -74,30 +74,25 @@ pub fn layer_lrs<M: Denoiser + ?Sized>(model: &M, cfg: &LrConfig) -> Result<Vec<
         )));
     }
     let mut out = Vec::new();
-    let mut err = None;
-    model.for_each_layer(&mut |layer| {
+    try_for_each_layer(model, |layer| -> Result<()> {
         let w = match layer {
             LayerRef::Linear(l) => &l.w_quant,
             LayerRef::Conv2d(l) => &l.w_quant,
-            LayerRef::Matmul(_) => return,
+            LayerRef::Matmul(_) => return Ok(()),
         };
         if let Some(WeightQuantizer::QaLora(q)) = w {
-            match q.mean_delta() {
-                Ok(mean_delta) => out.push(LayerLr {
-                    layer: layer.name().to_string(),
-                    mean_delta,
-                    lora: mean_delta / cfg.lora_lr_divisor,
-                    delta: cfg.weight_delta_lr,
-                    lora_ids: vec![q.lora_a.id, q.lora_b.id],
-                    delta_id: Some(q.delta.id),
-                }),
-                Err(e) => err = Some(e),
-            }
+            let mean_delta = q.mean_delta()?;
+            out.push(LayerLr {
+                layer: layer.name().to_string(),
+                mean_delta,
+                lora: mean_delta / cfg.lora_lr_divisor,
+                delta: cfg.weight_delta_lr,
+                lora_ids: vec![q.lora_a.id, q.lora_b.id],
+                delta_id: Some(q.delta.id),
+            });
         }
-    });
-    if let Some(e) = err {
-        return Err(e.into());
-    }
+        Ok(())
+    })?;
     for l in &out {
         check_lr(&format!("{} LoRA", l.layer), l.lora)?;
         check_lr(&format!("{} Δ_w", l.layer), l.delta)?;

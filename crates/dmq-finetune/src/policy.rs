@@ -1,21 +1,22 @@
 //! EfficientDM's layer policy (docs/algorithms.md §3.2), computed from the model's layer graph
 //! instead of the reference's hard-coded module indices (`special_module_count_list`).
 //!
-//! Classes, from the layer inventory (call order of one forward pass):
+//! Classes, from the layer inventory (call order of one forward pass) and the model's
+//! [`Structure`]:
 //! - **edges**: the first convolution (it reads x_t: UNet `conv_in`, DiT `pos_embed.proj`) and
 //!   the last layer called (UNet `conv_out`, DiT `proj_out_2`);
-//! - **time embedding**: the timestep MLP (diffusers `TimestepEmbedding`, i.e. a path component
-//!   `time_embedding` in UNet2DModel, `timestep_embedder` in DiT's AdaLayerNormZero);
-//! - **skip**: residual shortcut convs (`*.conv_shortcut`, LDM `skip_connection`);
-//! - **downsample**: downsampler convs (`*.downsamplers.*`, LDM `Downsample.op`);
+//! - **time embedding**: the timestep MLPs ([`Structure::time_mlp`]: UNet `time_embedding`,
+//!   DiT each block's `norm1.emb.timestep_embedder`);
+//! - **skip**: residual shortcut convs ([`Structure::shortcuts`], LDM `skip_connection`);
+//! - **downsample**: downsampler convs ([`Structure::downsamplers`], LDM `Downsample.op`);
 //! - everything else (convs and linears) gets QALoRA + TALSQ. Attention matmuls stay FP.
 //!
 //! Reference defaults: edges and time embedding W8A8 with a per-tensor (not temporal)
 //! activation quantizer, frozen; skip and downsample convs FP.
 
 use dmq_calib::{LayerRule, QuantConfig};
-use dmq_models::LayerCall;
 use dmq_models::layers::LayerKind;
+use dmq_models::{LayerCall, Structure};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -70,23 +71,11 @@ pub struct PolicyPlan {
     pub fp: Vec<String>,
 }
 
-fn is_time_embedding(name: &str) -> bool {
-    name.split('.')
-        .any(|p| p == "time_embedding" || p == "timestep_embedder")
-}
-
-fn is_skip(name: &str) -> bool {
-    name.ends_with(".conv_shortcut") || name == "conv_shortcut"
-}
-
-fn is_downsample(name: &str) -> bool {
-    name.split('.').any(|p| p == "downsamplers")
-}
-
 /// Classifies every linear and conv layer of `calls` under `policy` and builds the PTQ config
 /// from `preset` (whose weight spec must be per output channel).
 pub fn plan_layers(
     preset: &QuantConfig,
+    structure: &Structure,
     calls: &[LayerCall],
     policy: &LayerPolicy,
 ) -> Result<PolicyPlan> {
@@ -109,11 +98,11 @@ pub fn plan_layers(
     for (i, (name, _)) in names.iter().enumerate() {
         let treatment = if Some(i) == first || Some(i) == last {
             policy.edges
-        } else if is_time_embedding(name) {
+        } else if structure.is_time_mlp(name) {
             policy.time_embedding
-        } else if is_skip(name) {
+        } else if structure.shortcuts.contains(name) {
             policy.skip
-        } else if is_downsample(name) {
+        } else if structure.downsamplers.contains(name) {
             policy.downsample
         } else {
             Treatment::Lora
@@ -168,8 +157,18 @@ mod tests {
             call("mid_block.attentions.0.to_q", Linear),
             call("conv_out", Conv2d),
         ];
+        let unet = Structure {
+            time_mlp: vec![
+                "time_embedding.linear_1".into(),
+                "time_embedding.linear_2".into(),
+            ],
+            shortcuts: vec!["down_blocks.0.resnets.0.conv_shortcut".into()],
+            downsamplers: vec!["down_blocks.0.downsamplers.0.conv".into()],
+            ..Structure::default()
+        };
         let p = plan_layers(
             &QuantConfig::preset("W4A4").unwrap(),
+            &unet,
             &calls,
             &LayerPolicy::default(),
         )
@@ -198,7 +197,7 @@ mod tests {
             ]
         );
         assert!(p.config.matmul.is_none() && p.config.softmax.is_none());
-        // DiT names: the per-block timestep MLP is frozen, the adaLN linear is trained
+        // DiT: the per-block timestep MLP is frozen, the adaLN linear is trained
         let dit = vec![
             call("pos_embed.proj", Conv2d),
             call(
@@ -212,7 +211,18 @@ mod tests {
             skip: Treatment::Lora,
             ..LayerPolicy::default()
         };
-        let p = plan_layers(&QuantConfig::preset("W4A8").unwrap(), &dit, &policy).unwrap();
+        let dit_structure = Structure {
+            time_mlp: vec!["transformer_blocks.0.norm1.emb.timestep_embedder.linear_1".into()],
+            time_projections: vec!["transformer_blocks.0.norm1.linear".into()],
+            ..Structure::default()
+        };
+        let p = plan_layers(
+            &QuantConfig::preset("W4A8").unwrap(),
+            &dit_structure,
+            &dit,
+            &policy,
+        )
+        .unwrap();
         assert_eq!(p.lora, vec!["transformer_blocks.0.norm1.linear"]);
         assert_eq!(p.frozen.len(), 3);
     }

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::delta_floor::keep_act_deltas_positive;
 use crate::error::{FinetuneError, Result};
-use crate::quest_select::{QuestSelection, SelectionRules, on_time_embedding_path, select_layers};
+use crate::quest_select::{QuestSelection, SelectionRules, select_layers};
 
 /// How the local (per-layer) and global (model output) errors are weighted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -261,11 +261,12 @@ pub fn quest_student_with<M: Denoiser + Module + Clone>(
     check(cfg)?;
     let t0 = Instant::now();
     let calls = layer_inventory(fp, device)?;
+    let structure = fp.structure();
     let rules = cfg
         .rules
         .clone()
-        .unwrap_or_else(|| SelectionRules::for_model(&calls));
-    let selection = select_layers(&calls, &rules)?;
+        .unwrap_or_else(|| SelectionRules::for_structure(&structure));
+    let selection = select_layers(&structure, &calls, &rules)?;
     let plans = quest_plans(preset, &calls, cfg.edge_act_bits)?;
     let mut model = fp.clone().no_grad();
     restore_weight_rounding(
@@ -300,7 +301,7 @@ pub fn quest_student_with<M: Denoiser + Module + Clone>(
     };
     let te_path: Vec<LayerPlan> = plans
         .iter()
-        .filter(|p| on_time_embedding_path(&p.name))
+        .filter(|p| structure.on_time_path(&p.name))
         .cloned()
         .collect();
     let passes = if te_path.is_empty() { 1 } else { 2 };

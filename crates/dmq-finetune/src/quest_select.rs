@@ -1,20 +1,19 @@
-//! QuEST's layer selection (docs/algorithms.md §5.2), as glob rules over diffusers names with
-//! defaults per architecture, resolved on the model's layer inventory.
+//! QuEST's layer selection (docs/algorithms.md §5.2): glob rules over diffusers names, with
+//! defaults read from the model's [`Structure`], resolved on its layer inventory.
 //!
-//! | set | UNet2DModel | DiT |
-//! |---|---|---|
-//! | C_TE, time-embedding alignment (stage A) | every `*.time_emb_proj` (LDM `emb_layers.1`) | the per-block adaLN modulation `*.norm1.linear` and timestep MLP `*.timestep_embedder.linear_?` |
-//! | C_A, activation-sensitive (stage B) | attention `*.to_q`, `*.to_k`, `*.to_v` (LDM AttentionBlock `qkv`) | `*.ff.net.*` and `*.attn1.to_q/k/v` (the LDM-4 ImageNet set) |
-//! | act Δ of stage B | every activation quantizer outside the time-embedding path | the same |
+//! | set | default | UNet2DModel | DiT |
+//! |---|---|---|---|
+//! | C_TE, time-embedding alignment (stage A) | every layer that brings the timestep into a block: [`Structure::time_projections`] and the timestep MLPs that belong to a block | every `*.time_emb_proj` (LDM `emb_layers.1`) | each block's adaLN modulation `norm1.linear` and its timestep MLP, the final modulation `proj_out_1` |
+//! | C_A, activation-sensitive (stage B) | self-attention q/k/v and the transformer feed-forward layers | `*.to_q`, `*.to_k`, `*.to_v` (LDM AttentionBlock `qkv`) | `attn1.to_q/k/v` and `ff.net.*` (the LDM-4 ImageNet set) |
+//! | act Δ of stage B | every activation quantizer off the time-embedding path ([`Structure::on_time_path`]) | | |
 //!
 //! The reference trains in stage B "every act quantizer whose path does not contain `emb`";
 //! on diffusers names that substring would also drop DiT's patch embedding (`pos_embed`), so
-//! the time-embedding path is matched by component instead (`time_embedding`,
-//! `timestep_embedder`, `time_emb_proj`, `emb`).
+//! the path comes from the model's structure instead.
 
 use dmq_calib::glob_match;
-use dmq_models::LayerCall;
 use dmq_models::layers::LayerKind;
+use dmq_models::{LayerCall, Structure};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FinetuneError, Result};
@@ -29,39 +28,21 @@ pub struct SelectionRules {
 }
 
 impl SelectionRules {
-    /// The UNet2DModel defaults (table in the module docs).
-    pub fn unet() -> Self {
+    /// The defaults read from `structure` (table in the module docs), as exact layer names.
+    pub fn for_structure(structure: &Structure) -> Self {
+        let mut time_embedding: Vec<String> = structure.time_projections.clone();
+        time_embedding.extend(
+            structure
+                .time_mlp
+                .iter()
+                .filter(|n| structure.stage_of(n).is_some())
+                .cloned(),
+        );
+        let mut sensitive: Vec<String> = structure.self_attention_qkv().cloned().collect();
+        sensitive.extend(structure.feed_forward.iter().cloned());
         Self {
-            time_embedding: vec!["*.time_emb_proj".into()],
-            sensitive: vec!["*.to_q".into(), "*.to_k".into(), "*.to_v".into()],
-        }
-    }
-
-    /// The DiT defaults (table in the module docs).
-    pub fn dit() -> Self {
-        Self {
-            time_embedding: vec![
-                "*.norm1.linear".into(),
-                "*.timestep_embedder.linear_?".into(),
-            ],
-            sensitive: vec![
-                "*.ff.net.*".into(),
-                "*.attn1.to_q".into(),
-                "*.attn1.to_k".into(),
-                "*.attn1.to_v".into(),
-            ],
-        }
-    }
-
-    /// The defaults of the architecture `calls` come from (DiT if it has `transformer_blocks`).
-    pub fn for_model(calls: &[LayerCall]) -> Self {
-        if calls
-            .iter()
-            .any(|c| c.name.starts_with("transformer_blocks."))
-        {
-            Self::dit()
-        } else {
-            Self::unet()
+            time_embedding,
+            sensitive,
         }
     }
 }
@@ -88,25 +69,19 @@ impl QuestSelection {
     }
 }
 
-/// Whether `name` lies on the time-embedding path (never in stage B's activation set).
-pub fn on_time_embedding_path(name: &str) -> bool {
-    name.split('.').any(|p| {
-        matches!(
-            p,
-            "time_embedding" | "timestep_embedder" | "time_emb_proj" | "emb"
-        )
-    })
-}
-
 fn params(c: &LayerCall) -> usize {
     // weight plus a bias per output channel (every dmq linear/conv of the default models has one)
     c.weight_shape.iter().product::<usize>() + c.weight_shape.first().copied().unwrap_or(0)
 }
 
-/// Resolves `rules` on a layer inventory. A pattern that matches no linear or conv layer is
-/// an error naming it (a typo would otherwise silently fine-tune nothing), and so are sets
-/// that overlap.
-pub fn select_layers(calls: &[LayerCall], rules: &SelectionRules) -> Result<QuestSelection> {
+/// Resolves `rules` on a layer inventory of a model with `structure`. A pattern that
+/// matches no linear or conv layer is an error naming it (a typo would otherwise silently
+/// fine-tune nothing), and so are sets that overlap.
+pub fn select_layers(
+    structure: &Structure,
+    calls: &[LayerCall],
+    rules: &SelectionRules,
+) -> Result<QuestSelection> {
     let mut layers: Vec<&LayerCall> = Vec::new();
     for c in calls {
         if !layers.iter().any(|l| l.name == c.name) {
@@ -153,7 +128,7 @@ pub fn select_layers(calls: &[LayerCall], rules: &SelectionRules) -> Result<Ques
     Ok(QuestSelection {
         stage_b_acts: layers
             .iter()
-            .filter(|c| !on_time_embedding_path(&c.name))
+            .filter(|c| !structure.on_time_path(&c.name))
             .map(|c| c.name.clone())
             .collect(),
         layer_params: dense.iter().map(|c| params(c)).sum(),

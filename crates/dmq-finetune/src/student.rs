@@ -6,7 +6,7 @@ use burn::tensor::Device;
 use dmq_calib::{CalibSet, PtqOptions, ptq};
 use dmq_models::layers::{LayerMut, LayerRef};
 use dmq_models::noise::NoiseRng;
-use dmq_models::{Denoiser, layer_inventory};
+use dmq_models::{Denoiser, layer_inventory, try_for_each_layer_mut};
 use dmq_quant::{
     ActQuantizer, AffineParams, AffineSet, LsqQuantizer, QaLoraQuantizer, Quantizer, RangeInit,
     Resample, TimeIndexed, WeightQuantizer,
@@ -83,7 +83,12 @@ pub fn build_student<M: Denoiser + Module + Clone>(
             "TALSQ needs the fine-tuning timesteps (got none)".into(),
         ));
     }
-    let plan = plan_layers(preset, &layer_inventory(fp, device)?, &opts.policy)?;
+    let plan = plan_layers(
+        preset,
+        &fp.structure(),
+        &layer_inventory(fp, device)?,
+        &opts.policy,
+    )?;
     let mut model = fp.clone();
     ptq(
         &mut model,
@@ -97,13 +102,12 @@ pub fn build_student<M: Denoiser + Module + Clone>(
         },
         device,
     )?;
-    let mut err = None;
-    model.for_each_layer_mut(&mut |layer| {
-        if err.is_some() || !plan.lora.iter().any(|n| n == layer.name()) {
-            return;
+    try_for_each_layer_mut(&mut model, |layer| -> Result<()> {
+        if !plan.lora.iter().any(|n| n == layer.name()) {
+            return Ok(());
         }
         let name = layer.name().to_string();
-        let r = match layer {
+        match layer {
             LayerMut::Linear(l) => convert(
                 &name,
                 l.weight.val(),
@@ -123,14 +127,8 @@ pub fn build_student<M: Denoiser + Module + Clone>(
                 device,
             ),
             LayerMut::Matmul(_) => Ok(()),
-        };
-        if let Err(e) = r {
-            err = Some(e);
         }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
+    })?;
     let model = set_trainable(model);
     let trainable_params = trainable_count(&model);
     Ok((
@@ -279,16 +277,12 @@ pub fn is_sub_grid(old: &[f64], new: &[f64]) -> bool {
 /// parameters end up frozen.
 pub fn finalize<M: Denoiser + Module>(model: M, timesteps: &[f64]) -> Result<M> {
     let mut model = model.no_grad();
-    let mut err = None;
-    model.for_each_layer_mut(&mut |layer| {
-        if err.is_some() {
-            return;
-        }
+    try_for_each_layer_mut(&mut model, |layer| -> Result<()> {
         let name = layer.name().to_string();
         let a = match layer {
             LayerMut::Linear(l) => &mut l.a_quant,
             LayerMut::Conv2d(l) => &mut l.a_quant,
-            LayerMut::Matmul(_) => return,
+            LayerMut::Matmul(_) => return Ok(()),
         };
         if let Some(ActQuantizer::TimeLsq(t)) = a {
             let r = (|| -> Result<TimeIndexed<LsqQuantizer>> {
@@ -317,19 +311,13 @@ pub fn finalize<M: Denoiser + Module>(model: M, timesteps: &[f64]) -> Result<M> 
                     (0..n).collect(),
                 )?)
             })();
-            match r {
-                Ok(q) => *a = Some(ActQuantizer::TimeLsq(q)),
-                Err(e) => {
-                    err = Some(FinetuneError::Layer {
-                        layer: name,
-                        reason: e.to_string(),
-                    })
-                }
-            }
+            let q = r.map_err(|e| FinetuneError::Layer {
+                layer: name,
+                reason: e.to_string(),
+            })?;
+            *a = Some(ActQuantizer::TimeLsq(q));
         }
-    });
-    match err {
-        Some(e) => Err(e),
-        None => Ok(model.no_grad()),
-    }
+        Ok(())
+    })?;
+    Ok(model.no_grad())
 }

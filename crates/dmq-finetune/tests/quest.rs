@@ -25,8 +25,10 @@ use common::*;
 /// QuEST's sets on the tiny models' real inventories (shared test file: the same fixtures).
 fn quest_layer_selection(device: &Device) {
     use dmq_finetune::{SelectionRules, select_layers};
-    let calls = dmq_models::layer_inventory(&tiny_unet(device), device).unwrap();
-    let sel = select_layers(&calls, &SelectionRules::for_model(&calls)).unwrap();
+    let unet = tiny_unet(device);
+    let calls = dmq_models::layer_inventory(&unet, device).unwrap();
+    let us = unet.structure();
+    let sel = select_layers(&us, &calls, &SelectionRules::for_structure(&us)).unwrap();
     assert!(!sel.time_embedding.is_empty());
     assert!(
         sel.time_embedding
@@ -58,8 +60,10 @@ fn quest_layer_selection(device: &Device) {
     assert_eq!(sel.tuned_params, tuned);
     assert!(sel.tuned_fraction() > 0.0 && sel.tuned_fraction() < 0.5);
     // DiT defaults: adaLN modulation + timestep MLP in stage A, FF and self-attention in B
-    let dcalls = dmq_models::layer_inventory(&tiny_dit(device), device).unwrap();
-    let d = select_layers(&dcalls, &SelectionRules::for_model(&dcalls)).unwrap();
+    let dit = tiny_dit(device);
+    let dcalls = dmq_models::layer_inventory(&dit, device).unwrap();
+    let ds = dit.structure();
+    let d = select_layers(&ds, &dcalls, &SelectionRules::for_structure(&ds)).unwrap();
     assert!(d.time_embedding.iter().any(|n| n.ends_with("norm1.linear")));
     assert!(
         d.time_embedding
@@ -68,20 +72,21 @@ fn quest_layer_selection(device: &Device) {
     );
     assert!(d.sensitive.iter().any(|n| n.contains(".ff.net.")));
     assert!(d.stage_b_acts.iter().any(|n| n == "pos_embed.proj"));
+    assert!(!d.stage_b_acts.iter().any(|n| n.ends_with("norm1.linear")));
     // a pattern that matches nothing, or overlapping sets, is an error
     let bad = SelectionRules {
         sensitive: vec!["*.to_qq".into()],
-        ..SelectionRules::unet()
+        ..SelectionRules::for_structure(&us)
     };
     assert!(matches!(
-        select_layers(&calls, &bad),
+        select_layers(&us, &calls, &bad),
         Err(FinetuneError::Option(_))
     ));
     let overlap = SelectionRules {
         sensitive: vec!["*.time_emb_proj".into()],
-        ..SelectionRules::unet()
+        ..SelectionRules::for_structure(&us)
     };
-    assert!(select_layers(&calls, &overlap).is_err());
+    assert!(select_layers(&us, &calls, &overlap).is_err());
 }
 
 /// A finished Q-Diffusion weight phase (weights only: the activation phase is not needed).

@@ -4,7 +4,7 @@
 use burn::module::Param;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use dmq_models::layers::{LayerMut, LayerRef};
-use dmq_models::{Denoiser, DenoiserInfo, ForwardCtx};
+use dmq_models::{Denoiser, DenoiserInfo, ForwardCtx, try_for_each_layer_mut};
 use dmq_quant::{
     ActQuantizer, AffineParams, BinaryQuantizer, QuantizedFile, QuantizedTensor, TimeIndexed,
     UniformQuantizer, WeightQuantizer,
@@ -139,32 +139,22 @@ pub fn load_export<M: Denoiser + ?Sized>(
 ) -> Result<()> {
     let timesteps = export_timesteps(file)?;
     check_entries_match_layers(&*model, file)?;
-    let mut err = None;
-    model.for_each_layer_mut(&mut |layer| {
-        if err.is_some() {
-            return;
-        }
+    try_for_each_layer_mut(model, |layer| -> Result<()> {
         let name = layer.name().to_string();
-        let r = (|| -> Result<()> {
-            match layer {
-                LayerMut::Linear(l) => load_dense!(l, 2, name, file, timesteps, device),
-                LayerMut::Conv2d(l) => load_dense!(l, 4, name, file, timesteps, device),
-                LayerMut::Matmul(m) => {
-                    m.a_quant = ActSets::read(file, &name, "a")?
-                        .map(|s| act_quantizer(&s, &timesteps, device))
-                        .transpose()?;
-                    m.b_quant = ActSets::read(file, &name, "b")?
-                        .map(|s| act_quantizer(&s, &timesteps, device))
-                        .transpose()?;
-                }
+        match layer {
+            LayerMut::Linear(l) => load_dense!(l, 2, name, file, timesteps, device),
+            LayerMut::Conv2d(l) => load_dense!(l, 4, name, file, timesteps, device),
+            LayerMut::Matmul(m) => {
+                m.a_quant = ActSets::read(file, &name, "a")?
+                    .map(|s| act_quantizer(&s, &timesteps, device))
+                    .transpose()?;
+                m.b_quant = ActSets::read(file, &name, "b")?
+                    .map(|s| act_quantizer(&s, &timesteps, device))
+                    .transpose()?;
             }
-            Ok(())
-        })();
-        if let Err(e) = r {
-            err = Some(e);
         }
-    });
-    err.map_or(Ok(()), Err)
+        Ok(())
+    })
 }
 
 /// Every quantized tensor (`<layer>.weight`) and every activation spec (`<layer>.<a|b>.spec`)
@@ -281,5 +271,9 @@ impl<M: Denoiser> Denoiser for IntegerModel<M> {
 
     fn for_each_layer_mut(&mut self, f: &mut dyn FnMut(LayerMut<'_>)) {
         self.model.for_each_layer_mut(f)
+    }
+
+    fn structure(&self) -> dmq_models::Structure {
+        self.model.structure()
     }
 }

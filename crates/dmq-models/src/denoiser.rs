@@ -5,6 +5,7 @@ use burn::tensor::{Device, Int, Tensor};
 use crate::context::{ForwardCtx, LayerCall, LayerRecorder, StepContext};
 use crate::error::Result;
 use crate::layers::{LayerMut, LayerRef};
+use crate::structure::Structure;
 
 /// Static facts about a denoiser.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,6 +46,11 @@ pub trait Denoiser {
     /// Visits every quantizable layer mutably (to attach or replace quantizers).
     fn for_each_layer_mut(&mut self, f: &mut dyn FnMut(LayerMut<'_>));
 
+    /// The architecture as data: stages, reconstruction units, timestep-embedding path,
+    /// attention projections, shortcuts, resamplers and skip concatenations, named by the
+    /// same paths as [`Denoiser::for_each_layer`]. The algorithms read this, never names.
+    fn structure(&self) -> Structure;
+
     /// The predicted noise ε: the first `in_channels` channels of the output.
     fn predict_eps(
         &self,
@@ -61,6 +67,39 @@ pub trait Denoiser {
         let [b, _, h, w] = out.dims();
         Ok(out.slice([0..b, 0..info.in_channels, 0..h, 0..w]))
     }
+}
+
+/// Visits every quantizable layer of `model` until `f` fails, and returns that first error
+/// (the layers after it are not visited).
+pub fn try_for_each_layer<M: Denoiser + ?Sized, E>(
+    model: &M,
+    mut f: impl FnMut(LayerRef<'_>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let mut err = None;
+    model.for_each_layer(&mut |l| {
+        if err.is_none()
+            && let Err(e) = f(l)
+        {
+            err = Some(e);
+        }
+    });
+    err.map_or(Ok(()), Err)
+}
+
+/// Mutable [`try_for_each_layer`]: visits every quantizable layer until `f` fails.
+pub fn try_for_each_layer_mut<M: Denoiser + ?Sized, E>(
+    model: &mut M,
+    mut f: impl FnMut(LayerMut<'_>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let mut err = None;
+    model.for_each_layer_mut(&mut |l| {
+        if err.is_none()
+            && let Err(e) = f(l)
+        {
+            err = Some(e);
+        }
+    });
+    err.map_or(Ok(()), Err)
 }
 
 /// Every quantizable-layer call of one batch-1 forward pass at the model's sample size, in

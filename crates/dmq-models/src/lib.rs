@@ -9,6 +9,7 @@
 //! - [`executor`]: [`LayerExecutor`], the hook through which an integer inference path
 //!   computes quantizable layers outside burn;
 //! - [`denoiser`]: the [`Denoiser`] trait every algorithm works on, and the layer inventory;
+//!   [`structure`]: the architecture as data (stages, units, time path, attention, skips);
 //! - [`io`]: strict loading/saving of the diffusers layout (`config.json` +
 //!   `diffusion_pytorch_model.safetensors`, f32/f16/bf16);
 //! - [`sampler`]: sampling with batched CFG, per-step callbacks and teacher forcing;
@@ -32,6 +33,7 @@ pub mod layers;
 pub mod noise;
 pub mod sampler;
 pub mod scheduler;
+pub mod structure;
 pub mod train;
 pub mod unet;
 
@@ -39,6 +41,9 @@ pub use context::{
     ForwardCtx, HostTensor, InputCapture, LayerCall, LayerRecorder, Operand, StepContext,
     TapTensor, Taps, forward_for_taps,
 };
-pub use denoiser::{Denoiser, DenoiserInfo, layer_inventory};
+pub use denoiser::{
+    Denoiser, DenoiserInfo, layer_inventory, try_for_each_layer, try_for_each_layer_mut,
+};
 pub use error::{ModelError, Result};
 pub use executor::{ConvGeometry, ExecutorError, LayerExecutor};
+pub use structure::{AttentionLayers, SkipConcat, Stage, StageKind, Structure};

@@ -272,3 +272,58 @@ proptest! {
         }
     }
 }
+
+fn state_field_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(json!(null)),
+        Just(json!(-1)),
+        Just(json!(1e300)),
+        Just(json!(u64::MAX)),
+        Just(json!("7")),
+        Just(json!([[1, "x"]])),
+        Just(json!([[usize::MAX, 1e39]])),
+        Just(json!({})),
+        any::<i64>().prop_map(|v| json!(v)),
+        any::<f64>().prop_map(|v| json!(v)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A damaged `state.json` (a random value in any field, a truncation, a flipped byte) is
+    /// an error or a well-typed state, never a panic, for both `state()` and `load`.
+    #[test]
+    fn damaged_state_json_never_panics(
+        field in prop_oneof![
+            Just("step"), Just("ema_updates"), Just("losses"), Just("wall_s"), Just("notes")
+        ],
+        value in state_field_value(),
+        cut in 0usize..200,
+        flip in any::<(usize, u8)>(),
+    ) {
+        let root = std::env::temp_dir().join(format!(
+            "dmq-state-hostile-{}-{}", std::process::id(), cut
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("run");
+        let ckpt = Checkpoint::new(&dir);
+        save_step(&ckpt, 4);
+        let good = std::fs::read(dir.join("state.json")).unwrap();
+        let mut v: Value = serde_json::from_slice(&good).unwrap();
+        v[field] = value;
+        let mut variants = vec![serde_json::to_vec(&v).unwrap()];
+        variants.push(good[..cut.min(good.len())].to_vec());
+        let mut flipped = good.clone();
+        let i = flip.0 % flipped.len();
+        flipped[i] ^= flip.1 | 1;
+        variants.push(flipped);
+        for bytes in variants {
+            std::fs::write(dir.join("state.json"), &bytes).unwrap();
+            let _ = ckpt.state();
+            let m: Linear = LinearConfig::new(2, 2).init(&Device::default());
+            let _ = ckpt.load(m.clone(), m, AdamWConfig::new().init());
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -18,6 +18,7 @@ use burn::tensor::Device;
 use dmq_calib::export_layers;
 use dmq_models::Denoiser;
 use dmq_models::layers::LayerRef;
+use dmq_models::scheduler::DdimScheduler;
 use dmq_quant::QuantizedFile;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,33 @@ pub struct LoadedFile {
     pub file: QuantizedFile,
     /// Where it was read from.
     pub path: PathBuf,
+}
+
+impl LoadedFile {
+    /// The sampler the file was quantized for: its schedule over its own timesteps (a
+    /// TMPQ file's searched ones included). A file without timesteps (no per-step
+    /// parameters) gets `fallback_steps` uniform diffusers steps.
+    pub fn sampler(&self, fallback_steps: usize) -> Result<DdimScheduler> {
+        if self.info.timesteps.is_empty() {
+            return self.scheduler.ddim(fallback_steps);
+        }
+        let mut ascending: Vec<usize> = self
+            .info
+            .timesteps
+            .iter()
+            .map(|&t| t.round() as usize)
+            .collect();
+        ascending.sort_unstable();
+        let uniform = self.scheduler.ddim(ascending.len())?;
+        let mut u = crate::scheduler::timesteps(&uniform);
+        u.sort_by(f64::total_cmp);
+        if u.iter().zip(&ascending).all(|(a, &b)| *a == b as f64) {
+            // the diffusers construction of the same grid (its own last-step rule)
+            return Ok(uniform);
+        }
+        DdimScheduler::with_timesteps(&self.scheduler.ddim, &ascending)
+            .map_err(|e| file_err(&self.path, keys::TIMESTEPS, e.to_string()))
+    }
 }
 
 /// What to record about the run that produced a model.

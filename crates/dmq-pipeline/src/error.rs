@@ -51,6 +51,9 @@ pub enum PipelineError {
     /// An evaluation error (data, classifier, metrics, images).
     #[error(transparent)]
     Eval(#[from] dmq_eval::DataError),
+    /// A search error (TMPQ).
+    #[error(transparent)]
+    Search(#[from] dmq_search::SearchError),
     /// A scheduler error.
     #[error(transparent)]
     Scheduler(#[from] dmq_models::scheduler::SchedulerError),

@@ -5,7 +5,8 @@
 //! ```text
 //! load (config.json → AnyDenoiser, scheduler_config.json → SchedulerSpec)
 //!   → calibration set (CalibSet::record on the FP model's own trajectories)
-//!   → quantize(fp, QuantConfig, calib, Method, RunOptions, progress)   naive | qdiffusion | efficientdm | quest
+//!   → quantize(fp, QuantConfig, calib, Method, RunOptions, progress)   naive | qdiffusion | efficientdm | quest | binarydm
+//!     (search::tmpq → SearchedConfig: per-layer bits + timesteps, applied by quantize)
 //!   → dmq_file::save (self-contained *.dmq.safetensors, docs/format.md)
 //!   → dmq_file::load → sample / score / integer path (dmq_infer::IntegerModel)
 //! ```
@@ -22,7 +23,7 @@
 //! let sampler = sched.ddim(20)?;
 //! let calib = dmq_calib::CalibSet::record(&fp, &sampler, &Default::default(), &device)?;
 //! let config = dmq_calib::QuantConfig::preset("W8A8")?;
-//! let opts = RunOptions { work_dir: None, sampler: sampler.clone() };
+//! let opts = RunOptions::new(sampler.clone());
 //! let q = quantize(&fp, &config, &calib, &Method::from_name("naive")?, &opts, &device, &mut |_| {})?;
 //! let ts: Vec<f64> = dmq_models::scheduler::Scheduler::timesteps(&sampler).iter().map(|&t| t as f64).collect();
 //! dmq_file::save("unet-w8a8.dmq.safetensors".as_ref(), &q.model, &sched, &ts, &Default::default())?;
@@ -32,11 +33,14 @@
 pub mod dmq_file;
 pub mod error;
 pub mod eval;
+pub mod images;
 pub mod method;
 pub mod model;
 pub mod scheduler;
+pub mod search;
 
 pub use error::{PipelineError, Result};
+pub use images::ImageSet;
 pub use method::{METHOD_NAMES, Method, Progress, Quantized, RunOptions, quantize};
 pub use model::AnyDenoiser;
 pub use scheduler::SchedulerSpec;

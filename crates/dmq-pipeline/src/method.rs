@@ -11,12 +11,13 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use dmq_calib::{CalibSet, PtqOptions, QuantConfig, ReconCheckpoint, ReconOptions};
-use dmq_finetune::{EfficientDmConfig, QuestConfig};
+use dmq_finetune::{BinaryDmConfig, EfficientDmConfig, QuestConfig};
 use dmq_models::scheduler::{DdimConfig, DdimScheduler};
 use dmq_models::{Denoiser, ForwardCtx, HostTensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PipelineError, Result};
+use crate::images::ImageSet;
 use crate::model::AnyDenoiser;
 
 /// A quantization method and its options.
@@ -41,13 +42,18 @@ pub enum Method {
         /// Fine-tuning options.
         config: QuestConfig,
     },
+    /// BinaryDM: 1-bit weights (EBB in the head and tail blocks), LRM, QAT on real images
+    /// ([`RunOptions::images`]). The activation bits come from the `QuantConfig`; its weight
+    /// spec must be 1-bit.
+    Binarydm(BinaryDmConfig),
 }
 
 /// Names [`Method::from_name`] accepts.
-pub const METHOD_NAMES: [&str; 4] = ["naive", "qdiffusion", "efficientdm", "quest"];
+pub const METHOD_NAMES: [&str; 5] = ["naive", "qdiffusion", "efficientdm", "quest", "binarydm"];
 
 impl Method {
-    /// The method with its default options: `naive`, `qdiffusion`, `efficientdm`, `quest`.
+    /// The method with its default options: `naive`, `qdiffusion`, `efficientdm`, `quest`,
+    /// `binarydm`.
     pub fn from_name(name: &str) -> Result<Self> {
         Ok(match name {
             "naive" | "ptq" => Self::Naive(PtqOptions::default()),
@@ -60,6 +66,7 @@ impl Method {
                 recon: ReconOptions::default(),
                 config: QuestConfig::default(),
             },
+            "binarydm" => Self::Binarydm(BinaryDmConfig::default()),
             other => {
                 return Err(PipelineError::Option {
                     option: "method".into(),
@@ -76,6 +83,7 @@ impl Method {
             Self::Qdiffusion(_) => "qdiffusion",
             Self::Efficientdm { .. } => "efficientdm",
             Self::Quest { .. } => "quest",
+            Self::Binarydm(_) => "binarydm",
         }
     }
 
@@ -99,6 +107,11 @@ impl Method {
                 recon.act_iters = s(recon.act_iters);
                 config.stage_a_epochs = s(config.stage_a_epochs);
                 config.stage_b_epochs = s(config.stage_b_epochs);
+            }
+            Self::Binarydm(c) => {
+                c.steps = s(c.steps);
+                c.transition = c.transition.map(s);
+                c.checkpoint_every = s(c.checkpoint_every);
             }
         }
         self
@@ -126,6 +139,31 @@ pub struct RunOptions {
     /// The sampling schedule the quantized model is finalised for (per-step activation
     /// parameters follow its steps).
     pub sampler: DdimScheduler,
+    /// Real training images, for the methods that train on data (BinaryDM).
+    pub images: Option<ImageSet>,
+}
+
+impl RunOptions {
+    /// No run directory, no training images, finalised for `sampler`.
+    pub fn new(sampler: DdimScheduler) -> Self {
+        Self {
+            work_dir: None,
+            sampler,
+            images: None,
+        }
+    }
+
+    /// Checkpoints under `dir` (a killed run resumes from it).
+    pub fn with_work_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.work_dir = Some(dir.into());
+        self
+    }
+
+    /// Training images for BinaryDM.
+    pub fn with_images(mut self, images: ImageSet) -> Self {
+        self.images = Some(images);
+        self
+    }
 }
 
 /// A quantized model and what the run did.
@@ -247,6 +285,14 @@ pub fn quantize(
                     })
                 },
             )?;
+            if opts.work_dir.is_none() {
+                // a run without a run directory leaves nothing behind
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            (m, serde_json::to_value(&rep).unwrap_or_default())
+        }
+        Method::Binarydm(c) => {
+            let (m, rep) = run_binarydm(fp, config, c, opts, device, progress)?;
             (m, serde_json::to_value(&rep).unwrap_or_default())
         }
     };
@@ -282,6 +328,65 @@ fn run_qdiffusion(
                 stage: format!("{} {}/{}", p.phase, p.unit + 1, p.units),
                 done: (p.unit * p.iters + p.iter) as u64,
                 total: (p.units * p.iters) as u64,
+                loss: Some(p.loss),
+            })
+        },
+    )?)
+}
+
+/// BinaryDM with the activation bits of `config` (whose weights must be 1-bit) on
+/// `opts.images`.
+fn run_binarydm(
+    fp: &AnyDenoiser,
+    config: &QuantConfig,
+    c: &BinaryDmConfig,
+    opts: &RunOptions,
+    device: &Device,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(AnyDenoiser, dmq_finetune::BinaryDmReport)> {
+    let bad = |reason: String| PipelineError::Option {
+        option: "quant config".into(),
+        reason,
+    };
+    match config.weight {
+        Some(w) if w.int_bits() == Some(1) => {}
+        other => {
+            return Err(bad(format!(
+                "binarydm binarizes the weights: use a W1Ax preset (got weights {})",
+                other.map_or("FP".into(), |w| format!("{} bits", w.cost_bits()))
+            )));
+        }
+    }
+    if !config.rules.is_empty() {
+        return Err(bad(
+            "binarydm chooses its own per-layer treatment (EBB head/tail, FP edges); layer rules are not applied".into(),
+        ));
+    }
+    let images = opts.images.as_ref().ok_or_else(|| PipelineError::Option {
+        option: "images".into(),
+        reason: "binarydm trains on real images: give a training set (RunOptions::with_images, dmq quantize --data DIR)".into(),
+    })?;
+    let info = fp.info();
+    images.check_fits(&info)?;
+    let cfg = BinaryDmConfig {
+        act_bits: config.act.and_then(|a| a.int_bits()),
+        ..c.clone()
+    };
+    let ck = ck_path(opts, "binarydm");
+    let mut data = |step: usize| -> dmq_finetune::Result<dmq_finetune::Batch> {
+        Ok(images.batch(step, cfg.batch, &info, 0.1, device))
+    };
+    Ok(dmq_finetune::binarydm(
+        fp,
+        &cfg,
+        &mut data,
+        ck.as_deref(),
+        device,
+        &mut |p| {
+            progress(&Progress {
+                stage: "qat".into(),
+                done: p.step as u64,
+                total: p.total as u64,
                 loss: Some(p.loss),
             })
         },

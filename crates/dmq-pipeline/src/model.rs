@@ -156,4 +156,11 @@ impl Denoiser for AnyDenoiser {
             Self::DiT(m) => m.for_each_layer_mut(f),
         }
     }
+
+    fn structure(&self) -> dmq_models::Structure {
+        match self {
+            Self::UNet(m) => m.structure(),
+            Self::DiT(m) => m.structure(),
+        }
+    }
 }

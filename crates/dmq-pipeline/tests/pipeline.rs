@@ -9,7 +9,10 @@ use dmq_calib::{CalibSet, QuantConfig, RecordOptions};
 use dmq_models::scheduler::{DdimScheduler, Scheduler};
 use dmq_models::{Denoiser, ForwardCtx, HostTensor, StepContext};
 use dmq_pipeline::dmq_file::{self, Provenance, keys};
-use dmq_pipeline::{AnyDenoiser, Method, PipelineError, RunOptions, SchedulerSpec, quantize};
+use dmq_pipeline::search::{SearchOptions, SearchedConfig};
+use dmq_pipeline::{
+    AnyDenoiser, ImageSet, Method, PipelineError, RunOptions, SchedulerSpec, quantize,
+};
 
 const STEPS: usize = 4;
 
@@ -162,8 +165,17 @@ fn methods_round_trip(device: &Device, methods: &[&str]) {
     let sampler = sched.ddim(STEPS).unwrap();
     let calib = calib(&fp, &sampler, &ad);
     let timesteps: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
-    let config = QuantConfig::preset("W8A8").unwrap();
+    let info = fp.info();
+    let n = info.sample_size;
+    // BinaryDM's training images: 16 random 8-bit images of the model's size
+    let mut rng = dmq_models::noise::NoiseRng::new(5);
+    let pixels: Vec<u8> = (0..16 * info.in_channels * n * n)
+        .map(|_| rng.below(256) as u8)
+        .collect();
+    let images = ImageSet::new([16, info.in_channels, n, n], pixels, None).unwrap();
     for &name in methods {
+        // BinaryDM binarizes the weights: a W1Ax preset
+        let config = QuantConfig::preset(if name == "binarydm" { "W1A4" } else { "W8A8" }).unwrap();
         let mut method = Method::from_name(name).unwrap().scaled(0.005);
         if let Method::Efficientdm {
             train_steps,
@@ -177,10 +189,12 @@ fn methods_round_trip(device: &Device, methods: &[&str]) {
         if let Method::Quest { config, .. } = &mut method {
             (config.stage_a_chunks, config.stage_b_chunks) = (1, 1);
         }
-        let opts = RunOptions {
-            work_dir: Some(tmp.path().join(name)),
-            sampler: sampler.clone(),
-        };
+        if let Method::Binarydm(c) = &mut method {
+            c.batch = 4;
+        }
+        let opts = RunOptions::new(sampler.clone())
+            .with_work_dir(tmp.path().join(name))
+            .with_images(images.clone());
         let mut events = 0;
         let q = quantize(&fp, &config, &calib, &method, &opts, &ad, &mut |_| {
             events += 1
@@ -268,6 +282,162 @@ fn file_refuses_what_does_not_fit(device: &Device) {
     assert!(dmq_file::load(&cut, device).is_err());
 }
 
+/// BinaryDM refuses a config that does not binarize, and a run without images.
+fn binarydm_checks_its_inputs(device: &Device) {
+    let ad = device.clone().autodiff();
+    let fp = tiny("unet", &ad);
+    let sampler = SchedulerSpec::default().ddim(STEPS).unwrap();
+    let calib = calib(&fp, &sampler, &ad);
+    let m = Method::from_name("binarydm").unwrap();
+    let opts = RunOptions::new(sampler);
+    let run = |preset: &str, opts: &RunOptions| {
+        quantize(
+            &fp,
+            &QuantConfig::preset(preset).unwrap(),
+            &calib,
+            &m,
+            opts,
+            &ad,
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let e = run("W4A4", &opts);
+    assert!(e.contains("W1Ax") && e.contains("4 bits"), "{e}");
+    let e = run("W1A4", &opts);
+    assert!(e.contains("images"), "{e}");
+    // images of another size than the model's
+    let wrong = ImageSet::new([2, 1, 4, 4], vec![0; 32], None).unwrap();
+    let e = run("W1A4", &opts.clone().with_images(wrong));
+    assert!(e.contains("1×4×4") && e.contains("1×8×8"), "{e}");
+}
+
+/// TMPQ through the library: the search meets its budget, its config round-trips through
+/// JSON, `quantize` applies it (per-layer bits as searched, attention-matmul operands
+/// included) and the file samples over the searched timesteps.
+fn tmpq_search_applies_through_quantize(device: &Device) {
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = tiny("unet", device);
+    let sched = SchedulerSpec::default();
+    let search_calib = calib(&fp, &sched.ddim(STEPS).unwrap(), device);
+    let opts = SearchOptions {
+        steps: 3,
+        bit_options: vec![8, 6, 4],
+        budget_bits: 6,
+        evolution: dmq_search::EvolutionConfig {
+            population: 4,
+            top_k: 2,
+            mutations: 2,
+            crossovers: 1,
+            epochs: 1,
+            seed: 1,
+            ..Default::default()
+        },
+        fitness_samples: 2,
+        reference_steps: 5,
+        act_samples: 8,
+        ..SearchOptions::default()
+    };
+    let ck = tmp.path().join("search.state.json");
+    let mut stages = std::collections::BTreeSet::new();
+    let found = dmq_pipeline::search::tmpq(
+        &fp,
+        &sched,
+        &search_calib,
+        &opts,
+        Some(&ck),
+        device,
+        &mut |p| {
+            stages.insert(p.stage.clone());
+        },
+    )
+    .unwrap();
+    assert!(
+        stages.contains("search") && stages.contains("supernet"),
+        "{stages:?}"
+    );
+    assert!(ck.exists(), "the search checkpoints");
+    assert_eq!(found.timesteps.len(), 3);
+    assert!(found.timesteps.windows(2).all(|w| w[0] < w[1]));
+    assert!(found.bitops <= found.budget_bitops * (1.0 + 1e-9));
+    assert!((4.0..=8.0).contains(&found.mean_bits));
+    // the JSON round trip, and its refusals
+    let path = tmp.path().join("search.json");
+    found.save(&path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(SearchedConfig::is_searched_config(&text));
+    assert_eq!(SearchedConfig::from_json(&text, &path).unwrap(), found);
+    let e = SearchedConfig::from_json(&text.replace("dmq.search.v1", "dmq.search.v0"), &path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("search.json") && e.contains("format"), "{e}");
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["timesteps"] = serde_json::json!([500, 100]);
+    let e = SearchedConfig::from_json(&v.to_string(), &path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("timesteps"), "{e}");
+    // applied: per-layer bits as searched, over the searched timesteps
+    let sampler = found.sampler(&sched).unwrap();
+    let mut ts: Vec<usize> = sampler.timesteps().to_vec();
+    ts.sort_unstable();
+    assert_eq!(ts, found.timesteps);
+    let q = quantize(
+        &fp,
+        &found.config,
+        &calib(&fp, &sampler, device),
+        &Method::from_name("naive").unwrap(),
+        &RunOptions::new(sampler.clone()),
+        device,
+        &mut |_| {},
+    )
+    .unwrap();
+    let file = tmp.path().join("tmpq.dmq.safetensors");
+    let timesteps: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
+    dmq_file::save(
+        &file,
+        &q.model,
+        &sched,
+        &timesteps,
+        &Provenance::new(&Method::from_name("naive").unwrap(), &found.config),
+    )
+    .unwrap();
+    let back = dmq_file::load(&file, device).unwrap();
+    assert_eq!(back.sampler(20).unwrap().timesteps(), sampler.timesteps());
+    let plans = found.config.resolve(&fp, device).unwrap();
+    let rows = dmq_file::layer_table(&back.file);
+    for p in plans.iter().filter(|p| p.weight.is_some()) {
+        let row = rows.iter().find(|r| r.layer == p.name).unwrap();
+        assert_eq!(
+            row.weight_bits,
+            p.weight.and_then(|w| w.int_bits()),
+            "{}",
+            p.name
+        );
+    }
+    // matmul operands: the rule's left and right bits both reach the plan
+    let mm = plans
+        .iter()
+        .find(|p| p.kind == dmq_models::layers::LayerKind::Matmul)
+        .unwrap();
+    let rule = found
+        .config
+        .rules
+        .iter()
+        .find(|r| r.pattern == mm.name)
+        .unwrap();
+    let spec = |c: &dmq_calib::Choice| match c {
+        dmq_calib::Choice::Spec(s) => s.int_bits(),
+        _ => None,
+    };
+    assert_eq!(mm.act.and_then(|s| s.int_bits()), spec(&rule.act));
+    assert_eq!(
+        mm.act_b.and_then(|s| s.int_bits()),
+        spec(rule.act_right.as_ref().unwrap())
+    );
+}
+
 macro_rules! per_backend {
     ($($name:ident),*) => {
         #[cfg(feature = "flex")]
@@ -289,4 +459,16 @@ per_backend!(
 #[test]
 fn flex_every_method_round_trips_through_the_file() {
     every_method_round_trips_through_the_file(&Device::flex())
+}
+
+#[cfg(feature = "flex")]
+#[test]
+fn flex_binarydm_checks_its_inputs() {
+    binarydm_checks_its_inputs(&Device::flex())
+}
+
+#[cfg(feature = "flex")]
+#[test]
+fn flex_tmpq_search_applies_through_quantize() {
+    tmpq_search_applies_through_quantize(&Device::flex())
 }

@@ -149,10 +149,20 @@ pub(crate) fn group_index(shape: &[usize], granularity: Granularity) -> Vec<usiz
     }
 }
 
-/// Scalar reference rounding (matches `Tensor::round`, half to even).
-pub fn round_scalar(v: f32, rounding: Rounding) -> f32 {
+/// Scalar reference rounding (matches `Tensor::round`, half to even), for any float type
+/// (the kernels' f32 references and the f64 range searches share it).
+pub fn round_scalar<F: num_traits::Float>(v: F, rounding: Rounding) -> F {
     match rounding {
-        Rounding::HalfToEven => v.round_ties_even(),
+        Rounding::HalfToEven => {
+            let half = F::from(0.5).unwrap_or_else(F::zero);
+            if (v - v.trunc()).abs() == half {
+                // a tie: the even neighbour, 2·round(v/2) (v/2 is exact and not a tie)
+                let two = half + half + half + half;
+                (v / two).round() * two
+            } else {
+                v.round()
+            }
+        }
         Rounding::HalfAwayFromZero => v.round(),
     }
 }
@@ -283,4 +293,32 @@ fn check_len(len: usize, shape: &[usize], context: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against the standard library's ties-to-even, in f32 and f64, on ties and near-ties.
+    #[test]
+    fn round_scalar_is_ties_to_even_in_every_float_type() {
+        for i in -2000..2000 {
+            let v = i as f32 * 0.25 + 0.0001 * (i % 3) as f32;
+            assert_eq!(
+                round_scalar(v, Rounding::HalfToEven),
+                v.round_ties_even(),
+                "{v}"
+            );
+            let w = f64::from(v);
+            assert_eq!(
+                round_scalar(w, Rounding::HalfToEven),
+                w.round_ties_even(),
+                "{w}"
+            );
+            assert_eq!(round_scalar(v, Rounding::HalfAwayFromZero), v.round());
+        }
+        assert_eq!(round_scalar(0.5f32, Rounding::HalfToEven), 0.0);
+        assert_eq!(round_scalar(-1.5f64, Rounding::HalfToEven), -2.0);
+        assert!(round_scalar(f32::NAN, Rounding::HalfToEven).is_nan());
+    }
 }

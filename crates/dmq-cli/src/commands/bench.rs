@@ -35,11 +35,11 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     }
     let device = device(backend, false)?;
     let arg = super::ModelArg::load(&a.model, &device)?;
-    let steps = arg.steps(a.steps)?;
+    let sched = arg.sampler(a.steps)?;
+    let steps = dmq_models::scheduler::Scheduler::timesteps(&sched).len();
     let super::ModelArg::File(f) = arg else {
         return Err("--model: give a .dmq.safetensors file".into());
     };
-    let sched = f.scheduler.ddim(steps)?;
     let mut fp = f.model.clone();
     dmq_calib::clear_quantizers(&mut fp);
     let integer = dmq_infer::IntegerModel::from_export(f.model.clone(), &f.file, &device)?;

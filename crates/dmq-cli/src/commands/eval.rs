@@ -55,8 +55,8 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     let arg = ModelArg::load(&a.model, &device)?;
     let model = arg.model();
     let info = model.info();
-    let steps = arg.steps(a.steps)?;
-    let sched = arg.scheduler().ddim(steps)?;
+    let sched = arg.sampler(a.steps)?;
+    let steps = dmq_models::scheduler::Scheduler::timesteps(&sched).len();
     let spec = SampleSpec {
         n: a.samples,
         guidance: if info.num_classes.is_some() {

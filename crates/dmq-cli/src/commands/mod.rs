@@ -5,10 +5,12 @@ pub mod eval;
 pub mod inspect;
 pub mod quantize;
 pub mod sample;
+pub mod search;
 
 use std::path::Path;
 
 use burn::tensor::Device;
+use dmq_models::scheduler::DdimScheduler;
 use dmq_pipeline::dmq_file::{self, LoadedFile};
 use dmq_pipeline::{AnyDenoiser, SchedulerSpec};
 
@@ -87,6 +89,19 @@ impl ModelArg {
     }
 }
 
+impl ModelArg {
+    /// The sampler: a file's own timesteps (uniform or searched) unless `asked` overrides
+    /// the step count of a file without per-step parameters; a directory's schedule over
+    /// `asked` (default 20) uniform steps.
+    pub fn sampler(&self, asked: Option<usize>) -> Result<DdimScheduler, Error> {
+        let steps = self.steps(asked)?;
+        Ok(match self {
+            Self::File(f) if steps == f.info.num_steps => f.sampler(steps)?,
+            _ => self.scheduler().ddim(steps)?,
+        })
+    }
+}
+
 /// Checks a count flag.
 pub fn positive(name: &str, v: usize, max: usize) -> Result<(), Error> {
     if v == 0 || v > max {
@@ -98,4 +113,65 @@ pub fn positive(name: &str, v: usize, max: usize) -> Result<(), Error> {
 /// A progress bar (ETA; plain lines off a terminal).
 pub fn bar(label: &str, total: usize) -> dmq_eval::progress::Progress {
     dmq_eval::progress::Progress::new(label, total as u64, 0)
+}
+
+/// Records the calibration set of a command (FP trajectories from `sampler`) with a bar.
+pub fn calibration_set(
+    fp: &AnyDenoiser,
+    sampler: &DdimScheduler,
+    opts: &dmq_calib::RecordOptions,
+    device: &Device,
+) -> Result<dmq_calib::CalibSet, Error> {
+    let mut b = bar("calibration set", opts.trajectories);
+    let calib = dmq_calib::CalibSet::record(
+        &burn::module::Module::no_grad(fp.clone()),
+        sampler,
+        opts,
+        device,
+    )?;
+    b.set(opts.trajectories as u64, "");
+    b.finish();
+    Ok(calib)
+}
+
+/// One progress bar per stage of a pipeline run (a new bar when the stage changes).
+#[derive(Default)]
+pub struct StageBars {
+    prefix: String,
+    current: Option<(String, dmq_eval::progress::Progress)>,
+}
+
+impl StageBars {
+    /// Bars labelled `<prefix> <stage>`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            current: None,
+        }
+    }
+
+    /// Shows `p` (the stage is its first word; the rest and the loss go to the message).
+    pub fn update(&mut self, p: &dmq_pipeline::Progress) {
+        let stage = p.stage.split(' ').next().unwrap_or("").to_string();
+        if self.current.as_ref().is_none_or(|(s, _)| s != &stage) {
+            self.finish();
+            let b = bar(&format!("{} {stage}", self.prefix), p.total as usize);
+            self.current = Some((stage, b));
+        }
+        if let Some((_, b)) = self.current.as_mut() {
+            b.set(
+                p.done,
+                p.loss
+                    .map(|l| format!("{} loss {l:.5}", p.stage))
+                    .unwrap_or_default(),
+            );
+        }
+    }
+
+    /// Ends the current bar.
+    pub fn finish(&mut self) {
+        if let Some((_, b)) = self.current.take() {
+            b.finish();
+        }
+    }
 }

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use dmq_calib::{CalibSet, QuantConfig, RecordOptions};
+use dmq_calib::{QuantConfig, RecordOptions};
 use dmq_pipeline::dmq_file::{self, Provenance};
-use dmq_pipeline::{AnyDenoiser, Method, RunOptions, SchedulerSpec, quantize};
+use dmq_pipeline::search::SearchedConfig;
+use dmq_pipeline::{AnyDenoiser, ImageSet, Method, RunOptions, SchedulerSpec, quantize};
 
-use super::{Error, bar, device, positive};
+use super::{Error, StageBars, calibration_set, device, positive};
 
 /// Flags of `dmq quantize`.
 #[derive(clap::Args, Debug)]
@@ -16,20 +17,25 @@ pub struct Args {
     #[arg(long, value_parser = crate::existing)]
     pub model: PathBuf,
     /// Method.
-    #[arg(long, default_value = "naive", value_parser = ["naive", "qdiffusion", "efficientdm", "quest"])]
+    #[arg(long, default_value = "naive", value_parser = ["naive", "qdiffusion", "efficientdm", "quest", "binarydm"])]
     pub method: String,
-    /// Preset: W8A8, W4A8, W4A4, W8A32, ... (WxAy).
+    /// Preset: W8A8, W4A8, W4A4, W8A32, W1A4 (binarydm), ... (WxAy).
     #[arg(long, default_value = "W8A8")]
     pub preset: String,
-    /// A QuantConfig JSON file (overrides --preset), e.g. written by a search.
+    /// A config file (overrides --preset): a QuantConfig JSON, or a `dmq search` result
+    /// (per-layer bits and its searched timesteps, which then set the sampling steps).
     #[arg(long, value_parser = crate::existing)]
     pub config: Option<PathBuf>,
+    /// Training images for binarydm: a Fashion-MNIST-format directory (IDX files).
+    #[arg(long, default_value = dmq_eval::data::fashion_mnist::DEFAULT_DIR)]
+    pub data: PathBuf,
     /// Output file (.dmq.safetensors).
     #[arg(long)]
     pub out: PathBuf,
-    /// Sampling steps the model is quantized for (per-step activation parameters).
-    #[arg(long, default_value_t = 20)]
-    pub steps: usize,
+    /// Sampling steps the model is quantized for (per-step activation parameters); default
+    /// 20, or the searched timesteps of a `dmq search` config.
+    #[arg(long)]
+    pub steps: Option<usize>,
     /// Calibration trajectories.
     #[arg(long, default_value_t = 64)]
     pub calib_n: usize,
@@ -56,17 +62,34 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         return Err(format!("--iters-scale {}: must be in (0, 100]", a.iters_scale).into());
     }
     let method = method.scaled(a.iters_scale);
-    let config = match &a.config {
+    let (config, searched) = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            serde_json::from_str::<QuantConfig>(&text)
-                .map_err(|e| format!("{}: not a QuantConfig: {e}", p.display()))?
+            if SearchedConfig::is_searched_config(&text) {
+                let s = SearchedConfig::from_json(&text, p)?;
+                (s.config.clone(), Some(s))
+            } else {
+                let c = serde_json::from_str::<QuantConfig>(&text)
+                    .map_err(|e| format!("{}: not a QuantConfig: {e}", p.display()))?;
+                (c, None)
+            }
         }
-        None => QuantConfig::preset(&a.preset)?,
+        None => (QuantConfig::preset(&a.preset)?, None),
     };
-    positive("steps", a.steps, 1000)?;
+    let steps = match (&searched, a.steps) {
+        (Some(s), Some(n)) if n != s.timesteps.len() => {
+            return Err(format!(
+                "--steps {n}: the searched config selects {} timesteps; leave --steps out",
+                s.timesteps.len()
+            )
+            .into());
+        }
+        (Some(s), _) => s.timesteps.len(),
+        (None, n) => n.unwrap_or(20),
+    };
+    positive("steps", steps, 1000)?;
     positive("calib-n", a.calib_n, 100_000)?;
-    positive("calib-steps", a.calib_steps, a.steps)?;
+    positive("calib-steps", a.calib_steps, steps)?;
     if !(a.cfg.is_finite() && a.cfg >= 1.0) {
         return Err(format!("--cfg {}: must be ≥ 1", a.cfg).into());
     }
@@ -82,15 +105,17 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     let t0 = Instant::now();
     let fp = AnyDenoiser::from_pretrained(&a.model, &device)?;
     let sched = SchedulerSpec::from_dir(&a.model)?;
-    let sampler = sched.ddim(a.steps)?;
+    let sampler = match &searched {
+        Some(s) => s.sampler(&sched)?,
+        None => sched.ddim(steps)?,
+    };
     let guidance = if dmq_models::Denoiser::info(&fp).num_classes.is_some() {
         a.cfg
     } else {
         1.0
     };
-    let mut b = bar("calibration set", a.calib_n);
-    let calib = CalibSet::record(
-        &burn::module::Module::no_grad(fp.clone()),
+    let calib = calibration_set(
+        &fp,
         &sampler,
         &RecordOptions {
             trajectories: a.calib_n,
@@ -101,41 +126,20 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         },
         &device,
     )?;
-    b.set(a.calib_n as u64, "");
-    b.finish();
     let work = a.work.clone().unwrap_or_else(|| {
         let mut w = a.out.clone().into_os_string();
         w.push(".work");
         PathBuf::from(w)
     });
-    let opts = RunOptions {
-        work_dir: Some(work.clone()),
-        sampler: sampler.clone(),
-    };
-    let mut progress: Option<(String, dmq_eval::progress::Progress)> = None;
-    let q = quantize(&fp, &config, &calib, &method, &opts, &device, &mut |p| {
-        let stage = p.stage.split(' ').next().unwrap_or("").to_string();
-        if progress.as_ref().map(|(s, _)| s != &stage).unwrap_or(true) {
-            if let Some((_, old)) = progress.take() {
-                old.finish();
-            }
-            progress = Some((
-                stage.clone(),
-                bar(&format!("{} {stage}", method.name()), p.total as usize),
-            ));
-        }
-        if let Some((_, bar)) = progress.as_mut() {
-            bar.set(
-                p.done,
-                p.loss
-                    .map(|l| format!("{} loss {l:.4}", p.stage))
-                    .unwrap_or_default(),
-            );
-        }
-    })?;
-    if let Some((_, b)) = progress.take() {
-        b.finish();
+    let mut opts = RunOptions::new(sampler.clone()).with_work_dir(&work);
+    if matches!(method, Method::Binarydm(_)) {
+        opts = opts.with_images(ImageSet::fashion_mnist_train(&a.data)?);
     }
+    let mut bars = StageBars::new(method.name());
+    let q = quantize(&fp, &config, &calib, &method, &opts, &device, &mut |p| {
+        bars.update(p)
+    })?;
+    bars.finish();
     let timesteps = dmq_pipeline::scheduler::timesteps(&sampler);
     let bytes = dmq_file::save(
         &a.out,

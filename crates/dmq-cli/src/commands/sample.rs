@@ -60,8 +60,8 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     if a.class.is_some() && info.num_classes.is_none() {
         return Err("--class: the model is not class-conditional".into());
     }
-    let steps = arg.steps(a.steps)?;
-    let sched = arg.scheduler().ddim(steps)?;
+    let sched = arg.sampler(a.steps)?;
+    let steps = dmq_models::scheduler::Scheduler::timesteps(&sched).len();
     let t0 = Instant::now();
     let images = match (&arg, a.integer) {
         (ModelArg::File(f), true) => {

@@ -45,6 +45,7 @@ pub mod embedding;
 pub mod feed_forward;
 pub mod model;
 pub mod patch_embed;
+pub mod structure;
 
 pub use ada_norm::{AdaLayerNormZero, AdaLayerNormZeroConfig, AdaLnZeroOutput};
 pub use attention::{Attention, AttentionConfig};

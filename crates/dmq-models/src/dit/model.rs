@@ -245,6 +245,10 @@ impl Denoiser for DiT {
         }
     }
 
+    fn structure(&self) -> crate::structure::Structure {
+        DiT::structure(self)
+    }
+
     fn for_each_layer(&self, f: &mut dyn FnMut(LayerRef<'_>)) {
         f(LayerRef::Conv2d(&self.pos_embed.proj));
         for block in &self.transformer_blocks {

@@ -155,6 +155,11 @@ pub struct MidBlock {
 }
 
 impl MidBlock {
+    /// diffusers path (`mid_block`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The mid block of `cfg` (`mid_block`).
     pub fn new(cfg: &UNetConfig, device: &Device) -> Self {
         let name = "mid_block".to_string();
@@ -237,21 +242,32 @@ pub struct UpBlock {
     name: String,
 }
 
+/// Channels `(main, skip)` of the input `[h ‖ skip]` of resnet `j` of up block `index`
+/// (diffusers `UpBlock2D`: the last resnet reads the skip of the level above).
+pub(crate) fn up_resnet_channels(cfg: &UNetConfig, index: usize, j: usize) -> (usize, usize) {
+    let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
+    let n = rev.len();
+    let prev_out = if index == 0 { rev[0] } else { rev[index - 1] };
+    let c_out = rev[index];
+    let c_in = rev[(index + 1).min(n - 1)];
+    let layers = cfg.layers_per_block + 1;
+    let skip = if j + 1 == layers { c_in } else { c_out };
+    let main = if j == 0 { prev_out } else { c_out };
+    (main, skip)
+}
+
 impl UpBlock {
     /// Block `index` of `cfg` (`up_blocks.{index}`, deepest first).
     pub fn new(cfg: &UNetConfig, index: usize, kind: UpBlockType, device: &Device) -> Self {
         let name = format!("up_blocks.{index}");
         let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
         let n = rev.len();
-        let prev_out = if index == 0 { rev[0] } else { rev[index - 1] };
         let c_out = rev[index];
-        let c_in = rev[(index + 1).min(n - 1)];
         let layers = cfg.layers_per_block + 1;
         let is_final = index + 1 == n;
         let resnets = (0..layers)
             .map(|j| {
-                let skip = if j + 1 == layers { c_in } else { c_out };
-                let res_in = if j == 0 { prev_out } else { c_out };
+                let (res_in, skip) = up_resnet_channels(cfg, index, j);
                 resnet(cfg, res_in + skip, c_out, 1.0).init(&format!("{name}.resnets.{j}"), device)
             })
             .collect();

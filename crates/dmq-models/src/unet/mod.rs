@@ -28,6 +28,7 @@ pub mod embedding;
 pub mod model;
 pub mod resnet;
 pub mod sampling;
+pub mod structure;
 
 pub use attention::{Attention, AttentionConfig};
 pub use blocks::{DownBlock, MidBlock, UpBlock};

@@ -255,6 +255,10 @@ impl Denoiser for UNet2DModel {
         }
     }
 
+    fn structure(&self) -> crate::structure::Structure {
+        UNet2DModel::structure(self)
+    }
+
     fn for_each_layer(&self, f: &mut dyn FnMut(LayerRef<'_>)) {
         f(LayerRef::Linear(&self.time_embedding.linear_1));
         f(LayerRef::Linear(&self.time_embedding.linear_2));

@@ -27,6 +27,11 @@ pub struct Downsample2D {
 }
 
 impl Downsample2D {
+    /// diffusers path (`*.downsamplers.0`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Random init; `name` is the diffusers path (`down_blocks.0.downsamplers.0`).
     pub fn new(name: &str, c_in: usize, c_out: usize, padding: usize, device: &Device) -> Self {
         Self {
@@ -74,6 +79,11 @@ pub struct Upsample2D {
 }
 
 impl Upsample2D {
+    /// diffusers path (`*.upsamplers.0`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Random init; `name` is the diffusers path (`up_blocks.0.upsamplers.0`).
     pub fn new(name: &str, c_in: usize, c_out: usize, device: &Device) -> Self {
         Self {

@@ -1,0 +1,151 @@
+//! `dmq search`: TMPQ-DM (timesteps + per-layer bits under a BitOPs budget) on a diffusers
+//! model directory → a config file that `dmq quantize --config` applies.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use dmq_calib::RecordOptions;
+use dmq_pipeline::search::{SearchOptions, tmpq};
+use dmq_pipeline::{AnyDenoiser, SchedulerSpec};
+use dmq_search::EvolutionConfig;
+
+use super::{Error, StageBars, calibration_set, device, positive};
+
+/// Flags of `dmq search`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// diffusers model directory.
+    #[arg(long, value_parser = crate::existing)]
+    pub model: PathBuf,
+    /// Sampling steps to select (one timestep per group of the training range).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Candidate bit-widths (weights and activations), comma-separated.
+    #[arg(long, default_value = "8,7,6,5", value_delimiter = ',')]
+    pub bits: Vec<u32>,
+    /// The budget: BitOPs of the whole model at this bit-width (one of --bits).
+    #[arg(long, default_value_t = 6)]
+    pub budget_bits: u32,
+    /// Population size.
+    #[arg(long, default_value_t = 20)]
+    pub population: usize,
+    /// Epochs after the initial population.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    /// Samples per fitness evaluation (MSE against the FP model's samples).
+    #[arg(long, default_value_t = 32)]
+    pub fitness_samples: usize,
+    /// Steps of the FP reference samples.
+    #[arg(long, default_value_t = 100)]
+    pub reference_steps: usize,
+    /// Calibration trajectories of the super-network.
+    #[arg(long, default_value_t = 64)]
+    pub calib_n: usize,
+    /// Classifier-free guidance scale (class-conditional models).
+    #[arg(long, default_value_t = 1.5)]
+    pub cfg: f64,
+    /// Seed of the evolution.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output config file (JSON, for `dmq quantize --config`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Search checkpoint (a killed search resumes from it); default `<out>.state.json`,
+    /// removed after success.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Runs `dmq search`.
+pub fn run(a: Args, backend: &str) -> Result<(), Error> {
+    positive("steps", a.steps, 1000)?;
+    positive("population", a.population, 10_000)?;
+    positive("fitness-samples", a.fitness_samples, 100_000)?;
+    positive("reference-steps", a.reference_steps, 1000)?;
+    positive("calib-n", a.calib_n, 100_000)?;
+    if a.bits.is_empty() || a.bits.iter().any(|&b| !(2..=8).contains(&b)) {
+        return Err(format!("--bits {:?}: each must be in 2..=8", a.bits).into());
+    }
+    if !a.bits.contains(&a.budget_bits) {
+        return Err(format!(
+            "--budget-bits {} is not one of --bits {:?}",
+            a.budget_bits, a.bits
+        )
+        .into());
+    }
+    if !(a.cfg.is_finite() && a.cfg >= 1.0) {
+        return Err(format!("--cfg {}: must be ≥ 1", a.cfg).into());
+    }
+    let evolution = EvolutionConfig {
+        population: a.population,
+        top_k: (a.population / 5).max(2).min(a.population),
+        mutations: a.population / 2,
+        crossovers: a.population / 5,
+        epochs: a.epochs,
+        seed: a.seed,
+        ..EvolutionConfig::default()
+    };
+    let opts = SearchOptions {
+        steps: a.steps,
+        bit_options: a.bits.clone(),
+        budget_bits: a.budget_bits,
+        evolution,
+        fitness_samples: a.fitness_samples,
+        reference_steps: a.reference_steps,
+        guidance: a.cfg,
+        ..SearchOptions::default()
+    };
+    let device = device(backend, false)?;
+    let t0 = Instant::now();
+    let fp = AnyDenoiser::from_pretrained(&a.model, &device)?;
+    let sched = SchedulerSpec::from_dir(&a.model)?;
+    let guidance = if dmq_models::Denoiser::info(&fp).num_classes.is_some() {
+        a.cfg
+    } else {
+        1.0
+    };
+    let calib = calibration_set(
+        &fp,
+        &sched.ddim(a.reference_steps)?,
+        &RecordOptions {
+            trajectories: a.calib_n,
+            steps_kept: a.reference_steps.min(20),
+            guidance,
+            batch: a.calib_n.min(64),
+            seed: 1,
+        },
+        &device,
+    )?;
+    let checkpoint = a.checkpoint.clone().unwrap_or_else(|| {
+        let mut p = a.out.clone().into_os_string();
+        p.push(".state.json");
+        PathBuf::from(p)
+    });
+    let mut bars = StageBars::new("tmpq");
+    let result = tmpq(
+        &fp,
+        &sched,
+        &calib,
+        &opts,
+        Some(&checkpoint),
+        &device,
+        &mut |p| bars.update(p),
+    )?;
+    bars.finish();
+    result.save(&a.out)?;
+    if a.checkpoint.is_none() {
+        let _ = std::fs::remove_file(&checkpoint);
+    }
+    println!(
+        "tmpq: {} timesteps {:?}, mean {:.2} bits, {:.1} GBitOPs/img (budget {:.1}), fitness {:.5} → {} in {:.1} s",
+        result.timesteps.len(),
+        result.timesteps,
+        result.mean_bits,
+        result.bitops / 1e9,
+        result.budget_bitops / 1e9,
+        result.fitness,
+        a.out.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
