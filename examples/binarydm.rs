@@ -10,27 +10,32 @@
 //! ```
 //!
 //! Per model, activation width and method: QAT from the FP model (checkpointed under `--work`,
-//! so an interrupted run resumes), the EMA model exported (1-bit codes + σ per output channel,
-//! LSQ α, FP edges) and loaded back onto the trained non-layer parameters, sampled and scored.
+//! so an interrupted run resumes) through `dmq::pipeline::quantize`; the EMA model is written
+//! as a self-contained `.dmq.safetensors` file (1-bit codes + σ per output channel, LSQ α, FP
+//! edges, the trained norms and embeddings) and loaded back on its own, sampled and scored.
 //! Rows go to `docs/results/binarydm.json` with OPs (BOPs/64 + FP FLOPs, §1.7) and the packed
 //! model size against FP; `binarydm.md` tables them next to the FP row of `ptq.json`.
 
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use dmq::calib::{QuantConfig, clear_quantizers, layer_bits, model_bytes};
+use dmq::calib::{QuantConfig, layer_bits, model_bytes};
 use dmq::eval::cli::{FlagError, Flags};
-use dmq::eval::data::fashion_mnist::{FashionMnist, Padding};
+use dmq::eval::data::fashion_mnist::DEFAULT_DIR;
 use dmq::eval::plot::line_chart_png;
-use dmq::eval::progress::Progress;
+use dmq::eval::progress::StageBars;
 use dmq::eval::report::{read_rows, upsert_row, write_markdown};
-use dmq::finetune::{Batch, BinaryDmConfig, binarydm};
-use dmq::models::noise::NoiseRng;
-use dmq::models::sampler::labels;
+use dmq::finetune::BinaryDmConfig;
+use dmq::pipeline::dmq_file::Provenance;
+use dmq::pipeline::{
+    AnyDenoiser, ImageSet, Method, MethodReport, RunOptions, SchedulerSpec, quantize,
+};
 
 mod common;
-use common::deploy::{Ctx, comparison_rows, deploy_and_score_on};
-use common::{Error, Model, ModelJob, eval_sampling, for_each_model, list, model_list};
+use common::deploy::{Ctx, comparison_rows, deploy_and_score};
+use common::{
+    Error, Model, ModelJob, calib_set, eval_sampling, for_each_model, list, model_list, show,
+};
 
 struct Args {
     models: Vec<String>,
@@ -98,14 +103,25 @@ fn ops_per_image<M: Model>(ctx: &Ctx<'_, M>, model: &M) -> f64 {
     ops * (ctx.steps * if ctx.cfg_calls { 2 } else { 1 }) as f64
 }
 
-fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Result<(), Error> {
-    let fp = fp.no_grad();
-    let info = fp.info();
-    let (cfg_scale, sched, spec) =
-        eval_sampling(&fp, args.steps, args.samples, args.cfg, args.batch)?;
+fn run_model(
+    fp: AnyDenoiser,
+    name: &str,
+    schedule: &SchedulerSpec,
+    args: &Args,
+    device: &Device,
+) -> Result<(), Error> {
+    let (cfg_scale, sched, spec) = eval_sampling(
+        &fp,
+        schedule,
+        args.steps,
+        args.samples,
+        args.cfg,
+        args.batch,
+    )?;
     let ctx = Ctx::new(
         name,
         &fp,
+        schedule,
         &sched,
         &spec,
         &args.work,
@@ -113,7 +129,9 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         command(),
         device,
     )?;
-    let data = FashionMnist::load()?;
+    let images = ImageSet::fashion_mnist_train(std::path::Path::new(DEFAULT_DIR))?;
+    // quantize's finite-output check runs on a few FP-trajectory entries
+    let (calib, _) = calib_set(&fp, &sched, name, (8, 2), cfg_scale, &args.work, device)?;
     let fp_ops = ops_per_image(&ctx, &fp);
     let fp_bytes = model_bytes(&fp, args.steps)?;
     let json = args.out.join("binarydm.json");
@@ -141,43 +159,21 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
                 ..BinaryDmConfig::default()
             };
             let tag = format!("{name}-W1A{a}");
-            let ck = args.work.join(format!("{tag}-{method}"));
-            let n_train = data.train.len();
-            let num_classes = info.num_classes;
-            let mut batches = |k: usize| -> dmq::finetune::Result<Batch> {
-                // per-step draws: a resumed run sees exactly the batches it would have seen
-                let mut rng = NoiseRng::new(0xB17D ^ (k as u64).wrapping_mul(0x9E37_79B9));
-                let idx: Vec<usize> = (0..cfg.batch).map(|_| rng.below(n_train)).collect();
-                let x0 = data
-                    .train
-                    .images_tensor(&idx, Padding::None, device)
-                    .map_err(|e| dmq::finetune::FinetuneError::Option(e.to_string()))?;
-                let class = num_classes.map(|n| {
-                    let ys: Vec<usize> = idx
-                        .iter()
-                        .map(|&i| {
-                            if rng.uniform() < 0.1 {
-                                n
-                            } else {
-                                data.train.label(i).map_or(n, |l| l as usize)
-                            }
-                        })
-                        .collect();
-                    labels(&ys, device)
-                });
-                Ok((x0, class))
-            };
-            let mut bar = Progress::new(&format!("{tag} {method}"), cfg.steps as u64, 0);
-            let (trained, rep) = binarydm(&fp, &cfg, &mut batches, Some(&ck), device, &mut |p| {
-                bar.set(
-                    p.step as u64,
-                    format!("ε-MSE {:.4} loss {:.4}", p.eps_loss, p.loss),
-                )
+            let preset = QuantConfig::wa(Some(1), (a < 32).then_some(a))?;
+            let m = Method::Binarydm(cfg.clone());
+            let opts = RunOptions::new(sched.clone())
+                .with_schedule(schedule.ddim.clone())
+                .with_work_dir(args.work.join(format!("{tag}-{method}-run")))
+                .with_images(images.clone());
+            let mut bars = StageBars::new(&format!("{tag} {method}"));
+            let q = quantize(&fp, &preset, &calib, &m, &opts, device, &mut |p| {
+                show(&mut bars, p)
             })?;
-            bar.finish();
-            let mut base = trained.clone();
-            clear_quantizers(&mut base);
-            let ev = deploy_and_score_on(&ctx, trained, base, &tag, method)?;
+            bars.finish();
+            let MethodReport::Binarydm(rep) = q.report else {
+                return Err("quantize returned another method's report".into());
+            };
+            let ev = deploy_and_score(&ctx, q.model, &tag, method, &Provenance::new(&m, &preset))?;
             let curve: Vec<(f64, f64)> = rep
                 .losses
                 .iter()
@@ -194,7 +190,6 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
             )?;
             let ops = ops_per_image(&ctx, &ev.loaded);
             let bytes = model_bytes(&ev.loaded, args.steps)?;
-            let preset = QuantConfig::wa(Some(1), (a < 32).then_some(a))?;
             let s = &ev.scores;
             upsert_row(
                 &json,

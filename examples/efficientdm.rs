@@ -10,27 +10,30 @@
 //!
 //! Per model and preset: naive PTQ under the EfficientDM layer policy, fine-tuning on
 //! `--ft-steps`-step DDIM (η = 1) trajectories for `--epochs` trajectories (checkpointed under
-//! `--work`, so an interrupted run resumes), TALSQ moved to the `--steps` sampling schedule,
-//! the merged integer export written to `--work` and **loaded back into a fresh FP model**,
-//! and that loaded model is what gets sampled and scored. Rows go to
+//! `--work`, so an interrupted run resumes), all through `dmq::pipeline::quantize`; TALSQ is
+//! moved to the `--steps` sampling schedule, the self-contained `.dmq.safetensors` file is
+//! written to `--work` and **loaded back on its own**, and that loaded model is what gets
+//! sampled and scored. Rows go to
 //! `docs/results/efficientdm.json`; `efficientdm.md` tables them with the FP, naive and
 //! Q-Diffusion rows of `ptq.json` taken at the same samples and steps. Sample grids and loss
 //! curves are PNGs under `docs/results/efficientdm/`.
 
 use std::path::PathBuf;
 
+use burn::module::Module;
 use burn::tensor::Device;
 use dmq::calib::QuantConfig;
 use dmq::eval::cli::{FlagError, Flags};
 use dmq::eval::plot::line_chart_png;
-use dmq::eval::progress::Progress;
+use dmq::eval::progress::StageBars;
 use dmq::eval::report::{read_rows, upsert_row, write_markdown};
-use dmq::finetune::{EfficientDmConfig, StudentOptions, build_student, efficientdm, finalize};
-use dmq::models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
+use dmq::finetune::{EfficientDmConfig, StudentOptions, build_student, finalize};
+use dmq::models::scheduler::Scheduler;
+use dmq::pipeline::{AnyDenoiser, Method, MethodReport, RunOptions, SchedulerSpec, quantize};
 
 mod common;
-use common::deploy::{Ctx, comparison_rows, deploy_and_score};
-use common::{Error, Model, ModelJob, calib_set, eval_sampling, for_each_model, list, model_list};
+use common::deploy::{Ctx, comparison_rows, deploy_and_score, provenance};
+use common::{Error, ModelJob, calib_set, eval_sampling, for_each_model, list, model_list, show};
 
 struct Args {
     models: Vec<String>,
@@ -81,11 +84,22 @@ fn command() -> String {
     )
 }
 
-fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Result<(), Error> {
+fn run_model(
+    fp: AnyDenoiser,
+    name: &str,
+    schedule: &SchedulerSpec,
+    args: &Args,
+    device: &Device,
+) -> Result<(), Error> {
     let fp = fp.no_grad();
-    let (cfg_scale, sched, spec) =
-        eval_sampling(&fp, args.steps, args.samples, args.cfg, args.batch)?;
-    let train = DdimScheduler::diffusers(&DdimConfig::new().with_eta(1.0), args.ft_steps)?;
+    let (cfg_scale, sched, spec) = eval_sampling(
+        &fp,
+        schedule,
+        args.steps,
+        args.samples,
+        args.cfg,
+        args.batch,
+    )?;
     let eval_ts: Vec<f64> = sched.timesteps().iter().map(|&t| t as f64).collect();
     let (calib, _) = calib_set(
         &fp,
@@ -100,6 +114,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
     let ctx = Ctx::new(
         name,
         &fp,
+        schedule,
         &sched,
         &spec,
         &args.work,
@@ -128,37 +143,41 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
                 finalize(init, &eval_ts)?,
                 &format!("{name}-{preset_name}-init"),
                 "efficientdm-init",
+                &provenance(
+                    "efficientdm-init",
+                    serde_json::to_value(&cfg.student)?,
+                    &preset,
+                ),
             )?;
             upsert_row(&json, ev.row(&ctx, &preset, "efficientdm-init", init_s, serde_json::json!({
                 "cfg": cfg_scale, "what": "EfficientDM's naive PTQ initialisation (its layer policy), before fine-tuning",
                 "export_round_trip_max_abs": ev.round_trip, "sample_s": ev.sample_s, "class_share": ev.scores.class_share,
             }))?)?;
         }
-        let total = (args.epochs * args.ft_steps) as u64;
-        let mut bar = Progress::new(&format!("{name} {preset_name} EfficientDM"), total, 0);
-        let ck = args.work.join(format!("{name}-{preset_name}-efficientdm"));
-        let (student, rep) = efficientdm(
-            &fp,
-            &preset,
-            &calib,
-            &train,
-            &cfg,
-            Some(&ck),
-            device,
-            &mut |p| {
-                bar.set(
-                    p.iteration as u64,
-                    format!("epoch {} loss {:.4}", p.epoch + 1, p.loss),
-                )
-            },
-        )?;
-        bar.finish();
-        let deployed = finalize(student, &eval_ts)?;
+        let method = Method::Efficientdm {
+            config: cfg.clone(),
+            train_steps: args.ft_steps,
+        };
+        let opts = RunOptions::new(sched.clone())
+            .with_schedule(schedule.ddim.clone())
+            .with_work_dir(
+                args.work
+                    .join(format!("{name}-{preset_name}-efficientdm-run")),
+            );
+        let mut bars = StageBars::new(&format!("{name} {preset_name} EfficientDM"));
+        let q = quantize(&fp, &preset, &calib, &method, &opts, device, &mut |p| {
+            show(&mut bars, p)
+        })?;
+        bars.finish();
+        let MethodReport::Efficientdm(rep) = q.report else {
+            return Err("quantize returned another method's report".into());
+        };
         let ev = deploy_and_score(
             &ctx,
-            deployed,
+            q.model,
             &format!("{name}-{preset_name}"),
             "efficientdm",
+            &dmq::pipeline::dmq_file::Provenance::new(&method, &preset),
         )?;
         let (s, rt, sample_s) = (&ev.scores, ev.round_trip, ev.sample_s);
         let dir = args.out.join("efficientdm");

@@ -18,14 +18,11 @@ use dmq::eval::data::fashion_mnist::{DEFAULT_DIR, Split, load_split};
 use dmq::eval::harness::{Reference, SampleSpec, generate, score};
 use dmq::eval::progress::Progress;
 use dmq::models::Denoiser;
-use dmq::models::dit::DiT;
 use dmq::models::scheduler::{DdimConfig, DdimScheduler};
-use dmq::models::unet::UNet2DModel;
 
 type Error = Box<dyn std::error::Error>;
 
 struct Args {
-    model: String,
     dir: PathBuf,
     n: usize,
     steps: usize,
@@ -44,7 +41,6 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
         steps: f.get("steps", 50)?,
         cfg: f.get("cfg", 1.5)?,
         batch: f.get("batch", 50)?,
-        model,
     })
 }
 
@@ -124,18 +120,10 @@ fn run(model: &dyn Denoiser, args: &Args, device: &Device) -> Result<(), Error> 
 fn main() {
     let args = Flags::parse_env(parse_args);
     let device = Device::flex();
-    let r = match args.model.as_str() {
-        "unet" => UNet2DModel::from_pretrained(&args.dir, &device)
-            .map_err(Error::from)
-            .and_then(|m| run(&m, &args, &device)),
-        "dit" => DiT::from_pretrained(&args.dir, &device)
-            .map_err(Error::from)
-            .and_then(|m| run(&m, &args, &device)),
-        other => {
-            eprintln!("unknown --model {other}: use unet or dit");
-            std::process::exit(2)
-        }
-    };
+    // the class comes from the directory's config.json (UNet2DModel, DiTTransformer2DModel)
+    let r = dmq::pipeline::AnyDenoiser::from_pretrained(&args.dir, &device)
+        .map_err(Error::from)
+        .and_then(|m| run(&m, &args, &device));
     if let Err(e) = r {
         eprintln!("error: {e}");
         std::process::exit(1);

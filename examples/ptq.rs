@@ -18,23 +18,22 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::tensor::Device;
-use dmq::calib::{
-    PtqOptions, QuantConfig, ReconCheckpoint, ReconOptions, layer_bits, model_bytes, ptq,
-    qdiffusion,
-};
+use dmq::calib::{PtqOptions, QuantConfig, ReconOptions, layer_bits, model_bytes};
 use dmq::eval::classifier::FmnistClassifier;
 use dmq::eval::cli::{FlagError, Flags};
 use dmq::eval::data::fashion_mnist::{DEFAULT_DIR, Split, load_split};
 use dmq::eval::harness::{Reference, Scores, bitops_per_image, score};
-use dmq::eval::progress::Progress;
+use dmq::eval::progress::StageBars;
 use dmq::eval::report::{ResultRow, git_commit, read_rows, upsert_row, write_markdown};
-use dmq::models::layer_inventory;
+use dmq::models::{Denoiser, layer_inventory};
+use dmq::pipeline::{AnyDenoiser, Method, MethodReport, RunOptions, SchedulerSpec, quantize};
 
 mod common;
 use common::{
-    Error, Model, ModelJob, calib_set, eval_sampling, for_each_model, grid_png, list, model_list,
-    sample_images,
+    Error, ModelJob, calib_set, eval_sampling, for_each_model, grid_png, list, model_list,
+    sample_images, show,
 };
 
 struct Args {
@@ -117,11 +116,23 @@ fn preset_bits(cfg: &QuantConfig) -> (u32, u32) {
     )
 }
 
-fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Result<(), Error> {
+fn run_model(
+    fp: AnyDenoiser,
+    name: &str,
+    schedule: &SchedulerSpec,
+    args: &Args,
+    device: &Device,
+) -> Result<(), Error> {
     let fp = fp.no_grad();
     let info = fp.info();
-    let (cfg_scale, sched, spec) =
-        eval_sampling(&fp, args.steps, args.samples, args.cfg, args.batch)?;
+    let (cfg_scale, sched, spec) = eval_sampling(
+        &fp,
+        schedule,
+        args.steps,
+        args.samples,
+        args.cfg,
+        args.batch,
+    )?;
     let classifier = FmnistClassifier::load(Path::new("assets/models/fmnist-classifier"), device)?;
     let test = load_split(DEFAULT_DIR, Split::Test)?;
     let json = args.out.join("ptq.json");
@@ -181,70 +192,37 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         let qcfg = QuantConfig::preset(preset)?;
         for method in &args.methods {
             let t = Instant::now();
-            let mut earlier_s = 0.0;
-            let student = match method.as_str() {
-                "naive" => {
-                    let mut m = fp.clone();
-                    ptq(&mut m, &qcfg, &calib, &PtqOptions::default(), device)?;
-                    // quantizer parameters are trainable: sampling would record a graph
-                    m.no_grad()
+            let m = match method.as_str() {
+                "naive" => Method::Naive(PtqOptions::default()),
+                "qdiffusion" => Method::Qdiffusion(ReconOptions {
+                    weight_iters: args.recon_iters,
+                    act_iters: args.recon_act_iters,
+                    ..ReconOptions::default()
+                }),
+                other => {
+                    return Err(format!("unknown method {other}: use naive or qdiffusion").into());
                 }
-                "qdiffusion" => {
-                    let opts = ReconOptions {
-                        weight_iters: args.recon_iters,
-                        act_iters: args.recon_act_iters,
-                        ..ReconOptions::default()
-                    };
-                    let ck = ReconCheckpoint::new(
-                        args.work
-                            .join(format!("{name}-{preset}-qdiffusion.safetensors")),
-                    );
-                    // position in millionths of the unit-iterations of the current phase; a new
-                    // bar per phase (weights, then activations) so the rate and ETA are the phase's
-                    let label = format!("{name} {preset} q-diffusion");
-                    let mut bar = Progress::new(&label, 1_000_000, 0);
-                    let mut phase = String::new();
-                    let (m, rep) = qdiffusion(
-                        &fp,
-                        fp.clone(),
-                        &qcfg,
-                        &calib,
-                        &opts,
-                        Some(&ck),
-                        device,
-                        &mut |p| {
-                            let total = (p.units * p.iters.max(1)) as u64;
-                            let pos = (p.unit * p.iters + p.iter) as u64 * 1_000_000 / total.max(1);
-                            if p.phase != phase {
-                                phase = p.phase.to_string();
-                                bar = Progress::new(&label, 1_000_000, pos);
-                            }
-                            bar.set(
-                                pos,
-                                format!(
-                                    "{} {}/{} {} loss {:.4}",
-                                    p.phase,
-                                    p.unit + 1,
-                                    p.units,
-                                    p.name,
-                                    p.loss
-                                ),
-                            );
-                        },
-                    )?;
-                    bar.finish();
+            };
+            let opts = RunOptions::new(sched.clone())
+                .with_schedule(schedule.ddim.clone())
+                .with_work_dir(args.work.join(format!("{name}-{preset}-{method}")));
+            let mut bars = StageBars::new(&format!("{name} {preset} {method}"));
+            let q = quantize(&fp, &qcfg, &calib, &m, &opts, device, &mut |p| {
+                show(&mut bars, p)
+            })?;
+            bars.finish();
+            let earlier_s = match &q.report {
+                MethodReport::Qdiffusion(rep) => {
                     eprintln!(
                         "{name} {preset}: {} units reconstructed ({} resumed)",
                         rep.units.len(),
                         rep.resumed_units
                     );
-                    earlier_s = rep.resumed_s;
-                    m.no_grad()
+                    rep.resumed_s
                 }
-                other => {
-                    return Err(format!("unknown method {other}: use naive or qdiffusion").into());
-                }
+                _ => 0.0,
             };
+            let student = q.model;
             // a resumed reconstruction costs its earlier sessions too
             let calib_s = t.elapsed().as_secs_f64() + earlier_s;
             let label = format!("{name} {method} {preset}");

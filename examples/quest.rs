@@ -13,7 +13,7 @@
 //!
 //! Per model: the layer-sensitivity sweep (table on stderr, `quest/<model>-sensitivity.png`
 //! and `.json`). Per preset: the Q-Diffusion weight rounding is taken from the `ptq`
-//! example's checkpoint in `--work` (`<model>-<preset>-qdiffusion.safetensors`, or any preset
+//! example's run directory in `--work` (`<model>-<preset>-qdiffusion/`, or any preset
 //! with the same weight bits: the weight phase does not depend on the activation bits), and
 //! reconstructed weights-only with `--recon-iters` when there is none; then QuEST
 //! (checkpointed under `--work`), the integer export loaded back into the FP model, sampled and
@@ -24,6 +24,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::tensor::Device;
 use dmq::calib::{QuantConfig, ReconCheckpoint, ReconOptions, qdiffusion};
 use dmq::eval::cli::{FlagError, Flags};
@@ -34,11 +35,12 @@ use dmq::finetune::{
     QuestConfig, QuestLoss, SelectionRules, SensitivityOptions, SensitivityRow, layer_sensitivity,
     quest_finetune, quest_student_with, quest_tuned_scalars, select_layers, sensitivity_by_set,
 };
-use dmq::models::layer_inventory;
+use dmq::models::{Denoiser, layer_inventory};
 
 mod common;
-use common::deploy::{Ctx, comparison_rows, deploy_and_score};
+use common::deploy::{Ctx, comparison_rows, deploy_and_score, provenance};
 use common::{Error, Model, ModelJob, calib_set, eval_sampling, for_each_model, list, model_list};
+use dmq::pipeline::{AnyDenoiser, SchedulerSpec};
 
 struct Args {
     models: Vec<String>,
@@ -117,9 +119,11 @@ fn weights_checkpoint<M: Model>(
 ) -> Result<ReconCheckpoint, Error> {
     let w = preset.weight.map_or(32, |s| s.cost_bits());
     for a in [4, 8, 16, 32] {
+        // the ptq example's run directory (dmq::pipeline::quantize's checkpoint name)
         let p = args
             .work
-            .join(format!("{name}-W{w}A{a}-qdiffusion.safetensors"));
+            .join(format!("{name}-W{w}A{a}-qdiffusion"))
+            .join("qdiffusion-recon.safetensors");
         if p.exists() {
             eprintln!("{name}: Q-Diffusion weight rounding from {}", p.display());
             return Ok(ReconCheckpoint::new(p));
@@ -246,10 +250,25 @@ fn sensitivity<M: Model>(
     Ok(())
 }
 
-fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Result<(), Error> {
+/// QuEST in its stages (`quest_student_with`, then `quest_finetune`) rather than through
+/// `dmq::pipeline::quantize`, which runs them in one go: the table scores the student
+/// between the two (`quest-init`) and the ablations change the stages' settings.
+fn run_model(
+    fp: AnyDenoiser,
+    name: &str,
+    schedule: &SchedulerSpec,
+    args: &Args,
+    device: &Device,
+) -> Result<(), Error> {
     let fp = fp.no_grad();
-    let (cfg_scale, sched, spec) =
-        eval_sampling(&fp, args.steps, args.samples, args.cfg, args.batch)?;
+    let (cfg_scale, sched, spec) = eval_sampling(
+        &fp,
+        schedule,
+        args.steps,
+        args.samples,
+        args.cfg,
+        args.batch,
+    )?;
     let (calib, _) = calib_set(
         &fp,
         &sched,
@@ -269,6 +288,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
     let ctx = Ctx::new(
         name,
         &fp,
+        schedule,
         &sched,
         &spec,
         &args.work,
@@ -321,6 +341,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
                 student.model.clone(),
                 &format!("{name}-{preset_name}"),
                 "quest-init",
+                &provenance("quest-init", serde_json::to_value(&cfg)?, &preset),
             )?;
             upsert_row(&json, ev.row(&ctx, &preset, "quest-init", student.build_s, serde_json::json!({
                 "cfg": cfg_scale, "what": "QuEST's student before fine-tuning: Q-Diffusion AdaRound weights, timestep-grouped activations (per channel at 4 bits), 8-bit edge activations",
@@ -348,7 +369,13 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
             })?;
         bar.finish();
         let tuned = quest_tuned_scalars(&student, &rep.selection);
-        let ev = deploy_and_score(&ctx, student, &format!("{name}-{preset_name}"), "quest")?;
+        let ev = deploy_and_score(
+            &ctx,
+            student,
+            &format!("{name}-{preset_name}"),
+            "quest",
+            &provenance("quest", serde_json::to_value(&cfg)?, &preset),
+        )?;
         let curve: Vec<(f64, f64)> = rep
             .losses
             .iter()

@@ -13,11 +13,9 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 use dmq::eval::cli::{FlagError, Flags};
 use dmq::eval::progress::Progress;
-use dmq::models::dit::DiT;
 use dmq::models::noise::NoiseRng;
 use dmq::models::sampler::{Trajectory, labels};
 use dmq::models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
-use dmq::models::unet::UNet2DModel;
 use dmq::models::{Denoiser, ForwardCtx, ModelError};
 
 fn run(model: &dyn Denoiser, args: &Args, device: &Device) -> Result<(), ModelError> {
@@ -66,7 +64,6 @@ fn run(model: &dyn Denoiser, args: &Args, device: &Device) -> Result<(), ModelEr
 }
 
 struct Args {
-    model: String,
     n: usize,
     steps: usize,
     cfg: f64,
@@ -89,7 +86,6 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
             "dir",
             PathBuf::from(format!("assets/models/{model}-fmnist")),
         )?,
-        model,
     })
 }
 
@@ -97,16 +93,10 @@ fn main() {
     let args = Flags::parse_env(parse_args);
     let device =
         dmq::quant::device::by_name(&args.backend).unwrap_or_else(|e| Flags::exit_usage(e));
-    let result = match args.model.as_str() {
-        "unet" => {
-            UNet2DModel::from_pretrained(&args.dir, &device).and_then(|m| run(&m, &args, &device))
-        }
-        "dit" => DiT::from_pretrained(&args.dir, &device).and_then(|m| run(&m, &args, &device)),
-        other => {
-            eprintln!("unknown --model {other}: use unet or dit");
-            std::process::exit(2)
-        }
-    };
+    // the class comes from the directory's config.json (UNet2DModel, DiTTransformer2DModel)
+    let result = dmq::pipeline::AnyDenoiser::from_pretrained(&args.dir, &device)
+        .map_err(|e| e.to_string())
+        .and_then(|m| run(&m, &args, &device).map_err(|e| e.to_string()));
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::module::Module;
 use burn::tensor::Device;
 use dmq::calib::{CalibSet, PtqOptions, RecordOptions, model_bytes};
 use dmq::eval::classifier::FmnistClassifier;
@@ -29,10 +30,9 @@ use dmq::eval::data::fashion_mnist::{DEFAULT_DIR, Split, load_split};
 use dmq::eval::harness::{Reference, SampleSpec, Scores, generate, score};
 use dmq::eval::progress::Progress;
 use dmq::eval::report::{ResultRow, git_commit, read_rows, upsert_row, write_markdown};
-use dmq::models::dit::DiT;
 use dmq::models::scheduler::{DdimConfig, DdimScheduler};
-use dmq::models::unet::UNet2DModel;
 use dmq::models::{Denoiser, HostTensor, layer_inventory};
+use dmq::pipeline::{AnyDenoiser, SchedulerSpec};
 use dmq::search::{
     Budget, Candidate, CostModel, Evolution, EvolutionConfig, SearchSpace, SuperNet,
     ThreadEvaluator, layer_slots, timestep_groups, uniform_timesteps,
@@ -83,18 +83,15 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
     })
 }
 
-trait Model: common::Model + Sync {}
-impl Model for UNet2DModel {}
-impl Model for DiT {}
-
 /// Samples with `model` over the ascending `timesteps`.
 fn sample(
     model: &dyn Denoiser,
+    schedule: &DdimConfig,
     timesteps: &[usize],
     spec: &SampleSpec,
     device: &Device,
 ) -> Result<HostTensor, Error> {
-    let sched = DdimScheduler::with_timesteps(&DdimConfig::new(), timesteps)?;
+    let sched = DdimScheduler::with_timesteps(schedule, timesteps)?;
     Ok(generate(model, &sched, spec, device, &mut |_, _| {})?)
 }
 
@@ -143,7 +140,17 @@ fn row(
     }
 }
 
-fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Result<(), Error> {
+/// TMPQ-DM with the paper's fitness (FD through the Fashion-MNIST metric classifier) and
+/// its baseline rows (uniform timesteps at the budget's bits, searched timesteps at uniform
+/// bits), built from `dmq::search`'s parts; `dmq::pipeline::search::tmpq` (and `dmq search`)
+/// is the same search with a model-agnostic fitness.
+fn run_model(
+    fp: AnyDenoiser,
+    name: &str,
+    schedule: &SchedulerSpec,
+    args: &Args,
+    device: &Device,
+) -> Result<(), Error> {
     let fp = fp.no_grad();
     let info = fp.info();
     let guidance = if info.num_classes.is_some() {
@@ -171,7 +178,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
     // cached: FP-100 sampling is the most expensive single step of a rerun
     let fp_images = common::deploy::fp_samples(
         &fp,
-        &DdimScheduler::with_timesteps(&DdimConfig::new(), &fp100_ts)?,
+        &DdimScheduler::with_timesteps(&schedule.ddim, &fp100_ts)?,
         &spec(args.samples),
         name,
         &args.work,
@@ -195,11 +202,17 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
 
     // The super-network: calibrated once per bit-width on FP trajectories.
     let t_cal = Instant::now();
-    let calib_path = args.work.join(format!("{name}-calib.safetensors"));
+    // keyed by the model's weights, the trajectory count and the guidance (not the name
+    // alone: a retrained model never reuses another's set)
+    let calib_path = args.work.join(format!(
+        "{name}-calib-{}-n{}-g{guidance}.safetensors",
+        dmq::pipeline::eval::weights_fingerprint(&fp, 1)?,
+        args.calib_n
+    ));
     let calib = match CalibSet::load(&calib_path) {
         Ok(c) => c,
         Err(_) => {
-            let sched = DdimScheduler::diffusers(&DdimConfig::new(), 100)?;
+            let sched = schedule.ddim(100)?;
             let c = CalibSet::record(
                 &fp,
                 &sched,
@@ -271,7 +284,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
         ],
     };
     let fit_reference = Reference::new(&classifier, &test, fp_fit.clone(), device)?;
-    let quantized = |c: &Candidate| -> Result<M, Error> {
+    let quantized = |c: &Candidate| -> Result<AnyDenoiser, Error> {
         let mut m = fp.clone();
         net.apply(&mut m, &space, c, 0)?;
         Ok(m)
@@ -279,7 +292,7 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
     let fitness = |c: &Candidate| -> dmq::search::Result<f64> {
         let r = (|| -> Result<f64, Error> {
             let m = quantized(c)?;
-            let images = sample(&m, &c.timesteps, &fit_spec, device)?;
+            let images = sample(&m, &schedule.ddim, &c.timesteps, &fit_spec, device)?;
             Ok(if args.fitness == "proxy" {
                 mse(&images, &fp_fit)
             } else {
@@ -358,7 +371,13 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
     ] {
         let method = method.as_str();
         let m = quantized(c)?;
-        let images = sample(&m, &c.timesteps, &spec(args.samples), device)?;
+        let images = sample(
+            &m,
+            &schedule.ddim,
+            &c.timesteps,
+            &spec(args.samples),
+            device,
+        )?;
         let s = score(&classifier, &reference, &images, info.num_classes, device)?;
         let bitops = cost.bitops(&space, c);
         eprintln!(
@@ -410,23 +429,24 @@ fn run_model<M: Model>(fp: M, name: &str, args: &Args, device: &Device) -> Resul
 fn main() {
     let args = Flags::parse_env(parse_args);
     let device = Device::flex();
-    for m in args.models.clone() {
-        let dir = args.models_dir.join(format!("{m}-fmnist"));
-        let r = match m.as_str() {
-            "unet" => UNet2DModel::from_pretrained(&dir, &device)
-                .map_err(Error::from)
-                .and_then(|fp| run_model(fp, "unet-fmnist", &args, &device)),
-            "dit" => DiT::from_pretrained(&dir, &device)
-                .map_err(Error::from)
-                .and_then(|fp| run_model(fp, "dit-fmnist", &args, &device)),
-            other => {
-                eprintln!("unknown --model {other}: use unet, dit or both");
-                std::process::exit(2)
-            }
-        };
-        if let Err(e) = r {
-            eprintln!("error ({m}): {e}");
-            std::process::exit(1);
+    struct Job<'a>(&'a Args, &'a Device);
+    impl common::ModelJob for Job<'_> {
+        fn run(
+            &mut self,
+            fp: AnyDenoiser,
+            name: &str,
+            schedule: &SchedulerSpec,
+        ) -> Result<(), common::Error> {
+            run_model(fp, name, schedule, self.0, self.1).map_err(|e| e.to_string().into())
         }
+    }
+    if let Err(e) = common::for_each_model(
+        &args.models,
+        &args.models_dir,
+        &device,
+        &mut Job(&args, &device),
+    ) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
     }
 }

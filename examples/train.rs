@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use dmq::eval::cli::{FlagError, Flags};
 use dmq::eval::data::fashion_mnist::{FashionMnist, Padding};
@@ -95,7 +95,7 @@ fn run<M: Trainable>(
         total: args.steps,
         cosine: true,
     };
-    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut optim = dmq::models::train::adamw(0.0).init();
     let mut ema = Ema::new(&model, 0.999);
     let mut state = TrainState {
         notes: serde_json::json!({"model": args.model, "batch": args.batch, "lr": args.lr, "steps": args.steps,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 use dmq::eval::classifier::FmnistClassifier;
 use dmq::eval::cli::Flags;
@@ -49,7 +49,7 @@ fn main() {
     let device = Device::flex();
     let ad = device.clone().autodiff();
     let mut model = FmnistClassifier::new(&ad);
-    let mut optim = AdamConfig::new().init();
+    let mut optim = dmq::models::train::adam().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let lr = LrSchedule {
         peak: 1e-3,

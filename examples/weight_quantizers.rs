@@ -17,7 +17,7 @@ use std::time::Instant;
 use burn::module::{Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Int, Tensor};
 use dmq::eval::data::fashion_mnist::{FashionMnist, FashionMnistSplit, Padding};
@@ -122,7 +122,7 @@ fn accuracy(model: &Mlp, test: &FashionMnistSplit, device: &Device) -> f64 {
 fn train(data: &FashionMnist, steps: usize, device: &Device) -> Mlp {
     let ad = device.clone().autodiff();
     let mut model = Mlp::new(&ad);
-    let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
+    let mut optim = dmq::models::train::adamw(1e-4).init();
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let bs = 128;
     let t0 = Instant::now();
@@ -199,7 +199,7 @@ fn adaround_layer(w: Tensor<2>, x: Tensor<2>, spec: QuantSpec, iters: usize) -> 
     let x = Tensor::<2>::from_data(x.into_data(), &ad);
     let target = x.clone().matmul(w.clone().transpose());
     let mut q = AdaRoundQuantizer::init(w.clone(), &params).expect("adaround init");
-    let mut optim = AdamConfig::new().init();
+    let mut optim = dmq::models::train::adam().init();
     let schedule = BetaSchedule::reference(iters);
     for it in 0..iters {
         let w_hat = q.fake_quant(w.clone(), 0).expect("fake quant");

@@ -1,16 +1,19 @@
-//! Scoring a deployed quantized model the way every fine-tuning example does: integer export,
-//! loaded back into a fresh FP model, round-trip check, sampling, scores and a sample grid.
+//! Scoring a deployed quantized model the way every result table does: the self-contained
+//! `.dmq.safetensors` file (`dmq::pipeline::dmq_file`) written and loaded back on its own,
+//! round-trip check, sampling, scores and a sample grid.
 
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::tensor::Device;
-use dmq::calib::{QuantConfig, export_layers, layer_bits, model_bytes};
+use dmq::calib::{QuantConfig, layer_bits, model_bytes};
 use dmq::eval::classifier::FmnistClassifier;
 use dmq::eval::harness::{Reference, SampleSpec, Scores, bitops_per_image, score};
 use dmq::eval::report::{ResultRow, git_commit};
-use dmq::infer::load_export;
 use dmq::models::scheduler::{DdimScheduler, Scheduler};
-use dmq::models::{ForwardCtx, HostTensor};
+use dmq::models::{Denoiser, ForwardCtx, HostTensor};
+use dmq::pipeline::SchedulerSpec;
+use dmq::pipeline::dmq_file::{self, Provenance};
 
 use super::{Error, Model, grid_png, sample_images};
 
@@ -66,6 +69,8 @@ pub struct Ctx<'a, M: Model> {
     pub fp: &'a M,
     /// Sampling schedule.
     pub sched: &'a DdimScheduler,
+    /// The model's noise schedule (written into every deployed file).
+    pub schedule: &'a SchedulerSpec,
     /// Samples, guidance, seed.
     pub spec: &'a SampleSpec,
     /// Metric classifier.
@@ -89,6 +94,7 @@ impl<'a, M: Model> Ctx<'a, M> {
     pub fn new(
         name: &'a str,
         fp: &'a M,
+        schedule: &'a SchedulerSpec,
         sched: &'a DdimScheduler,
         spec: &'a SampleSpec,
         work: &'a Path,
@@ -112,6 +118,7 @@ impl<'a, M: Model> Ctx<'a, M> {
             name,
             fp,
             sched,
+            schedule,
             spec,
             classifier,
             reference,
@@ -123,15 +130,15 @@ impl<'a, M: Model> Ctx<'a, M> {
     }
 }
 
-/// A deployed model scored through its integer export.
+/// A deployed model scored through its `.dmq.safetensors` file.
 pub struct Evaluated<M> {
-    /// The export loaded back into the FP model (what was sampled).
+    /// The file loaded back (what was sampled).
     pub loaded: M,
     /// Its scores.
     pub scores: Scores,
     /// BitOPs per image.
     pub bitops: f64,
-    /// Largest |Δ| between the deployed model and the loaded export.
+    /// Largest |Δ| between the deployed model and the loaded file.
     pub round_trip: f32,
     /// Sampling seconds.
     pub sample_s: f64,
@@ -170,42 +177,27 @@ impl<M: Model> Evaluated<M> {
     }
 }
 
-/// Exports `deployed` (merged integer layers), loads the export back into a fresh FP model,
-/// checks the round trip, then samples and scores the loaded model; writes its sample grid
-/// as `<png_dir>/<tag>-<method>.png`.
-pub fn deploy_and_score<M: Model>(
-    ctx: &Ctx<'_, M>,
-    deployed: M,
+/// Writes `deployed` as a self-contained `.dmq.safetensors` file
+/// (`<work>/<tag>-<method>.dmq.safetensors`, with `provenance`), loads the file back on its
+/// own, checks the round trip, then samples and scores the loaded model; writes its sample
+/// grid as `<png_dir>/<tag>-<method>.png`.
+pub fn deploy_and_score(
+    ctx: &Ctx<'_, dmq::pipeline::AnyDenoiser>,
+    deployed: dmq::pipeline::AnyDenoiser,
     tag: &str,
     method: &str,
-) -> Result<Evaluated<M>, Error> {
-    deploy_and_score_on(ctx, deployed, ctx.fp.clone(), tag, method)
-}
-
-/// [`deploy_and_score`] loading the export onto `base` instead of the FP model (QAT methods
-/// train the non-layer parameters too: norms, embeddings).
-pub fn deploy_and_score_on<M: Model>(
-    ctx: &Ctx<'_, M>,
-    deployed: M,
-    base: M,
-    tag: &str,
-    method: &str,
-) -> Result<Evaluated<M>, Error> {
+    provenance: &Provenance,
+) -> Result<Evaluated<dmq::pipeline::AnyDenoiser>, Error> {
     let device = ctx.device;
-    let file = export_layers(&deployed, ctx.steps)?;
-    let export_path = ctx.work.join(format!("{tag}-{method}-int.safetensors"));
-    file.save(&export_path)?;
-    let mut loaded = base;
-    load_export(
-        &mut loaded,
-        &dmq::quant::QuantizedFile::load(&export_path)?,
-        device,
-    )?;
+    let path = ctx.work.join(format!("{tag}-{method}.dmq.safetensors"));
+    let timesteps = dmq::pipeline::scheduler::timesteps(ctx.sched);
+    dmq_file::save(&path, &deployed, ctx.schedule, &timesteps, provenance)?;
     // loaded parameters are trainable by default: sampling would record an autodiff graph
-    let loaded = loaded.no_grad();
+    let loaded = dmq_file::load(&path, device)?.model.no_grad();
     let round_trip = round_trip_error(&deployed, &loaded, ctx.sched, device)?;
     eprintln!(
-        "{tag} {method}: export loaded back, max |Δ output| = {round_trip:.2e} over {} steps",
+        "{tag} {method}: {} loaded back, max |Δ output| = {round_trip:.2e} over {} steps",
+        path.display(),
         ctx.steps
     );
     let (images, sample_s) = sample_images(
@@ -281,8 +273,8 @@ pub fn comparison_rows(mine: &[ResultRow], baselines: &[&[ResultRow]]) -> Vec<Re
     rows
 }
 
-/// The FP model's `spec.n` samples, cached under `work` (sampling is deterministic given the
-/// spec; the DiT takes minutes per 500 images with CFG).
+/// The FP model's `spec.n` samples, cached under `work` by the fingerprint of its weights,
+/// the sampler and the noise (the DiT takes minutes per 500 images with CFG).
 pub fn fp_samples<M: Model>(
     fp: &M,
     sched: &DdimScheduler,
@@ -291,26 +283,15 @@ pub fn fp_samples<M: Model>(
     work: &Path,
     device: &Device,
 ) -> Result<HostTensor, Error> {
-    let path = work.join(format!(
-        "{name}-fp-samples-n{}-s{}-cfg{}-seed{}.safetensors",
-        spec.n,
-        sched.num_steps(),
-        spec.guidance,
-        spec.seed
-    ));
-    if let Ok(f) = dmq::quant::QuantizedFile::load(&path)
-        && let Some((shape, data)) = f.float.get("images")
-    {
-        return Ok(HostTensor {
-            data: data.clone(),
-            shape: shape.clone(),
-        });
-    }
     let (images, _) = sample_images(fp, sched, spec, &format!("{name} fp"), Some(work), device)?;
-    let mut f = dmq::quant::QuantizedFile::default();
-    f.float
-        .insert("images".into(), (images.shape.clone(), images.data.clone()));
-    std::fs::create_dir_all(work)?;
-    f.save(&path)?;
     Ok(images)
+}
+
+/// The provenance of a deployed file: `method` with its `settings`, quantized under `config`.
+pub fn provenance(method: &str, settings: serde_json::Value, config: &QuantConfig) -> Provenance {
+    Provenance {
+        method: method.into(),
+        method_settings: settings,
+        quant_config: serde_json::to_value(config).unwrap_or_default(),
+    }
 }

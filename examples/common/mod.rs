@@ -1,33 +1,35 @@
-//! Helpers shared by the result-table examples (`ptq`, `efficientdm`): sampling with a
-//! progress bar, and the FP-vs-quantized sample grid PNG.
+//! Helpers shared by the result-table examples: the models come from their diffusers
+//! directories through `dmq::pipeline` (`AnyDenoiser` + the directory's schedule), the
+//! methods run through `dmq::pipeline::quantize` where the table is a method's output, and
+//! every scored model is deployed through the self-contained `.dmq.safetensors` file
+//! ([`deploy`]). What stays here is table bookkeeping: sampling with a progress bar and a
+//! resumable cache, the FP-vs-quantized grid PNG, and the per-model loop.
 
 use std::path::Path;
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use dmq::eval::harness::{SampleSpec, generate};
+use dmq::eval::harness::SampleSpec;
 use dmq::eval::progress::Progress;
-use dmq::eval::sample_checkpoint::ResumableSampling;
-use dmq::models::dit::DiT;
-use dmq::models::scheduler::{DdimScheduler, Scheduler};
-use dmq::models::unet::UNet2DModel;
+use dmq::models::scheduler::DdimScheduler;
 use dmq::models::{Denoiser, HostTensor};
+use dmq::pipeline::{AnyDenoiser, SchedulerSpec};
 
 #[allow(dead_code)] // used by the fine-tuning examples, not by ptq
 pub mod deploy;
 
 pub type Error = Box<dyn std::error::Error>;
 
-/// A default model the examples can quantize.
+/// A model the examples can quantize: any diffusers directory `AnyDenoiser` loads.
 pub trait Model: Denoiser + Module + Clone {}
-impl Model for UNet2DModel {}
-impl Model for DiT {}
+impl Model for AnyDenoiser {}
 
 /// `spec.n` samples from `model` with a progress bar; returns them and the seconds this
-/// process spent. With `resume = Some(dir)` the finished batches are checkpointed in `dir`
-/// under the model's [`fingerprint`], so a killed run resumes at its last batch (the DiT
-/// draws 1,000 samples in tens of minutes) and never continues another model's images.
+/// process spent. With `resume = Some(dir)` the set is cached in `dir` under the fingerprint
+/// of the model's weights, the sampler and the noise (`dmq::pipeline::eval::sample`): a
+/// finished set is returned again without sampling, a killed run resumes at its last batch,
+/// and another model's (or another schedule's) images are never reused.
 pub fn sample_images<M: Model>(
     model: &M,
     sched: &DdimScheduler,
@@ -37,54 +39,16 @@ pub fn sample_images<M: Model>(
     device: &Device,
 ) -> Result<(HostTensor, f64), Error> {
     let t = Instant::now();
-    let images = match resume {
-        None => {
-            let mut bar = Progress::new(label, spec.n as u64, 0);
-            let images = generate(model, sched, spec, device, &mut |done, _| {
-                bar.set(done as u64, "")
-            })?;
-            bar.finish();
-            images
-        }
-        Some(dir) => {
-            let fp = fingerprint(model, sched.num_steps())?;
-            let path = dir.join(format!(
-                "samples-{fp}-n{}-s{}-cfg{}-seed{}.partial.safetensors",
-                spec.n,
-                sched.num_steps(),
-                spec.guidance,
-                spec.seed
-            ));
-            let run = ResumableSampling::open(&path, &fp, model, sched, spec)?;
-            if run.done() > 0 {
-                eprintln!(
-                    "{label}: resuming at sample {} of {} from {}",
-                    run.done(),
-                    spec.n,
-                    path.display()
-                );
-            }
-            let mut bar = Progress::new(label, spec.n as u64, run.done() as u64);
-            let images = run.generate(model, sched, device, &mut |done, _| {
-                bar.set(done as u64, "")
-            })?;
-            bar.finish();
-            images
-        }
-    };
+    let mut bar: Option<Progress> = None;
+    let images =
+        dmq::pipeline::eval::sample(model, sched, spec, resume, device, &mut |done, n| {
+            bar.get_or_insert_with(|| Progress::new(label, n as u64, 0))
+                .set(done as u64, "")
+        })?;
+    if let Some(b) = bar {
+        b.finish();
+    }
     Ok((images, t.elapsed().as_secs_f64()))
-}
-
-/// A hex fingerprint of everything `model` samples with: the FNV-1a hash of its FP parameters
-/// (norms, embeddings, unquantized layers) combined with the content hash of its quantized
-/// layer export over `num_steps` steps (codes, Δ, z, per-step activation parameters).
-pub fn fingerprint<M: Model>(model: &M, num_steps: usize) -> Result<String, Error> {
-    let fp = dmq::models::io::weights_to_bytes(model, Default::default())?;
-    let q = dmq::calib::export_layers(model, num_steps)?.content_hash()?;
-    Ok(format!(
-        "{:016x}",
-        dmq::quant::fingerprint::fnv1a64(&fp) ^ q.rotate_left(1)
-    ))
 }
 
 /// The first 40 FP samples (left) next to the same-noise quantized samples (right), as PNG.
@@ -117,7 +81,7 @@ pub fn grid_png(
 /// The calibration set of `name` (`n` FP trajectories, `steps_kept` of `sched`'s steps, CFG
 /// `guidance`), loaded from `work` or recorded there; returns it and the seconds taken.
 #[allow(dead_code)] // the data-free examples use it; binarydm trains on real data
-pub fn calib_set<M: Denoiser>(
+pub fn calib_set<M: Model>(
     fp: &M,
     sched: &DdimScheduler,
     name: &str,
@@ -128,10 +92,19 @@ pub fn calib_set<M: Denoiser>(
 ) -> Result<(dmq::calib::CalibSet, f64), Error> {
     use dmq::calib::{CalibSet, RecordOptions};
     std::fs::create_dir_all(work)?;
-    let path = work.join(format!(
-        "{name}-calib-n{n}-s{steps_kept}-{}.safetensors",
-        sched.num_steps()
-    ));
+    // keyed by the model's weights and the sampler too: a retrained model or another
+    // schedule under the same name records a new set
+    let key = dmq::pipeline::eval::fingerprint(
+        fp,
+        sched,
+        &SampleSpec {
+            n,
+            guidance,
+            seed: 7,
+            batch: steps_kept,
+        },
+    )?;
+    let path = work.join(format!("{name}-calib-n{n}-s{steps_kept}-{key}.safetensors"));
     let t = Instant::now();
     let calib = match CalibSet::load(&path) {
         Ok(c) => c,
@@ -155,22 +128,23 @@ pub fn calib_set<M: Denoiser>(
     Ok((calib, t.elapsed().as_secs_f64()))
 }
 
-/// The evaluation sampling of every result table: DDIM (η = 0) with `steps` steps and
-/// `samples` images from seed 2024, CFG `cfg` for class-conditional models (1 otherwise).
+/// The evaluation sampling of every result table: DDIM (η = 0) on the model's own schedule
+/// with `steps` steps and `samples` images from seed 2024, CFG `cfg` for class-conditional
+/// models (1 otherwise).
 pub fn eval_sampling<M: Denoiser>(
     fp: &M,
+    schedule: &SchedulerSpec,
     steps: usize,
     samples: usize,
     cfg: f64,
     batch: usize,
 ) -> Result<(f64, DdimScheduler, SampleSpec), Error> {
-    use dmq::models::scheduler::DdimConfig;
     let cfg_scale = if fp.info().num_classes.is_some() {
         cfg
     } else {
         1.0
     };
-    let sched = DdimScheduler::diffusers(&DdimConfig::new(), steps)?;
+    let sched = schedule.ddim(steps)?;
     let spec = SampleSpec {
         n: samples,
         guidance: cfg_scale,
@@ -188,22 +162,29 @@ pub fn list(s: String) -> Vec<String> {
         .collect()
 }
 
-/// `--model unet|dit|both` as the list of models to run.
+/// `--model unet|dit|both|<dir>[,<dir>...]` as the list of model directories to run
+/// (`unet` and `dit` are the embedded `unet-fmnist` and `dit-fmnist`).
 pub fn model_list(flag: String) -> Vec<String> {
+    let expand = |m: String| match m.as_str() {
+        "unet" => "unet-fmnist".to_string(),
+        "dit" => "dit-fmnist".to_string(),
+        _ => m,
+    };
     if flag == "both" {
-        vec!["unet".into(), "dit".into()]
+        vec!["unet-fmnist".into(), "dit-fmnist".into()]
     } else {
-        list(flag)
+        list(flag).into_iter().map(expand).collect()
     }
 }
 
-/// Work done on one default model (generic over the model type).
+/// Work done on one model.
 pub trait ModelJob {
-    /// Runs on `fp`, called `name` (`unet-fmnist`, `dit-fmnist`).
-    fn run<M: Model>(&mut self, fp: M, name: &str) -> Result<(), Error>;
+    /// Runs on `fp` (named by its directory, `unet-fmnist`, ...), sampled with `schedule`.
+    fn run(&mut self, fp: AnyDenoiser, name: &str, schedule: &SchedulerSpec) -> Result<(), Error>;
 }
 
-/// Loads each of `models` (`unet`, `dit`) from `models_dir` and runs `job` on it.
+/// Loads each of `models` (a directory under `models_dir`, or a path) with its schedule and
+/// runs `job` on it.
 pub fn for_each_model(
     models: &[String],
     models_dir: &Path,
@@ -211,24 +192,25 @@ pub fn for_each_model(
     job: &mut impl ModelJob,
 ) -> Result<(), Error> {
     for m in models {
-        match m.as_str() {
-            "unet" => job.run(
-                UNet2DModel::from_pretrained(&models_dir.join("unet-fmnist"), device)?,
-                "unet-fmnist",
-            )?,
-            "dit" => job.run(
-                DiT::from_pretrained(models_dir.join("dit-fmnist"), device)?,
-                "dit-fmnist",
-            )?,
-            other => return Err(format!("unknown --model {other}: use unet, dit or both").into()),
-        }
+        let dir = if Path::new(m).is_dir() {
+            Path::new(m).to_path_buf()
+        } else {
+            models_dir.join(m)
+        };
+        let name = dir
+            .file_name()
+            .map_or_else(|| m.clone(), |n| n.to_string_lossy().to_string());
+        let fp = AnyDenoiser::from_pretrained(&dir, device)?;
+        let schedule = SchedulerSpec::from_dir(&dir)?;
+        job.run(fp, &name, &schedule)?;
     }
     Ok(())
 }
 
 /// The `main` of a result-table example: `$parse` the flags into `Args` (with `models` and
-/// `models_dir` fields), run `$run(fp, name, &args, &device)` on every `--model` (flex, autodiff
-/// device), then `$finish(&args)`; any error is printed and exits with status 1.
+/// `models_dir` fields), run `$run(fp, name, &schedule, &args, &device)` on every `--model`
+/// (flex, autodiff device), then `$finish(&args)`; any error is printed and exits with
+/// status 1.
 #[macro_export]
 macro_rules! model_main {
     ($parse:path, $run:path, $finish:path) => {
@@ -238,8 +220,13 @@ macro_rules! model_main {
             let result = (|| -> Result<(), Error> {
                 struct Job<'a>(&'a Args, &'a Device);
                 impl ModelJob for Job<'_> {
-                    fn run<M: Model>(&mut self, fp: M, name: &str) -> Result<(), Error> {
-                        $run(fp, name, self.0, self.1)
+                    fn run(
+                        &mut self,
+                        fp: dmq::pipeline::AnyDenoiser,
+                        name: &str,
+                        schedule: &dmq::pipeline::SchedulerSpec,
+                    ) -> Result<(), Error> {
+                        $run(fp, name, schedule, self.0, self.1)
                     }
                 }
                 for_each_model(
@@ -256,4 +243,15 @@ macro_rules! model_main {
             }
         }
     };
+}
+
+/// Shows a `dmq::pipeline::quantize` progress report on `bars` (one bar per stage).
+#[allow(dead_code)] // quest and tmpq run the methods' stages themselves
+pub fn show(bars: &mut dmq::eval::progress::StageBars, p: &dmq::pipeline::Progress) {
+    let stage = p.stage.split(' ').next().unwrap_or("");
+    let msg = p
+        .loss
+        .map(|l| format!("{} loss {l:.4}", p.stage))
+        .unwrap_or_default();
+    bars.update(stage, p.done, p.total, msg);
 }

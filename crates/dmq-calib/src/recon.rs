@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{Module, Param};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use dmq_models::layers::LayerMut;
 use dmq_models::noise::NoiseRng;
@@ -989,7 +989,7 @@ impl<'a> UnitJob<'a> {
         extra: impl Fn(&M, usize) -> Option<Tensor<1>>,
         progress: &mut dyn FnMut(&ReconProgress),
     ) -> Result<M> {
-        let mut optim = AdamConfig::new().init();
+        let mut optim = dmq_models::train::adam().init();
         for it in 0..phase.iters {
             let pos = self.sampler.draw(self.batch);
             let idx: Vec<usize> = pos.iter().map(|&q| self.pool[q]).collect();

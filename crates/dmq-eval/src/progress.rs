@@ -118,3 +118,40 @@ mod tests {
         assert_eq!(format_secs(f64::NAN), "?");
     }
 }
+
+/// One [`Progress`] bar per stage of a multi-stage job (a new bar, with its own rate and
+/// ETA, whenever the stage changes).
+#[derive(Default)]
+pub struct StageBars {
+    prefix: String,
+    current: Option<(String, Progress)>,
+}
+
+impl StageBars {
+    /// Bars labelled `<prefix> <stage>`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            current: None,
+        }
+    }
+
+    /// Moves the bar of `stage` to `done` of `total` with `message`.
+    pub fn update(&mut self, stage: &str, done: u64, total: u64, message: impl Into<String>) {
+        if self.current.as_ref().is_none_or(|(s, _)| s != stage) {
+            self.finish();
+            let bar = Progress::new(&format!("{} {stage}", self.prefix), total, 0);
+            self.current = Some((stage.to_string(), bar));
+        }
+        if let Some((_, b)) = self.current.as_mut() {
+            b.set(done, message);
+        }
+    }
+
+    /// Ends the current bar.
+    pub fn finish(&mut self) {
+        if let Some((_, b)) = self.current.take() {
+            b.finish();
+        }
+    }
+}

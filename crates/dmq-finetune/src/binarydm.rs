@@ -29,7 +29,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 use dmq_calib::config::{default_act_spec, default_weight_spec, softmax_spec};
 use dmq_models::layers::{LayerKind, LayerMut, LayerRef};
@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 use crate::delta_floor::keep_act_deltas_positive;
 use crate::error::{FinetuneError, Result};
 use crate::lrm::{LrmAxis, LrmProjection, lrm_loss};
+use crate::run::refuse_foreign_checkpoint;
 
 /// BinaryDM settings (reference values in parentheses).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -511,17 +512,7 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
     cfg.check()?;
     let tag = serde_json::json!({ "config": cfg });
     let ck = checkpoint.map(Checkpoint::new);
-    if let Some(ck) = &ck
-        && let Some(st) = ck.state()?
-        && st.notes != tag
-    {
-        return Err(FinetuneError::Checkpoint {
-            path: ck.dir().to_path_buf(),
-            reason:
-                "it belongs to another run (config differs); delete it or use another directory"
-                    .into(),
-        });
-    }
+    refuse_foreign_checkpoint(ck.as_ref(), &tag, "configs")?;
     let teacher = fp.clone().no_grad();
     let plan = binary_plan(&teacher, cfg, device)?;
     let schedule = NoiseSchedule::new(BetaSchedule::Linear, 1000, 1e-4, 0.02)
@@ -567,9 +558,7 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
             );
         }
     }
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay as f32)
-        .init();
+    let mut optim = dmq_models::train::adamw(cfg.weight_decay as f32).init();
     let mut state = TrainState {
         notes: tag.clone(),
         ..TrainState::default()

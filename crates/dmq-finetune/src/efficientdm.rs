@@ -21,7 +21,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use dmq_calib::{CalibSet, QuantConfig};
 use dmq_models::noise::NoiseRng;
@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::delta_floor::{keep_act_deltas_positive, keep_weight_deltas_positive};
 use crate::error::{FinetuneError, Result};
 use crate::lr::{LayerLr, LrConfig, layer_lrs, lr_scheduler};
+use crate::run::refuse_foreign_checkpoint;
 use crate::student::{StudentOptions, StudentReport, build_student, set_trainable};
 
 /// EfficientDM settings (see the module docs for the scaling of the defaults).
@@ -172,24 +173,14 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
     let tag = serde_json::json!({ "preset": preset, "config": cfg, "timesteps": timesteps });
     let ck = checkpoint.map(Checkpoint::new);
     // Refuse another run's checkpoint before the (costly) naive PTQ pass.
-    if let Some(ck) = &ck
-        && let Some(st) = ck.state()?
-        && st.notes != tag
-    {
-        return Err(FinetuneError::Checkpoint {
-            path: ck.dir().to_path_buf(),
-            reason: "it belongs to another run (preset, config or schedule differ); delete it or use another directory".into(),
-        });
-    }
+    refuse_foreign_checkpoint(ck.as_ref(), &tag, "preset, config or schedule")?;
     let fp = fp.clone().no_grad();
     let (mut student, report) =
         build_student(&fp, preset, calib, &timesteps, &cfg.student, device)?;
     let lrs = layer_lrs(&student, &cfg.lr)?;
     let per_epoch = scheduler.num_steps();
     let total = cfg.epochs * per_epoch;
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay as f32)
-        .init();
+    let mut optim = dmq_models::train::adamw(cfg.weight_decay as f32).init();
     let mut state = TrainState {
         notes: tag.clone(),
         ..TrainState::default()

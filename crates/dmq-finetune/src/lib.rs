@@ -48,6 +48,7 @@ pub mod policy;
 pub mod quest;
 pub mod quest_select;
 pub mod quest_sensitivity;
+mod run;
 pub mod student;
 
 pub use binarydm::{

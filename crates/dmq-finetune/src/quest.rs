@@ -30,8 +30,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::module::{Module, Param, ParamGroup, ParamId};
+use burn::optim::GradientsParams;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrSchedulerConfig;
-use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use dmq_calib::config::default_act_spec;
 use dmq_calib::{
@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use crate::delta_floor::keep_act_deltas_positive;
 use crate::error::{FinetuneError, Result};
 use crate::quest_select::{QuestSelection, SelectionRules, select_layers};
+use crate::run::refuse_foreign_checkpoint;
 
 /// How the local (per-layer) and global (model output) errors are weighted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -572,16 +573,7 @@ fn run_tag(preset: &QuantConfig, cfg: &QuestConfig, calib: &CalibSet) -> serde_j
 
 /// Refuses a checkpoint of another run (before any costly work).
 fn check_checkpoint(ck: Option<&Checkpoint>, tag: &serde_json::Value) -> Result<()> {
-    if let Some(ck) = ck
-        && let Some(st) = ck.state()?
-        && &st.notes != tag
-    {
-        return Err(FinetuneError::Checkpoint {
-            path: ck.dir().to_path_buf(),
-            reason: "it belongs to another run (preset, config or calibration differ); delete it or use another directory".into(),
-        });
-    }
-    Ok(())
+    refuse_foreign_checkpoint(ck, tag, "preset, config or calibration")
 }
 
 /// QuEST on `fp` (an autodiff device): [`quest_student`], then [`quest_finetune`].
@@ -636,7 +628,7 @@ pub fn quest_finetune<M: Denoiser + Module + Clone>(
     let total = total_a + total_b;
     let te = selection.time_embedding.clone();
     let (sens, b_acts) = (selection.sensitive.clone(), selection.stage_b_acts.clone());
-    let mut optim = AdamConfig::new().init();
+    let mut optim = dmq_models::train::adam().init();
     let mut state = TrainState {
         notes: tag.clone(),
         ..TrainState::default()
@@ -673,7 +665,7 @@ pub fn quest_finetune<M: Denoiser + Module + Clone>(
             continue;
         }
         if stage == Stage::B && state.step == total_a {
-            optim = AdamConfig::new().init();
+            optim = dmq_models::train::adam().init();
         }
         let (m, ids) = set_quest_trainable(student, &weights_set, &acts_set);
         student = m;

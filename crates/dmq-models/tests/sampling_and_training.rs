@@ -295,7 +295,35 @@ macro_rules! per_cpu_backend {
     };
 }
 
+/// One Adam step from dmq's optimisers, against the closed form `Δp = −lr·g/(|g| + ε)` of a
+/// first (bias-corrected) step: with ε = 1e-8 a gradient of 1e-6 moves the parameter by 0.99·lr
+/// (burn's default ε = 1e-5 would move it by 0.09·lr).
+fn adam_uses_pytorch_epsilon(device: &Device) {
+    use burn::nn::{Linear, LinearConfig};
+    let ad = device.clone().autodiff();
+    let lr = 0.1;
+    let g = 1e-6f32;
+    let expect = -(lr as f32) * g / (g + dmq_models::train::ADAM_EPSILON);
+    for (name, mut optim) in [
+        ("adam", dmq_models::train::adam().init()),
+        ("adamw", dmq_models::train::adamw(0.0).init()),
+    ] {
+        // one step on w ↦ g·w (gradient g)
+        let m: Linear = LinearConfig::new(1, 1).with_bias(false).init(&ad);
+        let w0 = host(m.weight.val())[0];
+        let loss = m.forward(Tensor::<2>::from_floats([[1.0]], &ad)).sum() * g;
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        let m = optim.step(lr, m, grads);
+        let d = host(m.weight.val())[0] - w0;
+        assert!(
+            (d - expect).abs() < 1e-4,
+            "{name}: step {d}, closed form {expect}"
+        );
+    }
+}
+
 per_backend!(
+    adam_uses_pytorch_epsilon,
     cfg_is_one_batched_call,
     teacher_forcing_follows_the_teacher,
     ema_and_checkpoint_resume

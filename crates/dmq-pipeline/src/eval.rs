@@ -17,6 +17,16 @@ use serde::Serialize;
 
 use crate::error::Result;
 
+/// A hex fingerprint of a model's parameters: its FP parameters (norms, embeddings,
+/// unquantized layers) and its quantized layer export over `num_steps` steps (codes, Δ, z,
+/// per-step activation parameters). Caches derived from a model (calibration sets) are
+/// keyed by it, so another model under the same name never reuses them.
+pub fn weights_fingerprint<M: Denoiser + Module>(model: &M, num_steps: usize) -> Result<String> {
+    let fp = dmq_models::io::weights_to_bytes(model, Default::default())?;
+    let q = dmq_calib::export_layers(model, num_steps)?.content_hash()?;
+    Ok(format!("{:016x}", fnv1a64(&fp) ^ q.rotate_left(1)))
+}
+
 /// A hex fingerprint of everything that determines a sample set: the model's FP parameters,
 /// its quantized layer export over the sampler's steps, the timestep list, the sampler
 /// configuration, the guidance scale, the seed and the count.

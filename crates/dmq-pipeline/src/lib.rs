@@ -23,7 +23,7 @@
 //! let sampler = sched.ddim(20)?;
 //! let calib = dmq_calib::CalibSet::record(&fp, &sampler, &Default::default(), &device)?;
 //! let config = dmq_calib::QuantConfig::preset("W8A8")?;
-//! let opts = RunOptions::new(sampler.clone());
+//! let opts = RunOptions::new(sampler.clone()).with_schedule(sched.ddim.clone());
 //! let q = quantize(&fp, &config, &calib, &Method::from_name("naive")?, &opts, &device, &mut |_| {})?;
 //! let ts: Vec<f64> = dmq_models::scheduler::Scheduler::timesteps(&sampler).iter().map(|&t| t as f64).collect();
 //! dmq_file::save("unet-w8a8.dmq.safetensors".as_ref(), &q.model, &sched, &ts, &Default::default())?;
@@ -41,6 +41,6 @@ pub mod search;
 
 pub use error::{PipelineError, Result};
 pub use images::ImageSet;
-pub use method::{METHOD_NAMES, Method, Progress, Quantized, RunOptions, quantize};
+pub use method::{METHOD_NAMES, Method, MethodReport, Progress, Quantized, RunOptions, quantize};
 pub use model::AnyDenoiser;
 pub use scheduler::SchedulerSpec;

@@ -141,6 +141,8 @@ pub struct RunOptions {
     pub sampler: DdimScheduler,
     /// Real training images, for the methods that train on data (BinaryDM).
     pub images: Option<ImageSet>,
+    /// The model's noise schedule (EfficientDM's fine-tuning trajectories follow it).
+    pub schedule: DdimConfig,
 }
 
 impl RunOptions {
@@ -150,7 +152,15 @@ impl RunOptions {
             work_dir: None,
             sampler,
             images: None,
+            schedule: DdimConfig::new(),
         }
+    }
+
+    /// The model's noise schedule (default: diffusers' DDIM defaults); set it from the
+    /// model directory's `SchedulerSpec::ddim`.
+    pub fn with_schedule(mut self, schedule: DdimConfig) -> Self {
+        self.schedule = schedule;
+        self
     }
 
     /// Checkpoints under `dir` (a killed run resumes from it).
@@ -166,13 +176,41 @@ impl RunOptions {
     }
 }
 
+/// What a method did (its own report type).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "method", content = "report", rename_all = "kebab-case")]
+pub enum MethodReport {
+    /// Naive PTQ.
+    Naive(dmq_calib::PtqReport),
+    /// Q-Diffusion.
+    Qdiffusion(dmq_calib::ReconReport),
+    /// EfficientDM.
+    Efficientdm(dmq_finetune::FinetuneReport),
+    /// QuEST (and the Q-Diffusion run it started from).
+    Quest {
+        /// The reconstruction.
+        recon: dmq_calib::ReconReport,
+        /// The fine-tuning.
+        quest: dmq_finetune::QuestReport,
+    },
+    /// BinaryDM.
+    Binarydm(dmq_finetune::BinaryDmReport),
+}
+
+impl MethodReport {
+    /// The report as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
 /// A quantized model and what the run did.
 #[derive(Debug)]
 pub struct Quantized {
     /// The quantized model (fake-quant form, frozen).
     pub model: AnyDenoiser,
-    /// The method's report as JSON.
-    pub report: serde_json::Value,
+    /// What the method did.
+    pub report: MethodReport,
     /// Seconds of this run.
     pub wall_s: f64,
 }
@@ -217,18 +255,20 @@ pub fn quantize(
                 total: 1,
                 loss: None,
             });
-            (m, serde_json::to_value(&rep).unwrap_or_default())
+            (m, MethodReport::Naive(rep))
         }
         Method::Qdiffusion(o) => {
             let ck = ck_path(opts, "qdiffusion-recon.safetensors").map(ReconCheckpoint::new);
             let (m, rep) = run_qdiffusion(fp, config, calib, o, ck.as_ref(), device, progress)?;
-            (m, serde_json::to_value(&rep).unwrap_or_default())
+            (m, MethodReport::Qdiffusion(rep))
         }
         Method::Efficientdm {
             config: c,
             train_steps,
         } => {
-            let train = DdimScheduler::diffusers(&DdimConfig::new().with_eta(1.0), *train_steps)?;
+            // the fine-tuning trajectories: the model's own schedule, stochastic DDIM (η = 1)
+            let train =
+                DdimScheduler::diffusers(&opts.schedule.clone().with_eta(1.0), *train_steps)?;
             let ck = ck_path(opts, "efficientdm");
             let (m, rep) = dmq_finetune::efficientdm(
                 fp,
@@ -249,7 +289,7 @@ pub fn quantize(
             )?;
             (
                 dmq_finetune::finalize(m, &timesteps)?,
-                serde_json::to_value(&rep).unwrap_or_default(),
+                MethodReport::Efficientdm(rep),
             )
         }
         Method::Quest { recon, config: c } => {
@@ -267,7 +307,8 @@ pub fn quantize(
                 }
             };
             let ck = ReconCheckpoint::new(dir.join("qdiffusion-recon.safetensors"));
-            run_qdiffusion(fp, config, calib, recon, Some(&ck), device, progress)?;
+            let (_, recon_rep) =
+                run_qdiffusion(fp, config, calib, recon, Some(&ck), device, progress)?;
             let (m, rep) = dmq_finetune::quest(
                 fp,
                 config,
@@ -289,11 +330,17 @@ pub fn quantize(
                 // a run without a run directory leaves nothing behind
                 let _ = std::fs::remove_dir_all(dir);
             }
-            (m, serde_json::to_value(&rep).unwrap_or_default())
+            (
+                m,
+                MethodReport::Quest {
+                    recon: recon_rep,
+                    quest: rep,
+                },
+            )
         }
         Method::Binarydm(c) => {
             let (m, rep) = run_binarydm(fp, config, c, opts, device, progress)?;
-            (m, serde_json::to_value(&rep).unwrap_or_default())
+            (m, MethodReport::Binarydm(rep))
         }
     };
     let model = model.no_grad();

@@ -134,44 +134,28 @@ pub fn calibration_set(
     Ok(calib)
 }
 
-/// One progress bar per stage of a pipeline run (a new bar when the stage changes).
-#[derive(Default)]
-pub struct StageBars {
-    prefix: String,
-    current: Option<(String, dmq_eval::progress::Progress)>,
-}
+/// One progress bar per stage of a pipeline run (the stage is the first word of
+/// [`dmq_pipeline::Progress::stage`]; the rest and the loss go to the message).
+pub struct StageBars(dmq_eval::progress::StageBars);
 
 impl StageBars {
     /// Bars labelled `<prefix> <stage>`.
     pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_string(),
-            current: None,
-        }
+        Self(dmq_eval::progress::StageBars::new(prefix))
     }
 
-    /// Shows `p` (the stage is its first word; the rest and the loss go to the message).
+    /// Shows `p`.
     pub fn update(&mut self, p: &dmq_pipeline::Progress) {
-        let stage = p.stage.split(' ').next().unwrap_or("").to_string();
-        if self.current.as_ref().is_none_or(|(s, _)| s != &stage) {
-            self.finish();
-            let b = bar(&format!("{} {stage}", self.prefix), p.total as usize);
-            self.current = Some((stage, b));
-        }
-        if let Some((_, b)) = self.current.as_mut() {
-            b.set(
-                p.done,
-                p.loss
-                    .map(|l| format!("{} loss {l:.5}", p.stage))
-                    .unwrap_or_default(),
-            );
-        }
+        let stage = p.stage.split(' ').next().unwrap_or("");
+        let msg = p
+            .loss
+            .map(|l| format!("{} loss {l:.5}", p.stage))
+            .unwrap_or_default();
+        self.0.update(stage, p.done, p.total, msg);
     }
 
     /// Ends the current bar.
     pub fn finish(&mut self) {
-        if let Some((_, b)) = self.current.take() {
-            b.finish();
-        }
+        self.0.finish();
     }
 }

@@ -131,7 +131,9 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         w.push(".work");
         PathBuf::from(w)
     });
-    let mut opts = RunOptions::new(sampler.clone()).with_work_dir(&work);
+    let mut opts = RunOptions::new(sampler.clone())
+        .with_schedule(sched.ddim.clone())
+        .with_work_dir(&work);
     if matches!(method, Method::Binarydm(_)) {
         opts = opts.with_images(ImageSet::fashion_mnist_train(&a.data)?);
     }
