@@ -19,6 +19,7 @@ pub mod export;
 pub mod glob;
 pub mod ptq;
 pub mod recon;
+pub mod smoothquant;
 
 pub use calib_set::{CalibSet, RecordOptions, kept_steps};
 pub use config::{Choice, EdgePolicy, LayerPlan, LayerRule, QuantConfig};
@@ -33,3 +34,4 @@ pub use recon::{
     ReconCheckpoint, ReconOptions, ReconProgress, ReconReport, Unit, qdiffusion,
     restore_weight_rounding, units,
 };
+pub use smoothquant::{SmoothOptions, SmoothReport, SmoothedLayer, smoothquant};

@@ -1,5 +1,6 @@
 //! Property tests of the layer-name globs that configs and QuEST's selection use: never a
-//! panic or a blow-up on any pattern, and agreement with a direct recursive definition.
+//! panic or a blow-up on any pattern, and agreement with two independent references: the
+//! `regex` crate (the glob translated to an anchored regex) and a recursive definition.
 
 use dmq_calib::glob_match;
 use proptest::prelude::*;
@@ -25,8 +26,27 @@ fn pattern() -> impl Strategy<Value = String> {
     proptest::string::string_regex("[ab._0-9*?]{0,10}").unwrap()
 }
 
+/// The glob as an anchored regex: `*` → `.*`, `?` → `.`, everything else literal.
+fn as_regex(p: &str) -> regex::Regex {
+    let mut r = String::from("(?s)^");
+    for c in p.chars() {
+        match c {
+            '*' => r.push_str(".*"),
+            '?' => r.push('.'),
+            c => r.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    r.push('$');
+    regex::Regex::new(&r).expect("an escaped pattern is a valid regex")
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn glob_agrees_with_a_regex(p in pattern(), s in name()) {
+        prop_assert_eq!(glob_match(&p, &s), as_regex(&p).is_match(&s), "pattern {} name {}", p, s);
+    }
 
     #[test]
     fn glob_agrees_with_the_definition(p in pattern(), s in name()) {

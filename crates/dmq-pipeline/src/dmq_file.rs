@@ -282,6 +282,21 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
     }
     let scheduler = SchedulerSpec::from_json(&meta_json(&file, path, keys::SCHEDULER)?, path)?;
     let mut model = AnyDenoiser::from_config_json(&config, path, device)?;
+    // SmoothQuant divisors are parameters of the layers that have them
+    let smoothed: BTreeSet<String> = file
+        .float
+        .keys()
+        .filter_map(|k| k.strip_suffix(".smooth").map(String::from))
+        .collect();
+    model.for_each_layer_mut(&mut |l| {
+        if smoothed.contains(l.name()) {
+            match l {
+                dmq_models::layers::LayerMut::Linear(q) => q.attach_smoothing(device),
+                dmq_models::layers::LayerMut::Conv2d(q) => q.attach_smoothing(device),
+                dmq_models::layers::LayerMut::Matmul(_) => {}
+            }
+        }
+    });
 
     // 1. every model parameter, from a float entry or a dequantized weight
     let fresh = model.weights_to_bytes()?;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use dmq_calib::{CalibSet, PtqOptions, QuantConfig, ReconCheckpoint, ReconOptions};
+use dmq_calib::{CalibSet, PtqOptions, QuantConfig, ReconCheckpoint, ReconOptions, SmoothOptions};
 use dmq_finetune::{BinaryDmConfig, EfficientDmConfig, QuestConfig};
 use dmq_models::scheduler::{DdimConfig, DdimScheduler};
 use dmq_models::{Denoiser, ForwardCtx, HostTensor};
@@ -28,6 +28,9 @@ pub enum Method {
     Naive(PtqOptions),
     /// Q-Diffusion: AdaRound block reconstruction, then activation step-size reconstruction.
     Qdiffusion(ReconOptions),
+    /// SmoothQuant: per-input-channel migration of activation outliers into the weights (α
+    /// per layer from a grid, or global), then naive PTQ.
+    Smoothquant(SmoothOptions),
     /// EfficientDM: QALoRA + TALSQ, data-free distillation from the FP model.
     Efficientdm {
         /// Fine-tuning options.
@@ -49,7 +52,14 @@ pub enum Method {
 }
 
 /// Names [`Method::from_name`] accepts.
-pub const METHOD_NAMES: [&str; 5] = ["naive", "qdiffusion", "efficientdm", "quest", "binarydm"];
+pub const METHOD_NAMES: [&str; 6] = [
+    "naive",
+    "qdiffusion",
+    "smoothquant",
+    "efficientdm",
+    "quest",
+    "binarydm",
+];
 
 impl Method {
     /// The method with its default options: `naive`, `qdiffusion`, `efficientdm`, `quest`,
@@ -58,6 +68,7 @@ impl Method {
         Ok(match name {
             "naive" | "ptq" => Self::Naive(PtqOptions::default()),
             "qdiffusion" | "q-diffusion" => Self::Qdiffusion(ReconOptions::default()),
+            "smoothquant" => Self::Smoothquant(SmoothOptions::default()),
             "efficientdm" => Self::Efficientdm {
                 config: EfficientDmConfig::default(),
                 train_steps: 20,
@@ -81,6 +92,7 @@ impl Method {
         match self {
             Self::Naive(_) => "naive",
             Self::Qdiffusion(_) => "qdiffusion",
+            Self::Smoothquant(_) => "smoothquant",
             Self::Efficientdm { .. } => "efficientdm",
             Self::Quest { .. } => "quest",
             Self::Binarydm(_) => "binarydm",
@@ -96,7 +108,7 @@ impl Method {
     pub fn scaled(mut self, f: f64) -> Self {
         let s = |n: usize| ((n as f64 * f).round() as usize).max(1);
         match &mut self {
-            Self::Naive(_) => {}
+            Self::Naive(_) | Self::Smoothquant(_) => {}
             Self::Qdiffusion(r) => {
                 r.weight_iters = s(r.weight_iters);
                 r.act_iters = s(r.act_iters);
@@ -184,6 +196,8 @@ pub enum MethodReport {
     Naive(dmq_calib::PtqReport),
     /// Q-Diffusion.
     Qdiffusion(dmq_calib::ReconReport),
+    /// SmoothQuant.
+    Smoothquant(dmq_calib::SmoothReport),
     /// EfficientDM.
     Efficientdm(dmq_finetune::FinetuneReport),
     /// QuEST (and the Q-Diffusion run it started from).
@@ -256,6 +270,18 @@ pub fn quantize(
                 loss: None,
             });
             (m, MethodReport::Naive(rep))
+        }
+        Method::Smoothquant(o) => {
+            let mut m = fp.clone();
+            let rep = dmq_calib::smoothquant(&mut m, config, calib, o, device, &mut |d, n| {
+                progress(&Progress {
+                    stage: "smoothing".into(),
+                    done: d as u64,
+                    total: n as u64,
+                    loss: None,
+                })
+            })?;
+            (m, MethodReport::Smoothquant(rep))
         }
         Method::Qdiffusion(o) => {
             let ck = ck_path(opts, "qdiffusion-recon.safetensors").map(ReconCheckpoint::new);

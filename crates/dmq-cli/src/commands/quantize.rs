@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, value_parser = crate::existing)]
     pub model: PathBuf,
     /// Method.
-    #[arg(long, default_value = "naive", value_parser = ["naive", "qdiffusion", "efficientdm", "quest", "binarydm"])]
+    #[arg(long, default_value = "naive", value_parser = ["naive", "qdiffusion", "smoothquant", "efficientdm", "quest", "binarydm"])]
     pub method: String,
     /// Preset: W8A8, W4A8, W4A4, W8A32, W1A4 (binarydm), ... (WxAy).
     #[arg(long, default_value = "W8A8")]

@@ -134,6 +134,38 @@ pub(crate) fn quant_weight<const D: usize>(
     }
 }
 
+/// Checks a SmoothQuant divisor for layer `name` with `n` input channels.
+pub(crate) fn check_smoothing(
+    name: &str,
+    s: &[f32],
+    n: usize,
+    smoothed: bool,
+    quantized: bool,
+) -> Result<()> {
+    let bad = |reason: String| ModelError::Config(format!("{name}: smoothing: {reason}"));
+    if s.len() != n {
+        return Err(bad(format!("{} factors for {n} input channels", s.len())));
+    }
+    if let Some((i, v)) = s
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(v.is_finite() && **v > 0.0))
+    {
+        return Err(bad(format!(
+            "factor {i} is {v}; factors must be finite and > 0"
+        )));
+    }
+    if smoothed {
+        return Err(bad("the layer is already smoothed".into()));
+    }
+    if quantized {
+        return Err(bad(
+            "smooth before quantizing (the layer has quantizers)".into()
+        ));
+    }
+    Ok(())
+}
+
 /// Wraps an executor's error with the layer's name.
 pub(crate) fn executor_err(
     layer: &str,

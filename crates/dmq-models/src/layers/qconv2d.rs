@@ -6,7 +6,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 use dmq_quant::{ActQuantizer, WeightQuantizer};
 
-use super::{LayerKind, executor_err, quant_act, quant_weight, torch_uniform};
+use super::{LayerKind, check_smoothing, executor_err, quant_act, quant_weight, torch_uniform};
 use crate::context::{ForwardCtx, HostTensor, LayerCall, Operand};
 use crate::error::{Result, shape_err};
 use crate::executor::ConvGeometry;
@@ -46,6 +46,7 @@ impl QConv2dConfig {
                 .then(|| Param::from_tensor(torch_uniform([self.c_out], fan_in, device))),
             w_quant: None,
             a_quant: None,
+            smooth: None,
             stride: self.stride,
             padding: self.padding,
             name: name.to_string(),
@@ -69,6 +70,9 @@ pub struct QConv2d {
     pub w_quant: Option<WeightQuantizer>,
     /// Input-activation quantizer (None = FP).
     pub a_quant: Option<ActQuantizer>,
+    /// SmoothQuant's per-input-channel divisor s `[C_in]` (None = 1): the input is divided by
+    /// it before anything else sees it, and `weight` holds `W·diag(s)` along `C_in`.
+    pub smooth: Option<Param<Tensor<1>>>,
     /// Stride.
     pub stride: usize,
     /// Padding.
@@ -86,6 +90,34 @@ impl QConv2d {
     /// `[C_out, C_in, k, k]`.
     pub fn weight_shape(&self) -> [usize; 4] {
         self.weight.val().dims()
+    }
+
+    /// SmoothQuant on an FP layer: `W ← W·diag(s)` along `C_in` and the input divided by `s`
+    /// per channel from now on (the FP output is unchanged; convolution is linear in each
+    /// input channel). Same preconditions as [`crate::layers::QLinear::smooth_by`].
+    pub fn smooth_by(&mut self, s: &[f32]) -> Result<()> {
+        let [_, c_in, _, _] = self.weight_shape();
+        check_smoothing(
+            &self.name,
+            s,
+            c_in,
+            self.smooth.is_some(),
+            self.w_quant.is_some() || self.a_quant.is_some(),
+        )?;
+        let device = self.weight.val().device();
+        let st = Tensor::<1>::from_floats(s, &device);
+        let w = self.weight.val() * st.clone().reshape([1, c_in, 1, 1]);
+        // a new leaf (the product is a node of the autodiff graph on autodiff devices)
+        self.weight = Param::from_tensor(w.detach());
+        self.smooth = Some(Param::from_tensor(st).set_require_grad(false));
+        Ok(())
+    }
+
+    /// Attaches a divisor whose folding the weight already carries (loading a file).
+    pub fn attach_smoothing(&mut self, device: &Device) {
+        let [_, c_in, _, _] = self.weight_shape();
+        self.smooth =
+            Some(Param::from_tensor(Tensor::ones([c_in], device)).set_require_grad(false));
     }
 
     /// The weight as the forward pass uses it.
@@ -118,6 +150,10 @@ impl QConv2d {
                 macs: (b * c_out * ho * wo * c_in * kh * kw) as u64,
             });
         }
+        let x = match &self.smooth {
+            Some(sm) => x / sm.val().reshape([1, c_in, 1, 1]),
+            None => x,
+        };
         ctx.capture_input(&self.name, Operand::Input, &x);
         if let Some(ex) = ctx.executor_for(&self.name) {
             let (ho, wo) = ((h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1);

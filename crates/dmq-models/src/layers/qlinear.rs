@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use dmq_quant::{ActQuantizer, WeightQuantizer};
 
-use super::{LayerKind, executor_err, quant_act, quant_weight, torch_uniform};
+use super::{LayerKind, check_smoothing, executor_err, quant_act, quant_weight, torch_uniform};
 use crate::context::{ForwardCtx, HostTensor, LayerCall, Operand};
 use crate::error::{Result, shape_err};
 
@@ -35,12 +35,14 @@ impl QLinearConfig {
                 .then(|| Param::from_tensor(torch_uniform([self.d_output], self.d_input, device))),
             w_quant: None,
             a_quant: None,
+            smooth: None,
             name: name.to_string(),
         }
     }
 }
 
-/// `y = Q_a(x)·Q_w(W)ᵀ + b`.
+/// `y = Q_a(x / s)·Q_w(W)ᵀ + b`, with `s = 1` unless SmoothQuant set a per-input-channel
+/// divisor (and folded it into `W`, so that the FP product is unchanged).
 ///
 /// # Shapes
 /// - weight: `[d_output, d_input]` (PyTorch layout, so diffusers checkpoints load as is and
@@ -56,6 +58,10 @@ pub struct QLinear {
     pub w_quant: Option<WeightQuantizer>,
     /// Input-activation quantizer (None = FP).
     pub a_quant: Option<ActQuantizer>,
+    /// SmoothQuant's per-input-channel divisor s `[d_input]` (None = 1): the input is divided
+    /// by it before anything else sees it (quantizer, executor, capture), and `weight` holds
+    /// `W·diag(s)`.
+    pub smooth: Option<Param<Tensor<1>>>,
     #[module(skip)]
     name: String,
 }
@@ -69,6 +75,34 @@ impl QLinear {
     /// `[d_output, d_input]`.
     pub fn weight_shape(&self) -> [usize; 2] {
         self.weight.val().dims()
+    }
+
+    /// SmoothQuant on an FP layer: `W ← W·diag(s)` and the input divided by `s` from now on
+    /// (the FP output is unchanged). `s` must have `d_input` finite positive entries, and the
+    /// layer must not be smoothed or quantized yet.
+    pub fn smooth_by(&mut self, s: &[f32]) -> Result<()> {
+        let [_, d_in] = self.weight_shape();
+        check_smoothing(
+            &self.name,
+            s,
+            d_in,
+            self.smooth.is_some(),
+            self.w_quant.is_some() || self.a_quant.is_some(),
+        )?;
+        let device = self.weight.val().device();
+        let st = Tensor::<1>::from_floats(s, &device);
+        let w = self.weight.val() * st.clone().reshape([1, d_in]);
+        // a new leaf (the product is a node of the autodiff graph on autodiff devices)
+        self.weight = Param::from_tensor(w.detach());
+        self.smooth = Some(Param::from_tensor(st).set_require_grad(false));
+        Ok(())
+    }
+
+    /// Attaches a divisor whose folding the weight already carries (loading a file).
+    pub fn attach_smoothing(&mut self, device: &Device) {
+        let [_, d_in] = self.weight_shape();
+        self.smooth =
+            Some(Param::from_tensor(Tensor::ones([d_in], device)).set_require_grad(false));
     }
 
     /// The weight as the forward pass uses it (quantized when a weight quantizer is set).
@@ -92,6 +126,14 @@ impl QLinear {
                 macs: (rows * d_in * d_out) as u64,
             });
         }
+        let x = match &self.smooth {
+            Some(s) => {
+                let mut shape = [1usize; D];
+                shape[D - 1] = d_in;
+                x / s.val().reshape(shape)
+            }
+            None => x,
+        };
         ctx.capture_input(&self.name, Operand::Input, &x);
         if let Some(ex) = ctx.executor_for(&self.name) {
             let rows = dims.iter().product::<usize>() / d_in;
