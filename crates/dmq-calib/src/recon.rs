@@ -756,6 +756,7 @@ pub fn qdiffusion<M: Denoiser + Module + Clone>(
     device: &Device,
     progress: &mut dyn FnMut(&ReconProgress),
 ) -> Result<(M, ReconReport)> {
+    dmq_models::train::require_autodiff(device, "Q-Diffusion reconstruction")?;
     if opts.batch == 0 || opts.samples == 0 {
         return Err(CalibError::Option(
             "reconstruction batch and samples must be > 0".into(),

@@ -60,3 +60,40 @@ proptest! {
         }
     }
 }
+
+/// Reconstruction on a device without autodiff is a typed error, not burn's panic at the
+/// first backward pass.
+#[test]
+fn reconstruction_without_autodiff_is_an_error() {
+    use dmq_calib::{QuantConfig, ReconOptions, RecordOptions, qdiffusion};
+    use dmq_models::scheduler::{DdimConfig, DdimScheduler};
+    let device = Device::flex();
+    let fp =
+        dmq_models::unet::UNet2DModel::new(&dmq_models::defaults::tiny_unet().unwrap(), &device)
+            .unwrap();
+    let calib = CalibSet::record(
+        &fp,
+        &DdimScheduler::diffusers(&DdimConfig::new(), 2).unwrap(),
+        &RecordOptions {
+            trajectories: 2,
+            steps_kept: 1,
+            batch: 2,
+            ..RecordOptions::default()
+        },
+        &device,
+    )
+    .unwrap();
+    let e = qdiffusion(
+        &fp,
+        fp.clone(),
+        &QuantConfig::preset("W8A8").unwrap(),
+        &calib,
+        &ReconOptions::default(),
+        None,
+        &device,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("autodiff"), "{e}");
+}

@@ -140,7 +140,11 @@ fn smoothquant_beats_naive_on_activation_outliers() {
         &mut |_, _| calls += 1,
     )
     .unwrap();
-    assert_eq!(calls, rep.layers.len(), "one progress report per searched layer");
+    assert_eq!(
+        calls,
+        rep.layers.len(),
+        "one progress report per searched layer"
+    );
     // every choice is at least as good as no smoothing, on that layer alone
     assert!(rep.layers.iter().all(|l| l.mse <= l.mse_unsmoothed));
     // the outlier layers are smoothed, and their error drops by more than half

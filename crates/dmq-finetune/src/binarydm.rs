@@ -510,6 +510,7 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
     progress: &mut dyn FnMut(&BinaryProgress),
 ) -> Result<(M, BinaryDmReport)> {
     cfg.check()?;
+    dmq_models::train::require_autodiff(device, "BinaryDM")?;
     let tag = serde_json::json!({ "config": cfg });
     let ck = checkpoint.map(Checkpoint::new);
     refuse_foreign_checkpoint(ck.as_ref(), &tag, "configs")?;

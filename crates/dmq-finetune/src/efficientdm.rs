@@ -149,6 +149,7 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
     device: &Device,
     progress: &mut dyn FnMut(&FinetuneProgress),
 ) -> Result<(M, FinetuneReport)> {
+    dmq_models::train::require_autodiff(device, "EfficientDM")?;
     if cfg.epochs == 0
         || cfg.batch == 0
         || cfg.checkpoint_every == 0

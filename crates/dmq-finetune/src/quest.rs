@@ -589,6 +589,7 @@ pub fn quest<M: Denoiser + Module + Clone>(
     progress: &mut dyn FnMut(&QuestProgress),
 ) -> Result<(M, QuestReport)> {
     check(cfg)?;
+    dmq_models::train::require_autodiff(device, "QuEST")?;
     let ck = checkpoint.map(Checkpoint::new);
     check_checkpoint(ck.as_ref(), &run_tag(preset, cfg, calib))?;
     let student = quest_student(fp, preset, calib, weights, cfg, device)?;
@@ -608,6 +609,7 @@ pub fn quest_finetune<M: Denoiser + Module + Clone>(
     progress: &mut dyn FnMut(&QuestProgress),
 ) -> Result<(M, QuestReport)> {
     check(cfg)?;
+    dmq_models::train::require_autodiff(device, "QuEST")?;
     let t0 = Instant::now();
     let tag = run_tag(&student.preset, cfg, calib);
     let ck = checkpoint.map(Checkpoint::new);

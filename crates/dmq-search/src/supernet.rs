@@ -3,10 +3,10 @@
 //! applied by **selecting** each layer's weight and input quantizers, nothing recalibrated.
 //!
 //! Calibration per bit-width b: the whole model at WbAb (per-channel weights, per-tensor
-//! activations, attention matmuls included), max ranges for both as the reference
-//! initialises them, activation sets per step or step group as configured. The reference
-//! then runs Q-Diffusion's reconstruction per set; `SuperNet::from_models` accepts models
-//! calibrated any way (e.g. by `dmq_calib::qdiffusion`) to do the same.
+//! activations, attention matmuls included) with the caller's ranges (max, as the reference
+//! initialises them, or MSE), activation sets per step or step group as configured. The
+//! paper then runs Q-Diffusion's reconstruction per set; `SuperNet::from_models` accepts
+//! models calibrated any way (e.g. by `dmq_calib::qdiffusion`) to do the same.
 //!
 //! Each set was calibrated with the same bit-width upstream, so a mixed assignment is an
 //! approximation: that is what parameter sharing trades for not recalibrating.
@@ -17,7 +17,7 @@ use burn::tensor::Device;
 use dmq_calib::{CalibSet, PtqOptions, QuantConfig, ptq};
 use dmq_models::Denoiser;
 use dmq_models::layers::{LayerMut, LayerRef};
-use dmq_quant::{ActQuantizer, RangeInit, WeightQuantizer};
+use dmq_quant::{ActQuantizer, WeightQuantizer};
 
 use crate::candidate::{Candidate, LayerSlot, SearchSpace};
 use crate::error::{Result, SearchError};
@@ -81,8 +81,11 @@ pub fn layer_slots<M: Denoiser + ?Sized>(model: &M) -> Vec<LayerSlot> {
 }
 
 impl SuperNet {
-    /// Calibrates `fp` once per bit-width of `bit_options` (naive PTQ with max ranges and
-    /// the activation grouping of `opts.time`) on `calib`.
+    /// Calibrates `fp` once per bit-width of `bit_options` by naive PTQ with `opts` (its
+    /// ranges — `RangeInit::Max` is the reference code's initialisation, the MSE default is
+    /// what the naive baselines use — and its activation grouping `opts.time`) on `calib`.
+    /// The paper calibrates each bit-width by reconstruction; build those models with
+    /// `dmq_calib::qdiffusion` and use [`SuperNet::from_models`].
     pub fn calibrate<M: Denoiser + Clone>(
         fp: &M,
         bit_options: &[u32],
@@ -91,11 +94,6 @@ impl SuperNet {
         device: &Device,
         progress: &mut dyn FnMut(u32),
     ) -> Result<Self> {
-        let opts = PtqOptions {
-            weight_init: RangeInit::Max,
-            act_init: RangeInit::Max,
-            ..opts.clone()
-        };
         let mut models = Vec::with_capacity(bit_options.len());
         for &b in bit_options {
             let mut m = fp.clone();
@@ -103,7 +101,7 @@ impl SuperNet {
                 &mut m,
                 &QuantConfig::wa(Some(b), Some(b))?,
                 calib,
-                &opts,
+                opts,
                 device,
             )?;
             progress(b);

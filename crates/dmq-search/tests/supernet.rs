@@ -43,8 +43,11 @@ fn selection(device: &Device) {
         device,
     )
     .unwrap();
+    // the reference code's max ranges (the super-network uses the options it is given)
     let opts = PtqOptions {
         act_samples: 4,
+        weight_init: RangeInit::Max,
+        act_init: RangeInit::Max,
         ..PtqOptions::default()
     };
     let mut seen = Vec::new();
@@ -61,11 +64,7 @@ fn selection(device: &Device) {
     // Direct calibration at W8A8 and W4A4 with the same options.
     let direct = |b: u32| {
         let mut m = fp.clone();
-        let o = PtqOptions {
-            weight_init: RangeInit::Max,
-            act_init: RangeInit::Max,
-            ..opts.clone()
-        };
+        let o = opts.clone();
         ptq(
             &mut m,
             &QuantConfig::wa(Some(b), Some(b)).unwrap(),

@@ -12,4 +12,4 @@ pub use checkpoint::{Checkpoint, TrainState};
 pub use ema::Ema;
 pub use loss::{DiffusionBatch, diffusion_batch, eps_loss};
 pub use lr::LrSchedule;
-pub use optim::{ADAM_EPSILON, adam, adamw};
+pub use optim::{ADAM_EPSILON, adam, adamw, require_autodiff};

@@ -22,3 +22,15 @@ pub fn adamw(weight_decay: f32) -> AdamWConfig {
         .with_epsilon(ADAM_EPSILON)
         .with_weight_decay(weight_decay)
 }
+
+/// Refuses to train on a device without autodiff (burn would panic at the first backward
+/// pass): `what` names the method in the error.
+pub fn require_autodiff(device: &burn::tensor::Device, what: &str) -> crate::Result<()> {
+    if device.is_autodiff() {
+        Ok(())
+    } else {
+        Err(crate::ModelError::Config(format!(
+            "{what} trains: give it an autodiff device (`device.autodiff()`) with the model on it"
+        )))
+    }
+}
