@@ -103,6 +103,11 @@ pub struct QuantConfig {
     pub name: String,
     /// Default weight spec of linear and conv layers (`None` = FP weights).
     pub weight: Option<QuantSpec>,
+    /// Weights per group of this many input features instead of per output channel, in the
+    /// linear layers whose input size it divides (the integer GEMM reads groups along the
+    /// reduction axis); convolutions and the other linears stay per output channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_group: Option<usize>,
     /// Default input-activation spec of linear and conv layers (`None` = FP activations).
     pub act: Option<QuantSpec>,
     /// Spec of attention-matmul operands other than the softmax probabilities.
@@ -136,6 +141,7 @@ impl QuantConfig {
         Self {
             name: "fp".into(),
             weight: None,
+            weight_group: None,
             act: None,
             matmul: None,
             softmax: None,
@@ -156,6 +162,7 @@ impl QuantConfig {
         Ok(Self {
             name,
             weight: w_bits.map(default_weight_spec).transpose()?,
+            weight_group: None,
             act: a_bits.map(default_act_spec).transpose()?,
             matmul: a_bits.map(default_act_spec).transpose()?,
             softmax: a_bits.map(softmax_spec).transpose()?,
@@ -164,14 +171,29 @@ impl QuantConfig {
         })
     }
 
-    /// A named preset: `fp`, or `WxAy` with x ∈ 1..=8 or 32 and y ∈ 1..=8 or 32
-    /// (case-insensitive), e.g. `W8A8`, `W4A8`, `W4A4`, `W2A8`, `W1A4`, `W4A32`.
+    /// A named preset: `fp`, or `WxAy` with x ∈ 1..=8 or 32 and y ∈ 1..=8 or 16/32
+    /// (case-insensitive), e.g. `W8A8`, `W4A8`, `W4A4`, `W2A8`, `W1A4`, `W4A32`, optionally
+    /// with a weight group `-gG` (G ≥ 1): `W4A16-g128`, `W4A8-g64`, `W4A4-g64` (see
+    /// [`QuantConfig::weight_group`]).
     pub fn preset(name: &str) -> Result<Self> {
         let up = name.trim().to_ascii_uppercase();
         if up == "FP" || up == "W32A32" {
             return Ok(Self::fp());
         }
         let bad = || CalibError::UnknownPreset(name.to_string());
+        if let Some((base, g)) = up.split_once("-G") {
+            let g: usize = g.parse().map_err(|_| bad())?;
+            if g == 0 || g > 1 << 20 {
+                return Err(bad());
+            }
+            let mut c = Self::preset(base)?;
+            if c.weight.is_none() {
+                return Err(bad());
+            }
+            c.weight_group = Some(g);
+            c.name = name.trim().to_string();
+            return Ok(c);
+        }
         let rest = up.strip_prefix('W').ok_or_else(bad)?;
         let (w, a) = rest.split_once('A').ok_or_else(bad)?;
         let parse = |s: &str| -> Result<Option<u32>> {
@@ -230,10 +252,14 @@ impl QuantConfig {
                 name: c.name.clone(),
                 kind: c.kind,
                 weight_shape: c.weight_shape.clone(),
-                weight: if c.kind == LayerKind::Matmul {
-                    None
-                } else {
-                    self.weight
+                weight: match (c.kind, self.weight, self.weight_group) {
+                    (LayerKind::Matmul, _, _) => None,
+                    (LayerKind::Linear, Some(w), Some(g))
+                        if c.weight_shape.len() == 2 && c.weight_shape[1] % g == 0 =>
+                    {
+                        Some(w.per_group(1, g))
+                    }
+                    (_, w, _) => w,
                 },
                 act,
                 act_b,

@@ -169,6 +169,54 @@ fn dit_w4a4(device: &Device) {
     check(&tiny_dit(device), "W4A4", 5e-2, device);
 }
 
+/// A per-group preset: the linears whose input size 8 divides get weights per group of 8
+/// input features (the kernels' grouped layout), the convs stay per output channel, and every
+/// quantized layer still runs in integers.
+fn grouped_weights(device: &Device) {
+    use dmq_quant::Granularity;
+    for (name, plans) in [
+        (
+            "dit",
+            QuantConfig::preset("W4A8-g8")
+                .unwrap()
+                .resolve(&tiny_dit(device), device)
+                .unwrap(),
+        ),
+        (
+            "unet",
+            QuantConfig::preset("W4A8-g8")
+                .unwrap()
+                .resolve(&tiny_unet(device), device)
+                .unwrap(),
+        ),
+    ] {
+        let grouped = plans
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.weight.map(|w| w.granularity()),
+                    Some(Granularity::PerGroup { axis: 1, size: 8 })
+                )
+            })
+            .count();
+        assert!(grouped > 0, "{name}: no layer grouped");
+        for p in &plans {
+            if p.kind == dmq_models::layers::LayerKind::Conv2d {
+                assert!(
+                    matches!(
+                        p.weight.map(|w| w.granularity()),
+                        Some(Granularity::PerChannel { axis: 0 })
+                    ),
+                    "{name} {}: convs stay per channel",
+                    p.name
+                );
+            }
+        }
+    }
+    check(&tiny_dit(device), "W4A8-g8", 3e-2, device);
+    check(&tiny_unet(device), "W4A8-g8", 3e-2, device);
+}
+
 /// Each integer layer on the fake-quant layer's own input reproduces its output.
 fn layerwise<M: Denoiser + Clone>(fp: &M, preset: &str, device: &Device) {
     use dmq_models::layers::LayerRef;
@@ -440,6 +488,7 @@ per_backend!(
     unet_w1a8,
     dit_w8a8,
     dit_w4a4,
+    grouped_weights,
     layerwise_unet,
     layerwise_dit,
     fused_attention_unet,
