@@ -1,0 +1,190 @@
+//! The leaderboard: every method's rows from the result tables, per model and sampling
+//! protocol (sample count and steps: FD is only comparable at equal counts), sorted by FD,
+//! with the cost of each row (BitOPs per image, model bytes) and, per group, the cheapest
+//! row whose FD is within 10% of the group's best marked (by BitOPs and by bytes).
+//!
+//! ```text
+//! cargo run --release --example leaderboard -- [--results docs/results]
+//! ```
+//! Reads `ptq.json`, `efficientdm.json`, `quest.json`, `binarydm.json`, `tmpq.json` and
+//! `smoothquant.json` (rows of `dmq eval`); writes `leaderboard.json` and `leaderboard.md`.
+//! Rows are copied, never recomputed: each keeps the command, commit and machine of its table.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dmq::eval::cli::{FlagError, Flags};
+use dmq::eval::report::{ResultRow, read_rows};
+
+type Error = Box<dyn std::error::Error>;
+
+struct Args {
+    results: PathBuf,
+}
+
+fn parse_args(f: &Flags) -> Result<Args, FlagError> {
+    Ok(Args {
+        results: f.get("results", PathBuf::from("docs/results"))?,
+    })
+}
+
+/// Rows of `dmq eval --json` (smoothquant.json) as table rows.
+fn eval_rows(path: &Path) -> Result<Vec<ResultRow>, Error> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(vec![]);
+    };
+    let v: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+    let f = |r: &serde_json::Value, k: &str| r.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+    Ok(v.iter()
+        .map(|r| {
+            let model = r["model"]
+                .as_str()
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            ResultRow {
+                model,
+                method: "smoothquant".into(),
+                w_bits: 8,
+                a_bits: 8,
+                steps: f(r, "steps") as usize,
+                samples: f(r, "samples") as usize,
+                fd_test: f(r, "fd_test"),
+                fd_fp: f(r, "fd_fp"),
+                psnr_fp: f(r, "psnr_fp"),
+                ssim_fp: f(r, "ssim_fp"),
+                class_acc: r.get("class_acc").and_then(|x| x.as_f64()),
+                bitops: f(r, "gbitops_per_image") * 1e9,
+                model_bytes: f(r, "model_bytes") as usize,
+                wall_s: 0.0,
+                command: "dmq quantize --method smoothquant (smoothquant.md)".into(),
+                commit: String::new(),
+                extra: serde_json::Value::Null,
+            }
+        })
+        .collect())
+}
+
+fn run(args: &Args) -> Result<(), Error> {
+    let mut rows: Vec<(String, ResultRow)> = Vec::new();
+    for t in ["ptq", "efficientdm", "quest", "binarydm", "tmpq"] {
+        for r in read_rows(&args.results.join(format!("{t}.json")))? {
+            rows.push((t.to_string(), r));
+        }
+    }
+    for r in eval_rows(&args.results.join("smoothquant.json"))? {
+        rows.push(("smoothquant".into(), r));
+    }
+    // groups: model × samples × steps; the FP rows stay (they anchor the group)
+    let mut groups: BTreeMap<(String, usize, usize), Vec<(String, ResultRow)>> = BTreeMap::new();
+    for (t, r) in rows {
+        if r.fd_test.is_finite() {
+            groups
+                .entry((r.model.clone(), r.samples, r.steps))
+                .or_default()
+                .push((t, r));
+        }
+    }
+    let mut md = String::from(
+        "# Leaderboard\n\nEvery method's rows from the result tables, grouped by model and \
+         sampling protocol (FD is comparable only at equal sample count and steps), sorted by \
+         FD test. Cost: BitOPs per image (all steps, both CFG branches) and model bytes. \
+         **B** marks the cheapest row by BitOPs whose FD is within 10% of the group's best \
+         (FP rows excluded), **S** the smallest by bytes. Rows are copied from their tables \
+         (command, commit, machine there); written by `cargo run --release --example \
+         leaderboard`. The FD seed-to-seed spread of the FP models is ±2.3 (UNet) and ±1.4 \
+         (DiT) at 1000 samples (`noise.md`). Not yet here: SVDQuant, and EfficientDM on the \
+         baselines' quantized-everything layer set (its rows keep its own layer policy, so \
+         its BitOPs are not the baselines').\n",
+    );
+    let mut json: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for ((model, samples, steps), mut g) in groups {
+        if g.iter().all(|(_, r)| r.method == "fp") {
+            continue;
+        }
+        g.sort_by(|a, b| a.1.fd_test.total_cmp(&b.1.fd_test));
+        let quantized: Vec<&ResultRow> = g
+            .iter()
+            .map(|(_, r)| r)
+            .filter(|r| !r.method.starts_with("fp"))
+            .collect();
+        let best = quantized
+            .iter()
+            .map(|r| r.fd_test)
+            .fold(f64::INFINITY, f64::min);
+        let near: Vec<&&ResultRow> = quantized
+            .iter()
+            .filter(|r| r.fd_test <= 1.1 * best)
+            .collect();
+        let cheapest = near
+            .iter()
+            .min_by(|a, b| a.bitops.total_cmp(&b.bitops))
+            .map(|r| (r.method.clone(), r.w_bits, r.a_bits));
+        let smallest = near
+            .iter()
+            .min_by_key(|r| r.model_bytes)
+            .map(|r| (r.method.clone(), r.w_bits, r.a_bits));
+        md.push_str(&format!(
+            "\n## {model}, {samples} samples, {steps} steps\n\n| table | method | W | A | FD test ↓ | PSNR vs FP | class acc | GBitOPs/img | model KiB | |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        ));
+        let key = format!("{model}/{samples}x{steps}");
+        for (t, r) in &g {
+            let id = Some((r.method.clone(), r.w_bits, r.a_bits));
+            let is_b = !r.method.starts_with("fp") && id == cheapest;
+            let is_s = !r.method.starts_with("fp") && id == smallest;
+            let bits = |b: u32| {
+                if b >= 32 {
+                    "FP".to_string()
+                } else {
+                    b.to_string()
+                }
+            };
+            md.push_str(&format!(
+                "| {t} | {} | {} | {} | {:.2} | {} | {} | {:.1} | {:.0} | {}{} |\n",
+                r.method,
+                bits(r.w_bits),
+                bits(r.a_bits),
+                r.fd_test,
+                if r.psnr_fp.is_finite() && r.psnr_fp < 99.0 {
+                    format!("{:.2}", r.psnr_fp)
+                } else {
+                    "–".into()
+                },
+                r.class_acc
+                    .map_or("–".into(), |a| format!("{:.1}%", 100.0 * a)),
+                r.bitops / 1e9,
+                r.model_bytes as f64 / 1024.0,
+                if is_b { "B" } else { "" },
+                if is_s { "S" } else { "" },
+            ));
+            json.entry(key.clone())
+                .or_default()
+                .push(serde_json::json!({
+                    "table": t, "method": r.method, "w_bits": r.w_bits, "a_bits": r.a_bits,
+                    "fd_test": r.fd_test, "psnr_fp": r.psnr_fp, "class_acc": r.class_acc,
+                    "gbitops": r.bitops / 1e9, "model_kib": r.model_bytes as f64 / 1024.0,
+                    "cheapest_bitops_within_10pct": is_b, "smallest_within_10pct": is_s,
+                }));
+        }
+    }
+    dmq::quant::file::write_atomic(&args.results.join("leaderboard.md"), md.as_bytes())?;
+    let mut text = serde_json::to_string_pretty(&json)?;
+    text.push('\n');
+    dmq::quant::file::write_atomic(&args.results.join("leaderboard.json"), text.as_bytes())?;
+    eprintln!(
+        "leaderboard: {} groups → {}",
+        json.len(),
+        args.results.join("leaderboard.md").display()
+    );
+    Ok(())
+}
+
+fn main() {
+    let args = Flags::parse_env(parse_args);
+    if let Err(e) = run(&args) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
