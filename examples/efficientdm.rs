@@ -5,8 +5,11 @@
 //! cargo run --release --example efficientdm -- [--model unet|dit|both] [--presets W8A8,W4A8,W4A4]
 //!     [--samples 500] [--steps 20] [--ft-steps 20] [--epochs 200] [--rank 32] [--train-cfg 1.5]
 //!     [--cfg 1.5] [--calib-n 64] [--calib-steps 10] [--batch 100] [--out docs/results]
-//!     [--work runs/ptq] [--models-dir assets/models]
+//!     [--work runs/ptq] [--models-dir assets/models] [--policy reference|everything]
 //! ```
+//!
+//! `--policy everything` runs EfficientDM on the baselines' layer set (every layer at the
+//! preset, attention matmuls quantized: the same BitOPs as naive PTQ; rows `efficientdm-all`).
 //!
 //! Per model and preset: naive PTQ under the EfficientDM layer policy, fine-tuning on
 //! `--ft-steps`-step DDIM (η = 1) trajectories for `--epochs` trajectories (checkpointed under
@@ -27,7 +30,7 @@ use dmq::eval::cli::{FlagError, Flags};
 use dmq::eval::plot::line_chart_png;
 use dmq::eval::progress::StageBars;
 use dmq::eval::report::{read_rows, upsert_row, write_markdown};
-use dmq::finetune::{EfficientDmConfig, StudentOptions, build_student, finalize};
+use dmq::finetune::{EfficientDmConfig, LayerPolicy, StudentOptions, build_student, finalize};
 use dmq::models::scheduler::Scheduler;
 use dmq::pipeline::{AnyDenoiser, Method, MethodReport, RunOptions, SchedulerSpec, quantize};
 
@@ -52,6 +55,7 @@ struct Args {
     work: PathBuf,
     models_dir: PathBuf,
     score_init: bool,
+    policy: String,
 }
 
 fn parse_args(f: &Flags) -> Result<Args, FlagError> {
@@ -73,6 +77,7 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
         work: f.get("work", PathBuf::from("runs/ptq"))?,
         models_dir: f.get("models-dir", PathBuf::from("assets/models"))?,
         score_init: !f.switch("skip-init"),
+        policy: f.get("policy", "reference".into())?,
     })
 }
 
@@ -127,6 +132,13 @@ fn run_model(
         let cfg = EfficientDmConfig {
             student: StudentOptions {
                 rank: args.rank,
+                policy: match args.policy.as_str() {
+                    "reference" => LayerPolicy::default(),
+                    "everything" => LayerPolicy::quantize_everything(),
+                    other => {
+                        return Err(format!("--policy {other}: use reference or everything").into());
+                    }
+                },
                 ..StudentOptions::default()
             },
             epochs: args.epochs,
@@ -160,10 +172,10 @@ fn run_model(
         };
         let opts = RunOptions::new(sched.clone())
             .with_schedule(schedule.ddim.clone())
-            .with_work_dir(
-                args.work
-                    .join(format!("{name}-{preset_name}-efficientdm-run")),
-            );
+            .with_work_dir(args.work.join(format!(
+                "{name}-{preset_name}-efficientdm-{}-run",
+                args.policy
+            )));
         let mut bars = StageBars::new(&format!("{name} {preset_name} EfficientDM"));
         let q = quantize(&fp, &preset, &calib, &method, &opts, device, &mut |p| {
             show(&mut bars, p)
@@ -172,11 +184,16 @@ fn run_model(
         let MethodReport::Efficientdm(rep) = q.report else {
             return Err("quantize returned another method's report".into());
         };
+        let row_method = if args.policy == "everything" {
+            "efficientdm-all"
+        } else {
+            "efficientdm"
+        };
         let ev = deploy_and_score(
             &ctx,
             q.model,
             &format!("{name}-{preset_name}"),
-            "efficientdm",
+            row_method,
             &dmq::pipeline::dmq_file::Provenance::new(&method, &preset),
         )?;
         let (s, rt, sample_s) = (&ev.scores, ev.round_trip, ev.sample_s);
@@ -187,7 +204,11 @@ fn run_model(
             .map(|&(k, l)| (k as f64, l as f64))
             .collect();
         line_chart_png(
-            &dir.join(format!("{name}-{preset_name}-loss.png")),
+            &dir.join(if args.policy == "everything" {
+                format!("{name}-{preset_name}-all-loss.png")
+            } else {
+                format!("{name}-{preset_name}-loss.png")
+            }),
             "distillation loss",
             "step",
             &[("loss", &curve)],
@@ -197,7 +218,7 @@ fn run_model(
             ev.row(
                 &ctx,
                 &preset,
-                "efficientdm",
+                row_method,
                 rep.init_s + rep.train_s,
                 serde_json::json!({
                     "cfg": cfg_scale, "train_cfg": args.train_cfg, "ft_steps": args.ft_steps,

@@ -43,6 +43,10 @@ pub struct LayerPolicy {
     pub skip: Treatment,
     /// Downsampler convolutions.
     pub downsample: Treatment,
+    /// Quantize the attention matmuls' operands at the preset's activation bits (frozen PTQ
+    /// ranges). The reference keeps them FP.
+    #[serde(default)]
+    pub matmuls: bool,
 }
 
 impl Default for LayerPolicy {
@@ -53,6 +57,22 @@ impl Default for LayerPolicy {
             time_embedding: Treatment::Int8Frozen,
             skip: Treatment::Fp,
             downsample: Treatment::Fp,
+            matmuls: false,
+        }
+    }
+}
+
+impl LayerPolicy {
+    /// The baselines' layer set: every linear and conv fine-tuned at the preset's bits and
+    /// the attention matmuls quantized, so that EfficientDM costs what naive PTQ and
+    /// Q-Diffusion cost at the same preset (equal-BitOPs comparisons).
+    pub fn quantize_everything() -> Self {
+        Self {
+            edges: Treatment::Lora,
+            time_embedding: Treatment::Lora,
+            skip: Treatment::Lora,
+            downsample: Treatment::Lora,
+            matmuls: true,
         }
     }
 }
@@ -67,7 +87,7 @@ pub struct PolicyPlan {
     pub lora: Vec<String>,
     /// Layers quantized W8A8 and frozen.
     pub frozen: Vec<String>,
-    /// Layers kept in FP (attention matmuls not listed).
+    /// Layers kept in FP (attention matmuls not listed: they follow `LayerPolicy::matmuls`).
     pub fp: Vec<String>,
 }
 
@@ -87,7 +107,11 @@ pub fn plan_layers(
     }
     let first = names.iter().position(|(_, k)| *k == LayerKind::Conv2d);
     let last = names.len().checked_sub(1);
-    let mut config = preset.clone().without_matmuls();
+    let mut config = if policy.matmuls {
+        preset.clone()
+    } else {
+        preset.clone().without_matmuls()
+    };
     config.name = format!("{} (EfficientDM policy)", preset.name);
     let mut plan = PolicyPlan {
         config,
@@ -224,6 +248,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.lora, vec!["transformer_blocks.0.norm1.linear"]);
+        // the baselines' layer set: everything trained, matmuls quantized as the preset says
+        let all = plan_layers(
+            &QuantConfig::preset("W4A8").unwrap(),
+            &dit_structure,
+            &dit,
+            &LayerPolicy::quantize_everything(),
+        )
+        .unwrap();
+        assert_eq!(all.lora.len(), 4);
+        assert!(all.frozen.is_empty() && all.fp.is_empty());
+        assert!(all.config.matmul.is_some() && all.config.softmax.is_some());
         assert_eq!(p.frozen.len(), 3);
     }
 }

@@ -339,6 +339,61 @@ fn grouped_preset_through_the_methods(device: &Device) {
     }
 }
 
+/// EfficientDM on the baselines' layer set (`LayerPolicy::quantize_everything`) costs
+/// exactly what naive PTQ costs at the same preset (BitOPs), where its reference policy
+/// (matmuls and shortcuts FP, edges 8-bit) costs more; the result round-trips through the file.
+fn efficientdm_at_equal_cost(device: &Device) {
+    let ad = device.clone().autodiff();
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = tiny("unet", &ad);
+    let sched = SchedulerSpec::default();
+    let sampler = sched.ddim(STEPS).unwrap();
+    let calib = calib(&fp, &sampler, &ad);
+    let config = QuantConfig::preset("W4A8").unwrap();
+    let run = |method: &Method| {
+        quantize(
+            &fp,
+            &config,
+            &calib,
+            method,
+            &RunOptions::new(sampler.clone()),
+            &ad,
+            &mut |_| {},
+        )
+        .unwrap()
+        .model
+    };
+    let cost = |m: &AnyDenoiser| {
+        dmq_pipeline::eval::cost(m, STEPS, false, &ad)
+            .unwrap()
+            .bitops
+    };
+    let naive = cost(&run(&Method::from_name("naive").unwrap()));
+    let reference = cost(&run(&quick("efficientdm")));
+    let mut everything = quick("efficientdm");
+    if let Method::Efficientdm { config, .. } = &mut everything {
+        config.student.policy = dmq_finetune::LayerPolicy::quantize_everything();
+    }
+    let q = run(&everything);
+    assert_eq!(cost(&q), naive, "equal BitOPs at the same preset");
+    assert!(
+        reference > naive,
+        "the reference policy costs more: {reference} vs {naive}"
+    );
+    let path = tmp.path().join("edm-all.dmq.safetensors");
+    let ts: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
+    dmq_file::save(
+        &path,
+        &q,
+        &sched,
+        &ts,
+        &Provenance::new(&everything, &config),
+    )
+    .unwrap();
+    let back = dmq_file::load(&path, device).unwrap();
+    assert!(max_diff(&q, &back.model, &sampler, &ad) <= 1e-4);
+}
+
 /// BinaryDM refuses a config that does not binarize, and a run without images.
 fn binarydm_checks_its_inputs(device: &Device) {
     let ad = device.clone().autodiff();
@@ -522,6 +577,12 @@ fn flex_every_method_round_trips_through_the_file() {
 #[test]
 fn flex_grouped_preset_through_the_methods() {
     grouped_preset_through_the_methods(&Device::flex())
+}
+
+#[cfg(feature = "flex")]
+#[test]
+fn flex_efficientdm_at_equal_cost() {
+    efficientdm_at_equal_cost(&Device::flex())
 }
 
 #[cfg(feature = "flex")]
