@@ -18,7 +18,7 @@
 //! α is one value for all layers, or chosen per layer from a grid by the output error of that
 //! layer alone, quantized as the config says, on calibration inputs:
 //! `mse(Q_a(x/s)·Q_w(W·s)ᵀ, x·Wᵀ)`, against the same layer without smoothing (which is kept
-//! when no α beats it). Then [`crate::ptq`] quantizes the smoothed model.
+//! when no α beats it). Then [`crate::ptq()`] quantizes the smoothed model.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
