@@ -19,7 +19,8 @@ pub struct Args {
     /// Method.
     #[arg(long, default_value = "naive", value_parser = ["naive", "qdiffusion", "smoothquant", "efficientdm", "quest", "binarydm"])]
     pub method: String,
-    /// Preset: W8A8, W4A8, W4A4, W8A32, W1A4 (binarydm), ... (WxAy).
+    /// Preset: W8A8, W4A8, W4A4, W8A32, W1A4 (binarydm), W4A8-g64 (linear weights per group
+    /// of 64 input features), ... (WxAy[-gG]).
     #[arg(long, default_value = "W8A8")]
     pub preset: String,
     /// A config file (overrides --preset): a QuantConfig JSON, or a `dmq search` result
