@@ -101,6 +101,10 @@ pub fn export_layers<M: Denoiser + ?Sized>(model: &M, num_steps: usize) -> Resul
                     let h = HostTensor::from_tensor(&b.val());
                     f.float.insert(format!("{name}.bias"), (h.shape, h.data));
                 }
+                if let Some(sm) = &l.smooth {
+                    let h = HostTensor::from_tensor(&sm.val());
+                    f.float.insert(format!("{name}.smooth"), (h.shape, h.data));
+                }
                 put_act(&mut f, &name, "a", &l.a_quant, num_steps)
             }
             LayerRef::Conv2d(l) => {
@@ -108,6 +112,10 @@ pub fn export_layers<M: Denoiser + ?Sized>(model: &M, num_steps: usize) -> Resul
                 if let Some(b) = &l.bias {
                     let h = HostTensor::from_tensor(&b.val());
                     f.float.insert(format!("{name}.bias"), (h.shape, h.data));
+                }
+                if let Some(sm) = &l.smooth {
+                    let h = HostTensor::from_tensor(&sm.val());
+                    f.float.insert(format!("{name}.smooth"), (h.shape, h.data));
                 }
                 put_act(&mut f, &name, "a", &l.a_quant, num_steps)
             }

@@ -32,6 +32,13 @@ pub fn bias<'a>(file: &'a QuantizedFile, layer: &str) -> Option<&'a [f32]> {
         .map(|(_, d)| d.as_slice())
 }
 
+/// SmoothQuant's per-input-channel divisor of `layer` (its weight is already folded).
+pub fn smooth<'a>(file: &'a QuantizedFile, layer: &str) -> Option<&'a [f32]> {
+    file.float
+        .get(&format!("{layer}.smooth"))
+        .map(|(_, d)| d.as_slice())
+}
+
 /// The activation parameter sets of operand `op` (`a`, or `b` for a matmul's right operand)
 /// of `layer`: one [`AffineParams`] per set and the step → set map. `None` when the operand
 /// is not quantized.

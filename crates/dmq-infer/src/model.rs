@@ -118,6 +118,23 @@ macro_rules! load_dense {
             )?;
             *lb = Param::from_tensor(tensor(&[b.len()], b, $device, origin, &$name)?);
         }
+        // SmoothQuant: the input divisor goes with the folded weight (or neither)
+        $l.smooth = match export::smooth($file, &$name) {
+            Some(s) => {
+                let origin = $file.origin_name();
+                check_shape(
+                    origin,
+                    &format!("{}.smooth", $name),
+                    &[s.len()],
+                    &[$l.weight_shape()[1]],
+                )?;
+                Some(
+                    Param::from_tensor(tensor(&[s.len()], s, $device, origin, &$name)?)
+                        .set_require_grad(false),
+                )
+            }
+            None => None,
+        };
         $l.a_quant = ActSets::read($file, &$name, "a")?
             .map(|s| act_quantizer(&s, &$ts, $device))
             .transpose()?;

@@ -11,7 +11,7 @@ use dmq_models::{Denoiser, ForwardCtx, HostTensor, StepContext};
 use dmq_pipeline::dmq_file::{self, Provenance, keys};
 use dmq_pipeline::search::{SearchOptions, SearchedConfig};
 use dmq_pipeline::{
-    AnyDenoiser, ImageSet, Method, PipelineError, RunOptions, SchedulerSpec, quantize,
+    AnyDenoiser, ImageSet, Method, MethodReport, PipelineError, RunOptions, SchedulerSpec, quantize,
 };
 
 const STEPS: usize = 4;
@@ -394,6 +394,88 @@ fn efficientdm_at_equal_cost(device: &Device) {
     assert!(max_diff(&q, &back.model, &sampler, &ad) <= 1e-4);
 }
 
+/// A SmoothQuant model through the layer export onto a fresh FP model and the integer path:
+/// the divisors travel with the folded weights, and the integers compute what the
+/// fake-quant model computes.
+fn smoothquant_runs_in_integers(device: &Device) {
+    let fp = tiny("dit", device);
+    let sampler = SchedulerSpec::default().ddim(STEPS).unwrap();
+    let calib = calib(&fp, &sampler, device);
+    let q = quantize(
+        &fp,
+        &QuantConfig::preset("W8A8").unwrap(),
+        &calib,
+        &Method::from_name("smoothquant").unwrap(),
+        &RunOptions::new(sampler.clone()),
+        device,
+        &mut |_| {},
+    )
+    .unwrap();
+    let mut smoothed = 0;
+    q.model.for_each_layer(&mut |l| {
+        let s = match l {
+            dmq_models::layers::LayerRef::Linear(x) => x.smooth.is_some(),
+            dmq_models::layers::LayerRef::Conv2d(x) => x.smooth.is_some(),
+            dmq_models::layers::LayerRef::Matmul(_) => false,
+        };
+        smoothed += usize::from(s);
+    });
+    let MethodReport::Smoothquant(rep) = &q.report else {
+        panic!("another report")
+    };
+    assert_eq!(
+        smoothed,
+        rep.layers.iter().filter(|l| l.alpha.is_some()).count(),
+        "every chosen α is a divisor in the model"
+    );
+    let file = dmq_calib::export_layers(&q.model, STEPS).unwrap();
+    let int = dmq_infer::IntegerModel::from_export(fp.clone(), &file, device).unwrap();
+    // the fake-quant model rebuilt from the export on the FP model, and its integer run
+    assert!(max_diff(&q.model, int.fake_quant(), &sampler, device) <= 1e-4);
+    let scale = max_diff(&q.model, &fp, &sampler, device).max(1e-6);
+    let d = max_diff_int(&q.model, &int, &sampler, device);
+    assert!(
+        d <= 0.25 * scale,
+        "integer vs fake-quant {d} against the quantization error {scale}"
+    );
+}
+
+/// `max_diff` with an integer model on the right.
+fn max_diff_int(
+    a: &AnyDenoiser,
+    b: &dmq_infer::IntegerModel<AnyDenoiser>,
+    sched: &DdimScheduler,
+    device: &Device,
+) -> f32 {
+    let info = a.info();
+    let x = dmq_models::noise::NoiseRng::new(9).tensor(
+        [2, info.in_channels, info.sample_size, info.sample_size],
+        device,
+    );
+    let class = info
+        .num_classes
+        .map(|_| dmq_models::sampler::labels(&[0, 1], device));
+    let mut worst = 0f32;
+    for k in 0..sched.num_steps() {
+        let t = sched.timestep(k).unwrap() as f32;
+        let ctx = ForwardCtx::new(StepContext {
+            step: k,
+            timestep: t as f64,
+            num_steps: sched.num_steps(),
+        });
+        let tt = Tensor::<1>::from_floats([t, t], device);
+        let ya = HostTensor::from_tensor(
+            &a.forward(x.clone(), tt.clone(), class.clone(), &ctx)
+                .unwrap(),
+        );
+        let yb = HostTensor::from_tensor(&b.forward(x.clone(), tt, class.clone(), &ctx).unwrap());
+        for (p, q) in ya.data.iter().zip(&yb.data) {
+            worst = worst.max((p - q).abs());
+        }
+    }
+    worst
+}
+
 /// BinaryDM refuses a config that does not binarize, and a run without images.
 fn binarydm_checks_its_inputs(device: &Device) {
     let ad = device.clone().autodiff();
@@ -583,6 +665,12 @@ fn flex_grouped_preset_through_the_methods() {
 #[test]
 fn flex_efficientdm_at_equal_cost() {
     efficientdm_at_equal_cost(&Device::flex())
+}
+
+#[cfg(feature = "flex")]
+#[test]
+fn flex_smoothquant_runs_in_integers() {
+    smoothquant_runs_in_integers(&Device::flex())
 }
 
 #[cfg(feature = "flex")]
