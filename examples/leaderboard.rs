@@ -7,11 +7,12 @@
 //! cargo run --release --example leaderboard -- [--results docs/results]
 //! ```
 //! Reads `ptq.json`, `efficientdm.json`, `quest.json`, `binarydm.json`, `tmpq.json` and
-//! `smoothquant.json` (rows of `dmq eval`); writes `leaderboard.json` and `leaderboard.md`.
-//! Rows are copied, never recomputed: each keeps the command, commit and machine of its table.
+//! `smoothquant.json`; writes `leaderboard.md` and `leaderboard.json` (the results schema:
+//! an array of records, each the table's own row with `extra` = its table and its marks).
+//! Rows are copied, never recomputed: each keeps the command and commit of its table.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use dmq::eval::cli::{FlagError, Flags};
 use dmq::eval::report::{ResultRow, read_rows};
@@ -28,54 +29,19 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
     })
 }
 
-/// Rows of `dmq eval --json` (smoothquant.json) as table rows.
-fn eval_rows(path: &Path) -> Result<Vec<ResultRow>, Error> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(vec![]);
-    };
-    let v: Vec<serde_json::Value> = serde_json::from_str(&text)?;
-    let f = |r: &serde_json::Value, k: &str| r.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
-    Ok(v.iter()
-        .map(|r| {
-            let model = r["model"]
-                .as_str()
-                .unwrap_or("")
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_string();
-            ResultRow {
-                model,
-                method: "smoothquant".into(),
-                w_bits: 8,
-                a_bits: 8,
-                steps: f(r, "steps") as usize,
-                samples: f(r, "samples") as usize,
-                fd_test: f(r, "fd_test"),
-                fd_fp: f(r, "fd_fp"),
-                psnr_fp: f(r, "psnr_fp"),
-                ssim_fp: f(r, "ssim_fp"),
-                class_acc: r.get("class_acc").and_then(|x| x.as_f64()),
-                bitops: f(r, "gbitops_per_image") * 1e9,
-                model_bytes: f(r, "model_bytes") as usize,
-                wall_s: 0.0,
-                command: "dmq quantize --method smoothquant (smoothquant.md)".into(),
-                commit: String::new(),
-                extra: serde_json::Value::Null,
-            }
-        })
-        .collect())
-}
-
 fn run(args: &Args) -> Result<(), Error> {
     let mut rows: Vec<(String, ResultRow)> = Vec::new();
-    for t in ["ptq", "efficientdm", "quest", "binarydm", "tmpq"] {
+    for t in [
+        "ptq",
+        "efficientdm",
+        "quest",
+        "binarydm",
+        "tmpq",
+        "smoothquant",
+    ] {
         for r in read_rows(&args.results.join(format!("{t}.json")))? {
             rows.push((t.to_string(), r));
         }
-    }
-    for r in eval_rows(&args.results.join("smoothquant.json"))? {
-        rows.push(("smoothquant".into(), r));
     }
     // groups: model × samples × steps; the FP rows stay (they anchor the group)
     let mut groups: BTreeMap<(String, usize, usize), Vec<(String, ResultRow)>> = BTreeMap::new();
@@ -101,7 +67,7 @@ fn run(args: &Args) -> Result<(), Error> {
          runs it on the baselines' layer set at equal BitOPs, not yet measured at full size. \
          Not yet here: SVDQuant.\n",
     );
-    let mut json: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    let mut records: Vec<ResultRow> = Vec::new();
     for ((model, samples, steps), mut g) in groups {
         if g.iter().all(|(_, r)| r.method == "fp") {
             continue;
@@ -131,7 +97,6 @@ fn run(args: &Args) -> Result<(), Error> {
         md.push_str(&format!(
             "\n## {model}, {samples} samples, {steps} steps\n\n| table | method | W | A | FD test ↓ | PSNR vs FP | class acc | GBitOPs/img | model KiB | |\n|---|---|---|---|---|---|---|---|---|---|\n"
         ));
-        let key = format!("{model}/{samples}x{steps}");
         for (t, r) in &g {
             let id = Some((r.method.clone(), r.w_bits, r.a_bits));
             let is_b = !r.method.starts_with("fp") && id == cheapest;
@@ -161,23 +126,23 @@ fn run(args: &Args) -> Result<(), Error> {
                 if is_b { "B" } else { "" },
                 if is_s { "S" } else { "" },
             ));
-            json.entry(key.clone())
-                .or_default()
-                .push(serde_json::json!({
-                    "table": t, "method": r.method, "w_bits": r.w_bits, "a_bits": r.a_bits,
-                    "fd_test": r.fd_test, "psnr_fp": r.psnr_fp, "class_acc": r.class_acc,
-                    "gbitops": r.bitops / 1e9, "model_kib": r.model_bytes as f64 / 1024.0,
-                    "cheapest_bitops_within_10pct": is_b, "smallest_within_10pct": is_s,
-                }));
+            records.push(ResultRow {
+                extra: serde_json::json!({
+                    "table": t,
+                    "cheapest_bitops_within_10pct": is_b,
+                    "smallest_within_10pct": is_s,
+                }),
+                ..r.clone()
+            });
         }
     }
     dmq::quant::file::write_atomic(&args.results.join("leaderboard.md"), md.as_bytes())?;
-    let mut text = serde_json::to_string_pretty(&json)?;
+    let mut text = serde_json::to_string_pretty(&records)?;
     text.push('\n');
     dmq::quant::file::write_atomic(&args.results.join("leaderboard.json"), text.as_bytes())?;
     eprintln!(
-        "leaderboard: {} groups → {}",
-        json.len(),
+        "leaderboard: {} rows → {}",
+        records.len(),
         args.results.join("leaderboard.md").display()
     );
     Ok(())

@@ -97,26 +97,12 @@ pub fn export_layers<M: Denoiser + ?Sized>(model: &M, num_steps: usize) -> Resul
         match layer {
             LayerRef::Linear(l) => {
                 put_weight(&mut f, &name, l.weight.val(), l.w_quant.as_ref())?;
-                if let Some(b) = &l.bias {
-                    let h = HostTensor::from_tensor(&b.val());
-                    f.float.insert(format!("{name}.bias"), (h.shape, h.data));
-                }
-                if let Some(sm) = &l.smooth {
-                    let h = HostTensor::from_tensor(&sm.val());
-                    f.float.insert(format!("{name}.smooth"), (h.shape, h.data));
-                }
+                put_vectors(&mut f, &name, &l.bias, &l.smooth);
                 put_act(&mut f, &name, "a", &l.a_quant, num_steps)
             }
             LayerRef::Conv2d(l) => {
                 put_weight(&mut f, &name, l.weight.val(), l.w_quant.as_ref())?;
-                if let Some(b) = &l.bias {
-                    let h = HostTensor::from_tensor(&b.val());
-                    f.float.insert(format!("{name}.bias"), (h.shape, h.data));
-                }
-                if let Some(sm) = &l.smooth {
-                    let h = HostTensor::from_tensor(&sm.val());
-                    f.float.insert(format!("{name}.smooth"), (h.shape, h.data));
-                }
+                put_vectors(&mut f, &name, &l.bias, &l.smooth);
                 put_act(&mut f, &name, "a", &l.a_quant, num_steps)
             }
             LayerRef::Matmul(m) => {
@@ -127,6 +113,21 @@ pub fn export_layers<M: Denoiser + ?Sized>(model: &M, num_steps: usize) -> Resul
     })?;
     f.metadata.insert("dmq.export".into(), "layers.v1".into());
     Ok(f)
+}
+
+/// A dense layer's float vectors: `<name>.bias` and SmoothQuant's `<name>.smooth`.
+fn put_vectors(
+    f: &mut QuantizedFile,
+    name: &str,
+    bias: &Option<burn::module::Param<Tensor<1>>>,
+    smooth: &Option<burn::module::Param<Tensor<1>>>,
+) {
+    for (key, v) in [("bias", bias), ("smooth", smooth)] {
+        if let Some(p) = v {
+            let h = HostTensor::from_tensor(&p.val());
+            f.float.insert(format!("{name}.{key}"), (h.shape, h.data));
+        }
+    }
 }
 
 /// Parameters of the quantizable layers' quantizers (AdaRound V, Δ, z...): training state,

@@ -556,6 +556,8 @@ fn adaround_reconstruction_lowers_block_error(device: &Device) {
 /// unit by unit without making any unit worse on its held batch.
 fn activation_phase_runs_and_never_hurts(device: &Device) {
     let ad = device.clone().autodiff();
+    // seeded random init (the generator is shared with the tests beside this one)
+    ad.seed(17);
     let fp = tiny_dit(&ad);
     let calib = CalibSet::record(
         &fp,

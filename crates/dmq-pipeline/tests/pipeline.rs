@@ -51,7 +51,7 @@ fn calib(fp: &AnyDenoiser, sched: &DdimScheduler, device: &Device) -> CalibSet {
 }
 
 /// Outputs of two models on the same inputs at every step: the largest |a − b|.
-fn max_diff(a: &AnyDenoiser, b: &AnyDenoiser, sched: &DdimScheduler, device: &Device) -> f32 {
+fn max_diff(a: &dyn Denoiser, b: &dyn Denoiser, sched: &DdimScheduler, device: &Device) -> f32 {
     let info = a.info();
     let x = dmq_models::noise::NoiseRng::new(9).tensor(
         [2, info.in_channels, info.sample_size, info.sample_size],
@@ -433,47 +433,11 @@ fn smoothquant_runs_in_integers(device: &Device) {
     // the fake-quant model rebuilt from the export on the FP model, and its integer run
     assert!(max_diff(&q.model, int.fake_quant(), &sampler, device) <= 1e-4);
     let scale = max_diff(&q.model, &fp, &sampler, device).max(1e-6);
-    let d = max_diff_int(&q.model, &int, &sampler, device);
+    let d = max_diff(&q.model, &int, &sampler, device);
     assert!(
         d <= 0.25 * scale,
         "integer vs fake-quant {d} against the quantization error {scale}"
     );
-}
-
-/// `max_diff` with an integer model on the right.
-fn max_diff_int(
-    a: &AnyDenoiser,
-    b: &dmq_infer::IntegerModel<AnyDenoiser>,
-    sched: &DdimScheduler,
-    device: &Device,
-) -> f32 {
-    let info = a.info();
-    let x = dmq_models::noise::NoiseRng::new(9).tensor(
-        [2, info.in_channels, info.sample_size, info.sample_size],
-        device,
-    );
-    let class = info
-        .num_classes
-        .map(|_| dmq_models::sampler::labels(&[0, 1], device));
-    let mut worst = 0f32;
-    for k in 0..sched.num_steps() {
-        let t = sched.timestep(k).unwrap() as f32;
-        let ctx = ForwardCtx::new(StepContext {
-            step: k,
-            timestep: t as f64,
-            num_steps: sched.num_steps(),
-        });
-        let tt = Tensor::<1>::from_floats([t, t], device);
-        let ya = HostTensor::from_tensor(
-            &a.forward(x.clone(), tt.clone(), class.clone(), &ctx)
-                .unwrap(),
-        );
-        let yb = HostTensor::from_tensor(&b.forward(x.clone(), tt, class.clone(), &ctx).unwrap());
-        for (p, q) in ya.data.iter().zip(&yb.data) {
-            worst = worst.max((p - q).abs());
-        }
-    }
-    worst
 }
 
 /// BinaryDM refuses a config that does not binarize, and a run without images.
