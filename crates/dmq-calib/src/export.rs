@@ -48,6 +48,14 @@ fn put_act(
     num_steps: usize,
 ) -> Result<()> {
     let Some(q) = q else { return Ok(()) };
+    if let ActQuantizer::Dynamic(d) = q {
+        // no parameter sets: the range is measured per call
+        f.metadata.insert(
+            format!("{name}.{op}.dynamic"),
+            serde_json::to_string(&d.dynamic_spec()).expect("spec serialises"),
+        );
+        return Ok(());
+    }
     // One parameter set per distinct step mapping: read each step's parameters and keep the
     // distinct ones in order (exact for shared, per-step and grouped quantizers).
     let mut sets: Vec<dmq_quant::AffineParams> = Vec::new();
@@ -98,11 +106,13 @@ pub fn export_layers<M: Denoiser + ?Sized>(model: &M, num_steps: usize) -> Resul
             LayerRef::Linear(l) => {
                 put_weight(&mut f, &name, l.weight.val(), l.w_quant.as_ref())?;
                 put_vectors(&mut f, &name, &l.bias, &l.smooth);
+                put_low_rank(&mut f, &name, l.low_rank.as_ref());
                 put_act(&mut f, &name, "a", &l.a_quant, num_steps)
             }
             LayerRef::Conv2d(l) => {
                 put_weight(&mut f, &name, l.weight.val(), l.w_quant.as_ref())?;
                 put_vectors(&mut f, &name, &l.bias, &l.smooth);
+                put_low_rank(&mut f, &name, l.low_rank.as_ref());
                 put_act(&mut f, &name, "a", &l.a_quant, num_steps)
             }
             LayerRef::Matmul(m) => {
@@ -126,6 +136,17 @@ fn put_vectors(
         if let Some(p) = v {
             let h = HostTensor::from_tensor(&p.val());
             f.float.insert(format!("{name}.{key}"), (h.shape, h.data));
+        }
+    }
+}
+
+/// SVDQuant's branch as `<name>.low_rank.{down,up}` at 16 bits (its values are f16 already).
+fn put_low_rank(f: &mut QuantizedFile, name: &str, lr: Option<&dmq_models::layers::LowRank>) {
+    if let Some(lr) = lr {
+        for (key, p) in [("down", &lr.down), ("up", &lr.up)] {
+            let h = HostTensor::from_tensor(&p.val());
+            f.half
+                .insert(format!("{name}.low_rank.{key}"), (h.shape, h.data));
         }
     }
 }
@@ -159,15 +180,34 @@ pub fn model_bytes<M: Denoiser + Module>(model: &M, num_steps: usize) -> Result<
             .iter()
             .filter(|(k, _)| k.ends_with(".weight") || k.ends_with(".bias"))
             .map(|(_, (_, d))| d.len())
-            .sum::<usize>();
+            .sum::<usize>()
+        + f.half.values().map(|(_, d)| d.len()).sum::<usize>();
     let others = model
         .num_params()
         .saturating_sub(quantizer_params(model) + layer_params);
     Ok(f.payload_bytes() + 4 * others)
 }
 
+/// Layers with an SVDQuant branch and the branch's multiply-accumulates per MAC of the
+/// layer ([`dmq_models::layers::LowRank::macs_ratio`]); the branch runs at 16 × 16 bits.
+pub fn branch_macs_ratio<M: Denoiser + ?Sized>(model: &M) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    model.for_each_layer(&mut |layer| {
+        let lr = match layer {
+            LayerRef::Linear(l) => l.low_rank.as_ref(),
+            LayerRef::Conv2d(l) => l.low_rank.as_ref(),
+            LayerRef::Matmul(_) => None,
+        };
+        if let Some(lr) = lr {
+            out.insert(layer.name().to_string(), lr.macs_ratio());
+        }
+    });
+    out
+}
+
 /// Per-layer bits for the BitOPs cost model: `(weight, input)` bits of linear/conv layers,
-/// `(left, right)` of matmuls (32 = FP).
+/// `(left, right)` of matmuls (32 = FP). SVDQuant's branches are counted by
+/// [`branch_macs_ratio`].
 pub fn layer_bits<M: Denoiser + ?Sized>(model: &M) -> BTreeMap<String, (u32, u32)> {
     let mut out = BTreeMap::new();
     let bits = |s: Option<dmq_quant::QuantSpec>| s.map_or(32, |s| s.cost_bits());

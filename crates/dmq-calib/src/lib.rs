@@ -10,7 +10,9 @@
 //!   channel, optionally per step or step group; attention matmuls included);
 //! - [`export`]: packed export of the quantized layers, model bytes, per-layer bits;
 //! - [`recon`]: the Q-Diffusion baseline, AdaRound block reconstruction then activation
-//!   step-size reconstruction, resumable.
+//!   step-size reconstruction, resumable;
+//! - [`smoothquant`] and [`svdquant`]: outlier migration (SmoothQuant), and SVDQuant's 16-bit
+//!   low-rank branch beside a 4-bit residual with per-token dynamic activations.
 
 pub mod calib_set;
 pub mod config;
@@ -20,11 +22,13 @@ pub mod glob;
 pub mod ptq;
 pub mod recon;
 pub mod smoothquant;
+pub mod svd;
+pub mod svdquant;
 
 pub use calib_set::{CalibSet, RecordOptions, kept_steps};
 pub use config::{Choice, EdgePolicy, LayerPlan, LayerRule, QuantConfig};
 pub use error::{CalibError, Result};
-pub use export::{export_layers, layer_bits, model_bytes};
+pub use export::{branch_macs_ratio, export_layers, layer_bits, model_bytes};
 pub use glob::glob_match;
 pub use ptq::{
     PtqOptions, PtqReport, TimeGrouping, calibrate_activations, calibrate_activations_with,
@@ -35,3 +39,4 @@ pub use recon::{
     restore_weight_rounding, units,
 };
 pub use smoothquant::{SmoothOptions, SmoothReport, SmoothedLayer, smoothquant};
+pub use svdquant::{SvdOptions, SvdReport, svdquant};

@@ -26,8 +26,11 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor, TensorData};
 use dmq_models::layers::{LayerKind, LayerMut, LayerRef};
 use dmq_models::{Denoiser, ForwardCtx, HostTensor, Operand, StepContext, try_for_each_layer_mut};
+use dmq_models::layers::LowRank;
+use dmq_quant::file::round_to_f16;
 use dmq_quant::{
-    ActQuantizer, QuantSpec, RangeInit, UniformQuantizer, WeightQuantizer, init_params,
+    ActQuantizer, DynamicQuantizer, DynamicSpec, QuantSpec, RangeInit, UniformQuantizer,
+    WeightQuantizer, init_params,
 };
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +38,7 @@ use crate::calib_set::CalibSet;
 use crate::config::{LayerPlan, QuantConfig};
 use crate::error::{CalibError, Result};
 use crate::ptq::{PtqOptions, PtqReport, capture_inputs, concat_rows, ptq};
+use crate::svd::truncated_svd;
 
 /// SmoothQuant settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +73,9 @@ impl Default for SmoothOptions {
 pub struct SmoothedLayer {
     /// Layer.
     pub layer: String,
+    /// Rank of SVDQuant's branch (0: none; always 0 for SmoothQuant).
+    #[serde(default)]
+    pub rank: usize,
     /// The α used (`None`: smoothing did not lower the error; the layer is left as is).
     pub alpha: Option<f64>,
     /// Output MSE of the layer quantized with the chosen smoothing.
@@ -128,17 +135,59 @@ fn mse(a: &HostTensor, b: &HostTensor) -> f64 {
         / n
 }
 
+/// SVDQuant's additions to the smoothing search (see [`crate::svdquant`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BranchSettings {
+    /// Rank of the branch, before the per-layer cap.
+    pub rank: usize,
+    /// Largest rank as a fraction of `min(d_in, d_out)`.
+    pub max_rank_fraction: f64,
+    /// Activations quantized per call instead of with a calibrated static range.
+    pub dynamic: Option<DynamicSpec>,
+    /// Power iterations of the truncated SVD.
+    pub power_iters: usize,
+}
+
+impl BranchSettings {
+    /// The rank for a `[d_out, d_in]` weight (0: no branch).
+    pub fn rank_for(&self, d_in: usize, d_out: usize) -> usize {
+        let cap = (self.max_rank_fraction * d_in.min(d_out) as f64).floor() as usize;
+        self.rank.min(cap)
+    }
+}
+
+/// `w [d_out, d_in]` split into SVDQuant's f16 branch: the factors of its rank-r SVD rounded
+/// to f16 (as a file stores them).
+pub(crate) fn branch_of(
+    layer: &str,
+    w: &HostTensor,
+    rank: usize,
+    power_iters: usize,
+    device: &Device,
+) -> Result<LowRank> {
+    let d_out = w.shape[0];
+    let d_in = w.data.len() / d_out.max(1);
+    let f = truncated_svd(&w.data, d_out, d_in, rank, power_iters);
+    let round = |v: &[f32]| v.iter().map(|&x| round_to_f16(x)).collect::<Vec<_>>();
+    LowRank::from_host(layer, &round(&f.down), &round(&f.up), f.rank, d_in, d_out, device)
+        .map_err(|e| CalibError::Option(e.to_string()))
+}
+
 /// The quantized output error of one layer (a clone of it), smoothed by `s` if given, on `x`.
-struct LayerProbe<'a> {
-    plan: &'a LayerPlan,
-    weight_init: &'a RangeInit,
-    act_init: &'a RangeInit,
-    x: Tensor<4>,
-    device: &'a Device,
+pub(crate) struct LayerProbe<'a> {
+    pub plan: &'a LayerPlan,
+    pub weight_init: &'a RangeInit,
+    pub act_init: &'a RangeInit,
+    pub x: Tensor<4>,
+    pub device: &'a Device,
+    pub branch: Option<BranchSettings>,
 }
 
 impl LayerProbe<'_> {
     fn act_quantizer(&self, x: &HostTensor, spec: QuantSpec) -> Result<ActQuantizer> {
+        if let Some(d) = self.branch.and_then(|b| b.dynamic) {
+            return Ok(ActQuantizer::Dynamic(DynamicQuantizer::new(d)?));
+        }
         let p = init_params(&x.data, &x.shape, &spec, self.act_init).map_err(|e| {
             CalibError::BadLayerSpec {
                 layer: self.plan.name.clone(),
@@ -172,6 +221,15 @@ impl LayerProbe<'_> {
                 if let Some(s) = s {
                     q.smooth_by(s).map_err(w_err)?;
                 }
+                if let Some(b) = self.branch {
+                    let [d_out, d_in] = q.weight_shape();
+                    let rank = b.rank_for(d_in, d_out);
+                    if rank > 0 {
+                        let w = HostTensor::from_tensor(&q.weight.val());
+                        let lr = branch_of(&self.plan.name, &w, rank, b.power_iters, self.device)?;
+                        q.split_low_rank(lr).map_err(w_err)?;
+                    }
+                }
                 let [r, c] = [self.x.dims()[2], self.x.dims()[3]];
                 let x2: Tensor<2> = self.x.clone().reshape([r, c]);
                 let xs = match &q.smooth {
@@ -190,6 +248,15 @@ impl LayerProbe<'_> {
                 let mut q = (*l).clone();
                 if let Some(s) = s {
                     q.smooth_by(s).map_err(w_err)?;
+                }
+                if let Some(b) = self.branch {
+                    let [d_out, c_in, kh, kw] = q.weight_shape();
+                    let rank = b.rank_for(c_in * kh * kw, d_out);
+                    if rank > 0 {
+                        let w = HostTensor::from_tensor(&q.weight.val());
+                        let lr = branch_of(&self.plan.name, &w, rank, b.power_iters, self.device)?;
+                        q.split_low_rank(lr).map_err(w_err)?;
+                    }
                 }
                 let c = self.x.dims()[1];
                 let xs = match &q.smooth {
@@ -243,6 +310,39 @@ pub fn smoothquant<M: Denoiser + ?Sized>(
     device: &Device,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SmoothReport> {
+    let t0 = Instant::now();
+    let layers = smooth_and_split(model, config, calib, opts, None, device, progress)?;
+    let search_s = t0.elapsed().as_secs_f64();
+    let ptq = ptq(model, config, calib, &opts.ptq, device)?;
+    Ok(SmoothReport {
+        layers,
+        ptq,
+        search_s,
+    })
+}
+
+/// The layers SmoothQuant and SVDQuant transform: linear and conv layers that `plans`
+/// quantize on both sides.
+pub(crate) fn targets(plans: &[LayerPlan]) -> BTreeMap<&str, &LayerPlan> {
+    plans
+        .iter()
+        .filter(|p| p.kind != LayerKind::Matmul && p.weight.is_some() && p.act.is_some())
+        .map(|p| (p.name.as_str(), p))
+        .collect()
+}
+
+/// The per-layer search and its application to `model` (FP): smoothing chosen from
+/// `opts.alphas` (or none) by the layer's quantized output error, then, with `branch`,
+/// SVDQuant's split of the smoothed weight. Returns the choices in call order.
+pub(crate) fn smooth_and_split<M: Denoiser + ?Sized>(
+    model: &mut M,
+    config: &QuantConfig,
+    calib: &CalibSet,
+    opts: &SmoothOptions,
+    branch: Option<BranchSettings>,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<SmoothedLayer>> {
     if opts.alphas.is_empty() || opts.alphas.iter().any(|a| !(0.0..=1.0).contains(a)) {
         return Err(CalibError::Option(format!(
             "SmoothQuant α values {:?}: give at least one, each in [0, 1]",
@@ -257,8 +357,18 @@ pub fn smoothquant<M: Denoiser + ?Sized>(
     let mut quantized = None;
     model.for_each_layer(&mut |l| {
         let q = match l {
-            LayerRef::Linear(q) => q.w_quant.is_some() || q.a_quant.is_some() || q.smooth.is_some(),
-            LayerRef::Conv2d(q) => q.w_quant.is_some() || q.a_quant.is_some() || q.smooth.is_some(),
+            LayerRef::Linear(q) => {
+                q.w_quant.is_some()
+                    || q.a_quant.is_some()
+                    || q.smooth.is_some()
+                    || q.low_rank.is_some()
+            }
+            LayerRef::Conv2d(q) => {
+                q.w_quant.is_some()
+                    || q.a_quant.is_some()
+                    || q.smooth.is_some()
+                    || q.low_rank.is_some()
+            }
             LayerRef::Matmul(q) => q.a_quant.is_some() || q.b_quant.is_some(),
         };
         if q && quantized.is_none() {
@@ -267,16 +377,11 @@ pub fn smoothquant<M: Denoiser + ?Sized>(
     });
     if let Some(l) = quantized {
         return Err(CalibError::Option(format!(
-            "SmoothQuant starts from an FP model; layer '{l}' is already quantized or smoothed"
+            "SmoothQuant and SVDQuant start from an FP model; layer '{l}' is already quantized, smoothed or split"
         )));
     }
-    let t0 = Instant::now();
     let plans = config.resolve(&*model, device)?;
-    let smoothable: BTreeMap<&str, &LayerPlan> = plans
-        .iter()
-        .filter(|p| p.kind != LayerKind::Matmul && p.weight.is_some() && p.act.is_some())
-        .map(|p| (p.name.as_str(), p))
-        .collect();
+    let smoothable = targets(&plans);
     // inputs of every layer on a spread of calibration entries, a step per pass
     let n = calib.len();
     let k = opts.samples.min(n);
@@ -343,6 +448,7 @@ pub fn smoothquant<M: Denoiser + ?Sized>(
                 act_init: &opts.ptq.act_init,
                 x: xt,
                 device,
+                branch,
             };
             let reference = probe.fp(&l)?;
             let base = mse(&probe.run(&l, None)?, &reference);
@@ -357,8 +463,20 @@ pub fn smoothquant<M: Denoiser + ?Sized>(
             let mut sorted = act_max.clone();
             sorted.sort_by(f32::total_cmp);
             let median = sorted[sorted.len() / 2].max(f32::MIN_POSITIVE);
+            let rank = branch.map_or(0, |b| match &l {
+                LayerRef::Linear(q) => {
+                    let [o, i] = q.weight_shape();
+                    b.rank_for(i, o)
+                }
+                LayerRef::Conv2d(q) => {
+                    let [o, c, kh, kw] = q.weight_shape();
+                    b.rank_for(c * kh * kw, o)
+                }
+                LayerRef::Matmul(_) => 0,
+            });
             layers.push(SmoothedLayer {
                 layer: name.clone(),
+                rank,
                 alpha: best.0,
                 mse: best.1,
                 mse_unsmoothed: base,
@@ -375,23 +493,40 @@ pub fn smoothquant<M: Denoiser + ?Sized>(
     if let Some(e) = failure {
         return Err(e);
     }
+    let ranks: BTreeMap<&str, usize> = layers.iter().map(|l| (l.layer.as_str(), l.rank)).collect();
     try_for_each_layer_mut(model, |l| -> Result<()> {
         let name = l.name().to_string();
-        let Some((Some(_), s)) = choices.get(&name) else {
+        let Some((alpha, s)) = choices.get(&name) else {
             return Ok(());
         };
         let err = |e: dmq_models::ModelError| CalibError::Option(e.to_string());
+        let rank = ranks.get(name.as_str()).copied().unwrap_or(0);
+        let power_iters = branch.map_or(0, |b| b.power_iters);
         match l {
-            LayerMut::Linear(q) => q.smooth_by(s).map_err(err),
-            LayerMut::Conv2d(q) => q.smooth_by(s).map_err(err),
+            LayerMut::Linear(q) => {
+                if alpha.is_some() {
+                    q.smooth_by(s).map_err(err)?;
+                }
+                if rank > 0 {
+                    let w = HostTensor::from_tensor(&q.weight.val());
+                    q.split_low_rank(branch_of(&name, &w, rank, power_iters, device)?)
+                        .map_err(err)?;
+                }
+                Ok(())
+            }
+            LayerMut::Conv2d(q) => {
+                if alpha.is_some() {
+                    q.smooth_by(s).map_err(err)?;
+                }
+                if rank > 0 {
+                    let w = HostTensor::from_tensor(&q.weight.val());
+                    q.split_low_rank(branch_of(&name, &w, rank, power_iters, device)?)
+                        .map_err(err)?;
+                }
+                Ok(())
+            }
             LayerMut::Matmul(_) => Ok(()),
         }
     })?;
-    let search_s = t0.elapsed().as_secs_f64();
-    let ptq = ptq(model, config, calib, &opts.ptq, device)?;
-    Ok(SmoothReport {
-        layers,
-        ptq,
-        search_s,
-    })
+    Ok(layers)
 }

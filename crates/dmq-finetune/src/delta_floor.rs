@@ -38,6 +38,8 @@ pub(crate) fn keep_act_deltas_positive<M: Denoiser + ?Sized>(
                     Some(&i) => &mut t.sets[i].delta,
                     None => continue,
                 },
+                // Δ is measured per call and never below the row's range / levels
+                ActQuantizer::Dynamic(_) => continue,
             };
             floor_delta(delta);
         }

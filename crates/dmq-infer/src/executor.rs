@@ -6,7 +6,10 @@
 //! exported parameter set. Per call: the f32 input is quantized on the fly with the set of
 //! the call's step, multiplied in integers (int8 `vpdpbusd`, 4-bit nibbles, or 1-bit sign
 //! application, chosen by the weight's bit-width) and dequantized with the per-channel Δ,
-//! z of the weight. Convolutions run as im2col + GEMM. Attention matmuls quantize both
+//! z of the weight; a dynamic quantizer (SVDQuant's per-token activations) takes each row's
+//! range in the same pass, and an SVDQuant low-rank branch ([`LowRankBranch`]) adds
+//! `(x·L2ᵀ)·L1ᵀ` from the same f32 rows into the GEMM's output. Convolutions run as
+//! im2col + GEMM. Attention matmuls quantize both
 //! operands with their exported parameters and multiply them per (batch, head) in
 //! integers.
 //!
@@ -20,10 +23,10 @@ use std::time::Instant;
 
 use dmq_kernels::act_quant;
 use dmq_kernels::conv::{self, Conv2dParams};
-use dmq_kernels::{ActQuant, GemmOptions, PackedWeights, gemm_acts_f32};
+use dmq_kernels::{ActQuant, GemmOptions, LowRankBranch, PackedWeights, gemm_acts_f32};
 use dmq_models::layers::LayerRef;
 use dmq_models::{ConvGeometry, Denoiser, ExecutorError, HostTensor, LayerExecutor, StepContext};
-use dmq_quant::QuantizedFile;
+use dmq_quant::{DynamicSpec, QuantizedFile};
 
 use crate::error::{InferError, Result};
 use crate::export::{self, ActSets, ExportedWeight};
@@ -36,6 +39,21 @@ struct StepActs {
 }
 
 impl StepActs {
+    /// One dynamic quantizer (range per row, measured in the quantization pass) for every step.
+    fn dynamic(spec: DynamicSpec) -> std::result::Result<Self, String> {
+        let bits = u32::from(spec.bits);
+        let aq = if spec.symmetric {
+            ActQuant::dynamic_symmetric(bits)
+        } else {
+            ActQuant::dynamic(bits)
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            sets: vec![if spec.per_token { aq.per_row() } else { aq }],
+            step_to_set: Vec::new(),
+        })
+    }
+
     fn from_export(s: &ActSets) -> std::result::Result<Self, String> {
         let sets = s
             .sets
@@ -70,10 +88,13 @@ impl StepActs {
 
 #[derive(Debug)]
 enum IntLayer {
+    /// A linear layer, or a convolution run as f32 im2col + GEMM (per-group weights, dynamic
+    /// activations, or an SVDQuant branch, which reads the same im2col rows).
     Dense {
         weight: PackedWeights,
         bias: Option<Vec<f32>>,
         acts: StepActs,
+        branch: Option<LowRankBranch>,
     },
     /// A convolution whose weight is packed with the reduction axis in `(kh, kw, C_in)`
     /// order ([`conv::pack_conv_weight_hwc`]), for the NHWC im2col fast path.
@@ -124,16 +145,38 @@ fn dense_layer(
         Some(ExportedWeight::Float(..)) => return Ok(Err("FP weight".into())),
         None => return Ok(Err("not in the export".into())),
     };
-    let Some(acts) = ActSets::read(file, name, "a")? else {
-        return Ok(Err("FP input activations".into()));
+    let dynamic = export::dynamic(file, name, "a")?;
+    let acts = match dynamic {
+        Some(spec) => StepActs::dynamic(spec),
+        None => match ActSets::read(file, name, "a")? {
+            Some(sets) => StepActs::from_export(&sets),
+            None => return Ok(Err("FP input activations".into())),
+        },
     };
-    let acts = match StepActs::from_export(&acts) {
+    let acts = match acts {
         Ok(a) => a,
         Err(reason) => return Ok(Err(format!("activations: {reason}"))),
     };
-    // Convolutions take the NHWC im2col fast path when their parameters allow the
-    // reordering (per tensor / per channel); per-group ones the f32 im2col.
+    let (d_out, d_in) = (w.shape[0], w.shape[1..].iter().product::<usize>());
+    let branch = match export::low_rank(file, name, d_in, d_out)? {
+        Some(e) => match LowRankBranch::new(e.down, e.up, e.rank, d_in, d_out) {
+            Ok(b) => Some(b),
+            Err(err) => {
+                return Err(crate::error::export_err(
+                    file.origin_name(),
+                    format!("{name}.low_rank"),
+                    err.to_string(),
+                ));
+            }
+        },
+        None => None,
+    };
+    // Convolutions take the NHWC im2col fast path (quantize, then gather codes) when their
+    // parameters allow the reordering (per tensor / per channel) and the activation grid is
+    // static; the others the f32 im2col, whose rows a dynamic grid and a branch read.
     if w.shape.len() == 4
+        && dynamic.is_none()
+        && branch.is_none()
         && let Ok(weight) = conv::pack_conv_weight_hwc(w)
     {
         let bias = checked_bias(file, name, weight.n())?;
@@ -145,8 +188,22 @@ fn dense_layer(
         Err(e) => return Ok(Err(format!("weight: {e}"))),
     };
     let bias = checked_bias(file, name, weight.n())?;
-    let format = format!("W{}A{}", weight.bits(), acts.bits());
-    Ok(Ok((IntLayer::Dense { weight, bias, acts }, format)))
+    let mut format = format!("W{}A{}", weight.bits(), acts.bits());
+    if dynamic.is_some() {
+        format.push_str("-dyn");
+    }
+    if let Some(b) = &branch {
+        format.push_str(&format!("+LR{}", b.rank()));
+    }
+    Ok(Ok((
+        IntLayer::Dense {
+            weight,
+            bias,
+            acts,
+            branch,
+        },
+        format,
+    )))
 }
 
 fn checked_bias(file: &QuantizedFile, name: &str, n: usize) -> Result<Option<Vec<f32>>> {
@@ -264,7 +321,17 @@ impl IntegerExecutor {
         self.layers
             .values()
             .map(|l| match l {
-                IntLayer::Dense { weight, bias, .. } | IntLayer::ConvHwc { weight, bias, .. } => {
+                IntLayer::Dense {
+                    weight,
+                    bias,
+                    branch,
+                    ..
+                } => {
+                    weight.storage_bytes()
+                        + 4 * bias.as_ref().map_or(0, Vec::len)
+                        + branch.as_ref().map_or(0, LowRankBranch::storage_bytes)
+                }
+                IntLayer::ConvHwc { weight, bias, .. } => {
                     weight.storage_bytes() + 4 * bias.as_ref().map_or(0, Vec::len)
                 }
                 IntLayer::Matmul { .. } => 0,
@@ -278,16 +345,30 @@ impl IntegerExecutor {
             .ok_or_else(|| InferError::UnknownLayer { layer: name.into() })
     }
 
-    fn dense(&self, name: &str) -> Result<(&PackedWeights, Option<&[f32]>, &StepActs)> {
+    #[allow(clippy::type_complexity)]
+    fn dense(
+        &self,
+        name: &str,
+    ) -> Result<(
+        &PackedWeights,
+        Option<&[f32]>,
+        &StepActs,
+        Option<&LowRankBranch>,
+    )> {
         match self.layer(name)? {
-            IntLayer::Dense { weight, bias, acts } => Ok((weight, bias.as_deref(), acts)),
+            IntLayer::Dense {
+                weight,
+                bias,
+                acts,
+                branch,
+            } => Ok((weight, bias.as_deref(), acts, branch.as_ref())),
             _ => Err(InferError::UnknownLayer { layer: name.into() }),
         }
     }
 
     /// `x [rows, K]` → `[rows, N]`.
     pub fn run_linear(&self, name: &str, x: &HostTensor, step: usize) -> Result<HostTensor> {
-        let (w, bias, acts) = self.dense(name)?;
+        let (w, bias, acts, branch) = self.dense(name)?;
         let kernel = |source| InferError::Kernel {
             layer: name.into(),
             source,
@@ -299,7 +380,11 @@ impl IntegerExecutor {
             return Err(shape(name, &format!("[rows, {}]", w.k()), &x.shape));
         }
         let q = act_quant::quantize(&x.data, rows, k, acts.at(name, step)?).map_err(kernel)?;
-        let data = gemm_acts_f32(&q, w, bias, &self.opts).map_err(kernel)?;
+        let mut data = gemm_acts_f32(&q, w, bias, &self.opts).map_err(kernel)?;
+        if let Some(b) = branch {
+            b.apply_add(&x.data, rows, &mut data, self.opts.threads)
+                .map_err(kernel)?;
+        }
         Ok(HostTensor {
             data,
             shape: vec![rows, w.n()],
@@ -318,11 +403,39 @@ impl IntegerExecutor {
             return Err(shape(name, "[B, C, H, W]", &x.shape));
         };
         let params = Conv2dParams::new([geometry.stride; 2], [geometry.padding; 2]);
+        let kernel = |source| InferError::Kernel {
+            layer: name.into(),
+            source,
+        };
         let (conv_fn, w, bias, acts): (ConvFn, _, _, _) = match self.layer(name)? {
             IntLayer::ConvHwc { weight, bias, acts } => {
                 (conv::conv2d_hwc, weight, bias.as_deref(), acts)
             }
-            IntLayer::Dense { weight, bias, acts } => (conv::conv2d, weight, bias.as_deref(), acts),
+            IntLayer::Dense {
+                weight,
+                bias,
+                acts,
+                branch,
+            } => {
+                // f32 im2col once: the quantization pass and the branch read the same rows
+                let [cout, _, kh, kw] = weight.shape()[..] else {
+                    return Err(shape(name, "a 4-D conv weight", weight.shape()));
+                };
+                let (cols, ho, wo) =
+                    conv::im2col(&x.data, [b, c, h, wd], kh, kw, &params).map_err(kernel)?;
+                let rows = b * ho * wo;
+                let q = act_quant::quantize(&cols, rows, weight.k(), acts.at(name, step)?)
+                    .map_err(kernel)?;
+                let mut y = gemm_acts_f32(&q, weight, bias.as_deref(), &self.opts).map_err(kernel)?;
+                if let Some(br) = branch {
+                    br.apply_add(&cols, rows, &mut y, self.opts.threads)
+                        .map_err(kernel)?;
+                }
+                return Ok(HostTensor {
+                    data: conv::to_nchw(&y, b, cout, ho * wo),
+                    shape: vec![b, cout, ho, wo],
+                });
+            }
             IntLayer::Matmul { .. } => return Err(InferError::UnknownLayer { layer: name.into() }),
         };
         let (data, out) = conv_fn(
@@ -334,10 +447,7 @@ impl IntegerExecutor {
             &params,
             &self.opts,
         )
-        .map_err(|source| InferError::Kernel {
-            layer: name.into(),
-            source,
-        })?;
+        .map_err(kernel)?;
         Ok(HostTensor {
             data,
             shape: out.to_vec(),

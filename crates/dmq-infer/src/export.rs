@@ -1,7 +1,7 @@
 //! Reading the layer export of `dmq-calib` (`export_layers`, format `layers.v1`): weights,
 //! biases and activation parameter sets with their step → set map.
 
-use dmq_quant::{AffineParams, Limits, QuantSpec, QuantizedFile, QuantizedTensor};
+use dmq_quant::{AffineParams, DynamicSpec, Limits, QuantSpec, QuantizedFile, QuantizedTensor};
 
 use crate::error::{Result, export_err};
 
@@ -127,4 +127,75 @@ impl ActSets {
     pub fn num_steps(&self) -> usize {
         self.step_to_set.len()
     }
+}
+
+/// The dynamic (per-call range) quantizer of operand `op` of `layer`
+/// (`<layer>.<op>.dynamic`), if the export has one.
+pub fn dynamic(file: &QuantizedFile, layer: &str, op: &str) -> Result<Option<DynamicSpec>> {
+    let key = format!("{layer}.{op}.dynamic");
+    let Some(s) = file.metadata.get(&key) else {
+        return Ok(None);
+    };
+    let spec: DynamicSpec = serde_json::from_str(s).map_err(|e| {
+        export_err(
+            file.origin_name(),
+            &key,
+            format!("not a dynamic quantizer spec: {e}"),
+        )
+    })?;
+    let origin = file.origin_name();
+    Ok(Some(spec.checked(&format!("{origin}: {key}"))?))
+}
+
+/// SVDQuant's branch of a layer: `down` (L2) `[r, d_in]` and `up` (L1) `[d_out, r]`.
+#[derive(Clone, Copy, Debug)]
+pub struct LowRankEntry<'a> {
+    /// Rank r.
+    pub rank: usize,
+    /// L2, row-major `[r, d_in]`.
+    pub down: &'a [f32],
+    /// L1, row-major `[d_out, r]`.
+    pub up: &'a [f32],
+}
+
+/// `<layer>.low_rank.{down,up}` checked against the layer's `d_in` / `d_out` (flattened
+/// `C_in·k·k` for a convolution): both present or neither, rank-2 shapes that chain.
+pub fn low_rank<'a>(
+    file: &'a QuantizedFile,
+    layer: &str,
+    d_in: usize,
+    d_out: usize,
+) -> Result<Option<LowRankEntry<'a>>> {
+    let origin = file.origin_name();
+    let (dk, uk) = (
+        format!("{layer}.low_rank.down"),
+        format!("{layer}.low_rank.up"),
+    );
+    let (down, up) = match (file.half.get(&dk), file.half.get(&uk)) {
+        (None, None) => return Ok(None),
+        (Some(d), Some(u)) => (d, u),
+        (Some(_), None) => return Err(export_err(origin, &uk, "missing (the down factor is there)")),
+        (None, Some(_)) => return Err(export_err(origin, &dk, "missing (the up factor is there)")),
+    };
+    let (&[r, di], &[d_o, r2]) = (&down.0[..], &up.0[..]) else {
+        return Err(export_err(
+            origin,
+            &dk,
+            format!("shapes {:?} and {:?} are not two matrices", down.0, up.0),
+        ));
+    };
+    if di != d_in || d_o != d_out || r != r2 || r == 0 {
+        return Err(export_err(
+            origin,
+            &dk,
+            format!(
+                "factors [{r}, {di}] and [{d_o}, {r2}] do not make the layer's [{d_out}, {d_in}] weight"
+            ),
+        ));
+    }
+    Ok(Some(LowRankEntry {
+        rank: r,
+        down: &down.1,
+        up: &up.1,
+    }))
 }

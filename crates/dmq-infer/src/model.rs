@@ -3,10 +3,10 @@
 
 use burn::module::Param;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use dmq_models::layers::{LayerMut, LayerRef};
+use dmq_models::layers::{LayerMut, LayerRef, LowRank};
 use dmq_models::{Denoiser, DenoiserInfo, ForwardCtx, try_for_each_layer_mut};
 use dmq_quant::{
-    ActQuantizer, AffineParams, BinaryQuantizer, QuantizedFile, QuantizedTensor, TimeIndexed,
+    ActQuantizer, AffineParams, BinaryQuantizer, DynamicQuantizer, QuantizedFile, QuantizedTensor, TimeIndexed,
     UniformQuantizer, WeightQuantizer,
 };
 
@@ -135,9 +135,23 @@ macro_rules! load_dense {
             }
             None => None,
         };
-        $l.a_quant = ActSets::read($file, &$name, "a")?
-            .map(|s| act_quantizer(&s, &$ts, $device))
-            .transpose()?;
+        // SVDQuant: the exported weight is the residual; the branch goes back beside it
+        $l.low_rank = {
+            let ws = $l.weight_shape();
+            let d_in: usize = ws[1..].iter().product();
+            match export::low_rank($file, &$name, d_in, ws[0])? {
+                Some(e) => Some(LowRank::from_host(
+                    &$name, e.down, e.up, e.rank, d_in, ws[0], $device,
+                )?),
+                None => None,
+            }
+        };
+        $l.a_quant = match export::dynamic($file, &$name, "a")? {
+            Some(spec) => Some(ActQuantizer::Dynamic(DynamicQuantizer::new(spec)?)),
+            None => ActSets::read($file, &$name, "a")?
+                .map(|s| act_quantizer(&s, &$ts, $device))
+                .transpose()?,
+        };
     }};
 }
 
@@ -195,8 +209,23 @@ fn check_entries_match_layers<M: Denoiser + ?Sized>(model: &M, file: &QuantizedF
             ));
         }
     }
+    for key in file.half.keys() {
+        let layer = key
+            .strip_suffix(".low_rank.down")
+            .or_else(|| key.strip_suffix(".low_rank.up"))
+            .unwrap_or(key);
+        if !layers.contains(layer) {
+            return Err(export_err(
+                origin,
+                key.as_str(),
+                "matches no quantizable layer's low-rank branch (an export of another model?)",
+            ));
+        }
+    }
     for key in file.metadata.keys() {
-        if let Some(rest) = key.strip_suffix(".spec")
+        if let Some(rest) = key
+            .strip_suffix(".spec")
+            .or_else(|| key.strip_suffix(".dynamic"))
             && let Some((layer, op)) = rest.rsplit_once('.')
             && (op == "a" || op == "b")
             && !layers.contains(layer)

@@ -106,7 +106,7 @@ pub fn im2col(
 
 /// `[B·H_o·W_o, C_out]` → `[B, C_out, H_o, W_o]`, in blocks of 64 pixels so both sides
 /// stay in cache.
-fn to_nchw(y: &[f32], b: usize, cout: usize, hw: usize) -> Vec<f32> {
+pub fn to_nchw(y: &[f32], b: usize, cout: usize, hw: usize) -> Vec<f32> {
     const BLOCK: usize = 64;
     let mut out = vec![0f32; y.len()];
     for bb in 0..b {

@@ -165,8 +165,9 @@ pub fn to_file(
     let st = SafeTensors::deserialize(&fp)
         .map_err(|e| file_err("<memory>", "model weights", e.to_string()))?;
     for (key, view) in st.tensors() {
-        if f.quantized.contains_key(&key) || f.float.contains_key(&key) {
-            continue; // a layer's weight or bias, already exported
+        if f.quantized.contains_key(&key) || f.float.contains_key(&key) || f.half.contains_key(&key)
+        {
+            continue; // a layer's weight, bias or branch, already exported
         }
         let data: Vec<f32> = view
             .data()
@@ -297,6 +298,45 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
             }
         }
     });
+    // so are SVDQuant's branches: shaped here, filled from the half entries below
+    let mut branch_err = None;
+    model.for_each_layer_mut(&mut |l| {
+        let (name, shape) = match &l {
+            dmq_models::layers::LayerMut::Linear(q) => (q.name().to_string(), q.weight_shape().to_vec()),
+            dmq_models::layers::LayerMut::Conv2d(q) => (q.name().to_string(), q.weight_shape().to_vec()),
+            dmq_models::layers::LayerMut::Matmul(_) => return,
+        };
+        let (d_out, d_in) = (shape[0], shape[1..].iter().product::<usize>());
+        let entry = match dmq_infer::export::low_rank(&file, &name, d_in, d_out) {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(e) => {
+                branch_err.get_or_insert(e);
+                return;
+            }
+        };
+        let zeros = |n| vec![0f32; n];
+        let branch = dmq_models::layers::LowRank::from_host(
+            &name,
+            &zeros(entry.down.len()),
+            &zeros(entry.up.len()),
+            entry.rank,
+            d_in,
+            d_out,
+            device,
+        );
+        match (l, branch) {
+            (dmq_models::layers::LayerMut::Linear(q), Ok(b)) => q.low_rank = Some(b),
+            (dmq_models::layers::LayerMut::Conv2d(q), Ok(b)) => q.low_rank = Some(b),
+            (_, Err(e)) => {
+                branch_err.get_or_insert(e.into());
+            }
+            _ => {}
+        }
+    });
+    if let Some(e) = branch_err {
+        return Err(e.into());
+    }
 
     // 1. every model parameter, from a float entry or a dequantized weight
     let fresh = model.weights_to_bytes()?;
@@ -305,7 +345,7 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
     let mut params: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut used: BTreeSet<String> = BTreeSet::new();
     for (key, view) in st.tensors() {
-        let data = if let Some((shape, data)) = file.float.get(&key) {
+        let data = if let Some((shape, data)) = file.float.get(&key).or(file.half.get(&key)) {
             check_shape(path, &key, shape, view.shape())?;
             data.clone()
         } else if let Some(q) = file.quantized.get(&key) {

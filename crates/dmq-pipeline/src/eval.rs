@@ -145,7 +145,7 @@ pub struct Cost {
 }
 
 /// BitOPs and model bytes of `model` sampled with `steps` steps (`cfg`: guidance doubles
-/// every call).
+/// every call). An SVDQuant branch counts its MACs at 16 × 16 bits.
 pub fn cost<M: Denoiser + Module>(
     model: &M,
     steps: usize,
@@ -154,8 +154,16 @@ pub fn cost<M: Denoiser + Module>(
 ) -> Result<Cost> {
     let calls = dmq_models::layer_inventory(model, device)?;
     let bits = dmq_calib::layer_bits(model);
+    // SVDQuant's 16-bit branches, beside their layers' own calls
+    let ratio = dmq_calib::branch_macs_ratio(model);
+    let branch_macs: f64 = calls
+        .iter()
+        .filter_map(|c| ratio.get(&c.name).map(|r| c.macs as f64 * r))
+        .sum();
+    let per_image = (steps * if cfg { 2 } else { 1 }) as f64;
     Ok(Cost {
-        bitops: bitops_per_image(&calls, &bits, steps, cfg).bitops,
+        bitops: bitops_per_image(&calls, &bits, steps, cfg).bitops
+            + branch_macs * 16.0 * 16.0 * per_image,
         model_bytes: dmq_calib::model_bytes(model, steps)?,
     })
 }

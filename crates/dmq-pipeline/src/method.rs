@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use dmq_calib::{CalibSet, PtqOptions, QuantConfig, ReconCheckpoint, ReconOptions, SmoothOptions};
+use dmq_calib::{
+    CalibSet, PtqOptions, QuantConfig, ReconCheckpoint, ReconOptions, SmoothOptions, SvdOptions,
+};
 use dmq_finetune::{BinaryDmConfig, EfficientDmConfig, QuestConfig};
 use dmq_models::scheduler::{DdimConfig, DdimScheduler};
 use dmq_models::{Denoiser, ForwardCtx, HostTensor};
@@ -31,6 +33,9 @@ pub enum Method {
     /// SmoothQuant: per-input-channel migration of activation outliers into the weights (α
     /// per layer from a grid, or global), then naive PTQ.
     Smoothquant(SmoothOptions),
+    /// SVDQuant: smoothing, a 16-bit rank-r SVD branch per layer, the residual quantized, and
+    /// per-token dynamic activations.
+    Svdquant(SvdOptions),
     /// EfficientDM: QALoRA + TALSQ, data-free distillation from the FP model.
     Efficientdm {
         /// Fine-tuning options.
@@ -52,10 +57,11 @@ pub enum Method {
 }
 
 /// Names [`Method::from_name`] accepts.
-pub const METHOD_NAMES: [&str; 6] = [
+pub const METHOD_NAMES: [&str; 7] = [
     "naive",
     "qdiffusion",
     "smoothquant",
+    "svdquant",
     "efficientdm",
     "quest",
     "binarydm",
@@ -69,6 +75,7 @@ impl Method {
             "naive" | "ptq" => Self::Naive(PtqOptions::default()),
             "qdiffusion" | "q-diffusion" => Self::Qdiffusion(ReconOptions::default()),
             "smoothquant" => Self::Smoothquant(SmoothOptions::default()),
+            "svdquant" => Self::Svdquant(SvdOptions::default()),
             "efficientdm" => Self::Efficientdm {
                 config: EfficientDmConfig::default(),
                 train_steps: 20,
@@ -93,6 +100,7 @@ impl Method {
             Self::Naive(_) => "naive",
             Self::Qdiffusion(_) => "qdiffusion",
             Self::Smoothquant(_) => "smoothquant",
+            Self::Svdquant(_) => "svdquant",
             Self::Efficientdm { .. } => "efficientdm",
             Self::Quest { .. } => "quest",
             Self::Binarydm(_) => "binarydm",
@@ -108,7 +116,7 @@ impl Method {
     pub fn scaled(mut self, f: f64) -> Self {
         let s = |n: usize| ((n as f64 * f).round() as usize).max(1);
         match &mut self {
-            Self::Naive(_) | Self::Smoothquant(_) => {}
+            Self::Naive(_) | Self::Smoothquant(_) | Self::Svdquant(_) => {}
             Self::Qdiffusion(r) => {
                 r.weight_iters = s(r.weight_iters);
                 r.act_iters = s(r.act_iters);
@@ -198,6 +206,8 @@ pub enum MethodReport {
     Qdiffusion(dmq_calib::ReconReport),
     /// SmoothQuant.
     Smoothquant(dmq_calib::SmoothReport),
+    /// SVDQuant.
+    Svdquant(dmq_calib::SvdReport),
     /// EfficientDM.
     Efficientdm(dmq_finetune::FinetuneReport),
     /// QuEST (and the Q-Diffusion run it started from).
@@ -282,6 +292,18 @@ pub fn quantize(
                 })
             })?;
             (m, MethodReport::Smoothquant(rep))
+        }
+        Method::Svdquant(o) => {
+            let mut m = fp.clone();
+            let rep = dmq_calib::svdquant(&mut m, config, calib, o, device, &mut |d, n| {
+                progress(&Progress {
+                    stage: "smoothing + SVD".into(),
+                    done: d as u64,
+                    total: n as u64,
+                    loss: None,
+                })
+            })?;
+            (m, MethodReport::Svdquant(rep))
         }
         Method::Qdiffusion(o) => {
             let ck = ck_path(opts, "qdiffusion-recon.safetensors").map(ReconCheckpoint::new);

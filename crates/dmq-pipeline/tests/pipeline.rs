@@ -440,6 +440,96 @@ fn smoothquant_runs_in_integers(device: &Device) {
     );
 }
 
+/// SVDQuant W4A4 on both tiny models: every targeted layer gets a branch and per-token
+/// dynamic activations; without its quantizers the split model is the FP model (the branch
+/// plus the residual is the smoothed weight); it is closer to FP than naive W4A4; the
+/// `.dmq.safetensors` file carries the f16 branch exactly; and the integer path (branch
+/// beside the 4-bit GEMM) computes what the fake-quant model computes.
+fn svdquant_w4a4_beats_naive_and_runs_in_integers(device: &Device) {
+    let tmp = tempfile::tempdir().unwrap();
+    for kind in ["unet", "dit"] {
+        device.seed(5);
+        let fp = tiny(kind, device);
+        let sched = SchedulerSpec::default();
+        let sampler = sched.ddim(STEPS).unwrap();
+        let calib = calib(&fp, &sampler, device);
+        let config = QuantConfig::preset("W4A4").unwrap();
+        let run = |name: &str| {
+            quantize(
+                &fp,
+                &config,
+                &calib,
+                &Method::from_name(name).unwrap(),
+                &RunOptions::new(sampler.clone()),
+                device,
+                &mut |_| {},
+            )
+            .unwrap()
+        };
+        let q = run("svdquant");
+        let naive = run("naive");
+        let MethodReport::Svdquant(rep) = &q.report else {
+            panic!("another report")
+        };
+        let (mut branches, mut dynamic) = (0, 0);
+        q.model.for_each_layer(&mut |l| {
+            let (b, d) = match l {
+                dmq_models::layers::LayerRef::Linear(x) => (
+                    x.low_rank.is_some(),
+                    matches!(x.a_quant, Some(dmq_quant::ActQuantizer::Dynamic(_))),
+                ),
+                dmq_models::layers::LayerRef::Conv2d(x) => (
+                    x.low_rank.is_some(),
+                    matches!(x.a_quant, Some(dmq_quant::ActQuantizer::Dynamic(_))),
+                ),
+                dmq_models::layers::LayerRef::Matmul(_) => (false, false),
+            };
+            branches += usize::from(b);
+            dynamic += usize::from(d);
+        });
+        let with_rank = rep.layers.iter().filter(|l| l.rank > 0).count();
+        assert!(with_rank > 0 && branches == with_rank, "{kind}: {branches} vs {with_rank}");
+        assert_eq!(dynamic, rep.layers.len(), "{kind}");
+        assert!(rep.branch_params > 0);
+        // FP equivalence of smoothing + split
+        let mut split = q.model.clone();
+        dmq_calib::clear_quantizers(&mut split);
+        // (outputs are O(1) noise predictions; f32 rounding of W·s, L1·L2 and R is ~1e-6)
+        let e_split = max_diff(&split, &fp, &sampler, device);
+        assert!(e_split <= 1e-4, "{kind}: split model differs from FP by {e_split}");
+        // closer to FP than naive W4A4
+        let e_svd = max_diff(&q.model, &fp, &sampler, device);
+        let e_naive = max_diff(&naive.model, &fp, &sampler, device);
+        eprintln!("{kind}: SVDQuant W4A4 max error {e_svd}, naive {e_naive}");
+        assert!(e_svd < e_naive, "{kind}: SVDQuant {e_svd} vs naive {e_naive}");
+        // through the file
+        let path = tmp.path().join(format!("{kind}-svd.dmq.safetensors"));
+        let timesteps: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
+        let method = Method::from_name("svdquant").unwrap();
+        dmq_file::save(&path, &q.model, &sched, &timesteps, &Provenance::new(&method, &config))
+            .unwrap();
+        let back = dmq_file::load(&path, device).unwrap();
+        assert!(!back.file.half.is_empty(), "{kind}: no f16 branch in the file");
+        assert!(max_diff(&q.model, &back.model, &sampler, device) <= 1e-4, "{kind}");
+        // integer path
+        let file = dmq_calib::export_layers(&q.model, STEPS).unwrap();
+        let int = dmq_infer::IntegerModel::from_export(fp.clone(), &file, device).unwrap();
+        let lr_layers = int
+            .executor()
+            .plan()
+            .iter()
+            .filter(|(_, p)| matches!(p, dmq_infer::LayerPath::Integer(f) if f.contains("+LR")))
+            .count();
+        assert_eq!(lr_layers, with_rank, "{kind}: {:?}", int.executor().plan());
+        assert!(max_diff(&q.model, int.fake_quant(), &sampler, device) <= 1e-4);
+        let d = max_diff(&q.model, &int, &sampler, device);
+        assert!(
+            d <= 0.05 * e_svd.max(1e-3),
+            "{kind}: integer vs fake-quant {d} against the quantization error {e_svd}"
+        );
+    }
+}
+
 /// BinaryDM refuses a config that does not binarize, and a run without images.
 fn binarydm_checks_its_inputs(device: &Device) {
     let ad = device.clone().autodiff();
@@ -635,6 +725,12 @@ fn flex_efficientdm_at_equal_cost() {
 #[test]
 fn flex_smoothquant_runs_in_integers() {
     smoothquant_runs_in_integers(&Device::flex())
+}
+
+#[cfg(feature = "flex")]
+#[test]
+fn flex_svdquant_w4a4_beats_naive_and_runs_in_integers() {
+    svdquant_w4a4_beats_naive_and_runs_in_integers(&Device::flex())
 }
 
 #[cfg(feature = "flex")]

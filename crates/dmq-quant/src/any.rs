@@ -12,7 +12,7 @@ use crate::qtensor::{AffineParams, QuantizedTensor};
 use crate::quantizer::Quantizer;
 use crate::spec::QuantSpec;
 use crate::{
-    AdaRoundQuantizer, BinaryQuantizer, LsqQuantizer, MultiBasisBinarizer, QaLoraQuantizer,
+    AdaRoundQuantizer, BinaryQuantizer, DynamicQuantizer, LsqQuantizer, MultiBasisBinarizer, QaLoraQuantizer,
     TimeIndexed, UniformQuantizer,
 };
 
@@ -72,11 +72,14 @@ pub enum ActQuantizer {
     TimeUniform(TimeIndexed<UniformQuantizer>),
     /// One LSQ set per step (EfficientDM's TALSQ).
     TimeLsq(TimeIndexed<LsqQuantizer>),
+    /// Range measured per call, per token (SVDQuant's activations).
+    Dynamic(DynamicQuantizer),
 }
 
 forward_quantizer!(ActQuantizer {
     Uniform,
     Lsq,
     TimeUniform,
+    Dynamic,
     TimeLsq
 });

@@ -8,6 +8,7 @@
 //! | `<name>.delta`       | F32   | Δ per parameter group                    |
 //! | `<name>.zero`        | F32   | z per parameter group                    |
 //! | `<name>` (float)     | F32   | an unquantized tensor (bias, FP layer)   |
+//! | `<name>` (half)      | F16   | a 16-bit tensor (SVDQuant's low-rank branch) |
 //!
 //! Header metadata: `dmq.format = "dmq-quantized/1"`, `dmq.q.<name>` = JSON
 //! `{"shape": [...], "spec": {...}}` per quantized tensor, and free `user.<key>` entries.
@@ -51,6 +52,9 @@ pub struct QuantizedFile {
     pub quantized: BTreeMap<String, QuantizedTensor>,
     /// Plain f32 tensors by name: (shape, row-major data).
     pub float: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Tensors stored at 16 bits (IEEE f16) by name: (shape, values). Values that f16 does
+    /// not represent exactly are rounded to nearest when written; non-finite ones are refused.
+    pub half: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     /// Free metadata (stored as `user.<key>`).
     pub metadata: BTreeMap<String, String>,
     /// Where the file was read from (`None` when built in memory); named by the errors of
@@ -62,6 +66,7 @@ impl PartialEq for QuantizedFile {
     fn eq(&self, other: &Self) -> bool {
         self.quantized == other.quantized
             && self.float == other.float
+            && self.half == other.half
             && self.metadata == other.metadata
     }
 }
@@ -83,6 +88,23 @@ fn malformed(path: &str, reason: impl Into<String>) -> QuantError {
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn f16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+        .collect()
+}
+
+fn bytes_f16(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
+}
+
+/// `v` rounded to the nearest f16 value, as a file stores it.
+pub fn round_to_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
 }
 
 fn bytes_f32(b: &[u8]) -> Vec<f32> {
@@ -217,6 +239,21 @@ impl QuantizedFile {
         }
         for (name, (shape, data)) in &self.float {
             owned.push((name.clone(), Dtype::F32, shape.clone(), f32_bytes(data)));
+        }
+        for (name, (shape, data)) in &self.half {
+            if self.float.contains_key(name) || self.quantized.contains_key(name) {
+                return Err(malformed(
+                    "<memory>",
+                    format!("'{name}' is both half and another kind"),
+                ));
+            }
+            if let Some(v) = data.iter().find(|v| !round_to_f16(**v).is_finite()) {
+                return Err(malformed(
+                    "<memory>",
+                    format!("half tensor '{name}' holds {v}, not a finite f16"),
+                ));
+            }
+            owned.push((name.clone(), Dtype::F16, shape.clone(), f16_bytes(data)));
         }
         for (k, v) in &self.metadata {
             meta.insert(format!("user.{k}"), v.clone());
@@ -362,11 +399,23 @@ impl QuantizedFile {
                     "a float tensor with the name of a quantized tensor",
                 ));
             }
+            if view.dtype() == Dtype::F16 {
+                limits.check_shape(view.shape(), origin, &format!("{name}.shape"))?;
+                let values = bytes_f16(view.data());
+                if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                    return Err(invalid(origin, name, format!("value {i} is {v}")));
+                }
+                out.half.insert(name.to_string(), (view.shape().to_vec(), values));
+                continue;
+            }
             if view.dtype() != Dtype::F32 {
                 return Err(invalid(
                     origin,
                     name,
-                    format!("float tensor of dtype {:?}, expected F32", view.dtype()),
+                    format!(
+                        "float tensor of dtype {:?}, expected F32 or F16",
+                        view.dtype()
+                    ),
                 ));
             }
             limits.check_shape(view.shape(), origin, &format!("{name}.shape"))?;
@@ -425,6 +474,17 @@ impl QuantizedFile {
             }
             h.write_f32s(data);
         }
+        // written only when present, so files without half tensors keep their hashes
+        if !self.half.is_empty() {
+            h.write_str("half").write_len(self.half.len());
+            for (name, (shape, data)) in &self.half {
+                h.write_str(name).write_len(shape.len());
+                for &d in shape {
+                    h.write_len(d);
+                }
+                h.write_f32s(data);
+            }
+        }
         h.write_len(self.metadata.len());
         for (k, v) in &self.metadata {
             h.write_str(k).write_str(v);
@@ -439,5 +499,6 @@ impl QuantizedFile {
             .map(QuantizedTensor::storage_bytes)
             .sum::<usize>()
             + self.float.values().map(|(_, d)| 4 * d.len()).sum::<usize>()
+            + self.half.values().map(|(_, d)| 2 * d.len()).sum::<usize>()
     }
 }

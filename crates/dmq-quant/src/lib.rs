@@ -11,6 +11,7 @@
 //! - [`TimeIndexed`]: per-step (TALSQ) or per-group parameter sets chosen by an explicit step
 //!   index, re-sampled to other step counts.
 //! - [`AdaRoundQuantizer`]: learned rounding with the annealed regulariser ([`BetaSchedule`]).
+//! - [`DynamicQuantizer`]: per-token activation ranges measured at run time (SVDQuant).
 //! - [`QaLoraQuantizer`]: EfficientDM's QALoRA, LoRA offsets on a frozen integer base.
 //! - [`BinaryQuantizer`] and [`MultiBasisBinarizer`] (EBB) for 1-bit weights.
 //! - [`init_params`] / [`RunningRange`]: max, MSE (L_2.4), percentile, LSQ and EMA ranges.
@@ -38,6 +39,7 @@ pub mod adaround;
 pub mod any;
 pub mod binary;
 pub mod device;
+pub mod dynamic;
 pub mod error;
 pub mod file;
 pub mod fingerprint;
@@ -56,6 +58,7 @@ pub mod uniform;
 pub use adaround::{AdaRoundMode, AdaRoundQuantizer, BetaSchedule};
 pub use any::{ActQuantizer, WeightQuantizer};
 pub use binary::{BinaryQuantizer, MultiBasisBinarizer, ebb_regularizer};
+pub use dynamic::{DynamicQuantizer, DynamicSpec};
 pub use error::{QuantError, Result};
 pub use file::QuantizedFile;
 pub use limits::Limits;

@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, value_parser = crate::existing)]
     pub model: PathBuf,
     /// Method.
-    #[arg(long, default_value = "naive", value_parser = ["naive", "qdiffusion", "smoothquant", "efficientdm", "quest", "binarydm"])]
+    #[arg(long, default_value = "naive", value_parser = ["naive", "qdiffusion", "smoothquant", "svdquant", "efficientdm", "quest", "binarydm"])]
     pub method: String,
     /// Preset: W8A8, W4A8, W4A4, W8A32, W1A4 (binarydm), W4A8-g64 (linear weights per group
     /// of 64 input features), ... (WxAy[-gG]).
@@ -46,6 +46,10 @@ pub struct Args {
     /// Classifier-free guidance scale of the calibration trajectories (class-conditional models).
     #[arg(long, default_value_t = 1.5)]
     pub cfg: f64,
+    /// svdquant: rank of the 16-bit low-rank branch (capped per layer at half of
+    /// min(d_in, d_out)).
+    #[arg(long, default_value_t = 32)]
+    pub rank: usize,
     /// Multiplies the method's iteration counts (e.g. 0.1 for a quick run).
     #[arg(long, default_value_t = 1.0)]
     pub iters_scale: f64,
@@ -62,7 +66,13 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     if !(a.iters_scale.is_finite() && a.iters_scale > 0.0 && a.iters_scale <= 100.0) {
         return Err(format!("--iters-scale {}: must be in (0, 100]", a.iters_scale).into());
     }
-    let method = method.scaled(a.iters_scale);
+    let method = match method.scaled(a.iters_scale) {
+        Method::Svdquant(mut o) => {
+            o.rank = a.rank;
+            Method::Svdquant(o)
+        }
+        m => m,
+    };
     let (config, searched) = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -90,6 +100,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     };
     positive("steps", steps, 1000)?;
     positive("calib-n", a.calib_n, 100_000)?;
+    positive("rank", a.rank, 4096)?;
     positive("calib-steps", a.calib_steps, steps)?;
     if !(a.cfg.is_finite() && a.cfg >= 1.0) {
         return Err(format!("--cfg {}: must be ≥ 1", a.cfg).into());

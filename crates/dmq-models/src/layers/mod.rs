@@ -7,12 +7,14 @@
 //! state-dict path (its `name`), which configs, exports and reports use.
 
 mod attention_core;
+mod low_rank;
 mod norm;
 mod qconv2d;
 mod qlinear;
 mod qmatmul;
 
 pub use attention_core::multi_head_attention;
+pub use low_rank::LowRank;
 pub use norm::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 pub use qconv2d::{QConv2d, QConv2dConfig};
 pub use qlinear::{QLinear, QLinearConfig};
@@ -162,6 +164,55 @@ pub(crate) fn check_smoothing(
         return Err(bad(
             "smooth before quantizing (the layer has quantizers)".into()
         ));
+    }
+    Ok(())
+}
+
+/// Anything holding quantizers and a weight that a low-rank split can check.
+pub(crate) trait SplitTarget {
+    fn quantized(&self) -> bool;
+    fn has_branch(&self) -> bool;
+}
+
+impl SplitTarget for QLinear {
+    fn quantized(&self) -> bool {
+        self.w_quant.is_some() || self.a_quant.is_some()
+    }
+    fn has_branch(&self) -> bool {
+        self.low_rank.is_some()
+    }
+}
+
+impl SplitTarget for QConv2d {
+    fn quantized(&self) -> bool {
+        self.w_quant.is_some() || self.a_quant.is_some()
+    }
+    fn has_branch(&self) -> bool {
+        self.low_rank.is_some()
+    }
+}
+
+/// Checks an SVDQuant branch for layer `name` with a `[d_out, d_in]` (flattened) weight.
+pub(crate) fn check_split(
+    name: &str,
+    branch: &LowRank,
+    d_in: usize,
+    d_out: usize,
+    layer: &impl SplitTarget,
+) -> Result<()> {
+    let bad = |reason: String| ModelError::Config(format!("{name}: low-rank split: {reason}"));
+    let [r, di] = branch.down.val().dims();
+    let [d_o, r2] = branch.up.val().dims();
+    if di != d_in || d_o != d_out || r != r2 {
+        return Err(bad(format!(
+            "factors [{r}, {di}] and [{d_o}, {r2}] for a [{d_out}, {d_in}] weight"
+        )));
+    }
+    if layer.has_branch() {
+        return Err(bad("the layer already has a branch".into()));
+    }
+    if layer.quantized() {
+        return Err(bad("split before quantizing (the layer has quantizers)".into()));
     }
     Ok(())
 }

@@ -2,11 +2,14 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::ops::{ConvOptions, UnfoldOptions};
 use burn::tensor::{Device, Tensor};
-use dmq_quant::{ActQuantizer, WeightQuantizer};
+use dmq_quant::{ActQuantizer, Quantizer, WeightQuantizer};
 
-use super::{LayerKind, check_smoothing, executor_err, quant_act, quant_weight, torch_uniform};
+use super::{
+    LayerKind, LowRank, check_smoothing, check_split, executor_err, quant_act, quant_weight,
+    torch_uniform,
+};
 use crate::context::{ForwardCtx, HostTensor, LayerCall, Operand};
 use crate::error::{Result, shape_err};
 use crate::executor::ConvGeometry;
@@ -47,6 +50,7 @@ impl QConv2dConfig {
             w_quant: None,
             a_quant: None,
             smooth: None,
+            low_rank: None,
             stride: self.stride,
             padding: self.padding,
             name: name.to_string(),
@@ -54,7 +58,10 @@ impl QConv2dConfig {
     }
 }
 
-/// `y = conv2d(Q_a(x), Q_w(W)) + b`.
+/// `y = conv2d(Q_a(x / s), Q_w(W)) + b` (+ the low-rank branch on `x / s`, see
+/// [`LowRank`]). A dynamic (per-token) activation quantizer quantizes the rows of the im2col
+/// matrix, one output position's receptive field each, as the integer kernels do; the
+/// convolution then runs as that matrix times the flattened weight.
 ///
 /// # Shapes
 /// - weight: `[C_out, C_in, k, k]`
@@ -73,6 +80,9 @@ pub struct QConv2d {
     /// SmoothQuant's per-input-channel divisor s `[C_in]` (None = 1): the input is divided by
     /// it before anything else sees it, and `weight` holds `W·diag(s)` along `C_in`.
     pub smooth: Option<Param<Tensor<1>>>,
+    /// SVDQuant's 16-bit branch (None = no branch): a `k×k` convolution to `r` channels and a
+    /// 1×1 back; `weight` then holds the residual `W − L1·L2`.
+    pub low_rank: Option<LowRank>,
     /// Stride.
     pub stride: usize,
     /// Padding.
@@ -110,6 +120,17 @@ impl QConv2d {
         // a new leaf (the product is a node of the autodiff graph on autodiff devices)
         self.weight = Param::from_tensor(w.detach());
         self.smooth = Some(Param::from_tensor(st).set_require_grad(false));
+        Ok(())
+    }
+
+    /// SVDQuant's split (see [`crate::layers::QLinear::split_low_rank`]); `branch.down` is
+    /// `[r, C_in·k·k]`.
+    pub fn split_low_rank(&mut self, branch: LowRank) -> Result<()> {
+        let [c_out, c_in, kh, kw] = self.weight_shape();
+        check_split(&self.name, &branch, c_in * kh * kw, c_out, self)?;
+        let w = self.weight.val() - branch.product().reshape([c_out, c_in, kh, kw]);
+        self.weight = Param::from_tensor(w.detach());
+        self.low_rank = Some(branch);
         Ok(())
     }
 
@@ -173,14 +194,41 @@ impl QConv2d {
             ctx.tap_layer(&self.name, &y)?;
             return Ok(y);
         }
-        let x = quant_act(&self.a_quant, x, ctx, &self.name)?;
+        let branch = self
+            .low_rank
+            .as_ref()
+            .map(|lr| lr.conv(x.clone(), [kh, kw], s, p));
         let wt = self.effective_weight(ctx)?;
-        let y = burn::tensor::module::conv2d(
-            x,
-            wt,
-            self.bias.as_ref().map(|b| b.val()),
-            ConvOptions::new([s, s], [p, p], [1, 1], 1),
-        );
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let y = if let Some(ActQuantizer::Dynamic(q)) = &self.a_quant {
+            // im2col rows [B, L, C_in·k·k] quantized per row, times W [C_out, C_in·k·k]ᵀ.
+            let (ho, wo) = ((h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1);
+            let cols = burn::tensor::module::unfold4d(
+                x,
+                [kh, kw],
+                UnfoldOptions::new([s, s], [p, p], [1, 1]),
+            )
+            .swap_dims(1, 2);
+            let cols = q
+                .fake_quant(cols, ctx.step.step)
+                .map_err(|source| crate::error::ModelError::Quant {
+                    layer: self.name.clone(),
+                    source,
+                })?;
+            let wm = wt.reshape([1, c_out, c_in * kh * kw]).swap_dims(1, 2);
+            let mut y = cols.matmul(wm); // [B, L, C_out]
+            if let Some(bias) = bias {
+                y = y + bias.reshape([1, 1, c_out]);
+            }
+            y.swap_dims(1, 2).reshape([b, c_out, ho, wo])
+        } else {
+            let x = quant_act(&self.a_quant, x, ctx, &self.name)?;
+            burn::tensor::module::conv2d(x, wt, bias, ConvOptions::new([s, s], [p, p], [1, 1], 1))
+        };
+        let y = match branch {
+            Some(br) => y + br,
+            None => y,
+        };
         ctx.tap_layer(&self.name, &y)?;
         Ok(y)
     }

@@ -5,7 +5,10 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use dmq_quant::{ActQuantizer, WeightQuantizer};
 
-use super::{LayerKind, check_smoothing, executor_err, quant_act, quant_weight, torch_uniform};
+use super::{
+    LayerKind, LowRank, check_smoothing, check_split, executor_err, quant_act, quant_weight,
+    torch_uniform,
+};
 use crate::context::{ForwardCtx, HostTensor, LayerCall, Operand};
 use crate::error::{Result, shape_err};
 
@@ -36,13 +39,15 @@ impl QLinearConfig {
             w_quant: None,
             a_quant: None,
             smooth: None,
+            low_rank: None,
             name: name.to_string(),
         }
     }
 }
 
 /// `y = Q_a(x / s)·Q_w(W)ᵀ + b`, with `s = 1` unless SmoothQuant set a per-input-channel
-/// divisor (and folded it into `W`, so that the FP product is unchanged).
+/// divisor (and folded it into `W`, so that the FP product is unchanged), plus SVDQuant's
+/// low-rank branch `((x / s)·L2ᵀ)·L1ᵀ` when there is one (then `W` holds the residual).
 ///
 /// # Shapes
 /// - weight: `[d_output, d_input]` (PyTorch layout, so diffusers checkpoints load as is and
@@ -62,6 +67,8 @@ pub struct QLinear {
     /// by it before anything else sees it (quantizer, executor, capture), and `weight` holds
     /// `W·diag(s)`.
     pub smooth: Option<Param<Tensor<1>>>,
+    /// SVDQuant's 16-bit branch (None = no branch); `weight` then holds `W − L1·L2`.
+    pub low_rank: Option<LowRank>,
     #[module(skip)]
     name: String,
 }
@@ -95,6 +102,18 @@ impl QLinear {
         // a new leaf (the product is a node of the autodiff graph on autodiff devices)
         self.weight = Param::from_tensor(w.detach());
         self.smooth = Some(Param::from_tensor(st).set_require_grad(false));
+        Ok(())
+    }
+
+    /// SVDQuant's split of an FP layer: `W ← W − L1·L2` and the branch `L1·L2` computed beside
+    /// it from now on (the FP output is unchanged up to f32 rounding). The layer must have no
+    /// quantizers and no branch yet.
+    pub fn split_low_rank(&mut self, branch: LowRank) -> Result<()> {
+        let [d_out, d_in] = self.weight_shape();
+        check_split(&self.name, &branch, d_in, d_out, self)?;
+        let w = self.weight.val() - branch.product();
+        self.weight = Param::from_tensor(w.detach());
+        self.low_rank = Some(branch);
         Ok(())
     }
 
@@ -135,6 +154,7 @@ impl QLinear {
             None => x,
         };
         ctx.capture_input(&self.name, Operand::Input, &x);
+        // An executor computes the whole layer, its low-rank branch included.
         if let Some(ex) = ctx.executor_for(&self.name) {
             let rows = dims.iter().product::<usize>() / d_in;
             let h = HostTensor {
@@ -151,9 +171,14 @@ impl QLinear {
             ctx.tap_layer(&self.name, &y)?;
             return Ok(y);
         }
+        let branch = self.low_rank.as_ref().map(|lr| lr.linear(x.clone()));
         let x = quant_act(&self.a_quant, x, ctx, &self.name)?;
         let w = self.effective_weight(ctx)?;
         let y = burn::tensor::module::linear(x, w.transpose(), self.bias.as_ref().map(|b| b.val()));
+        let y = match branch {
+            Some(b) => y + b,
+            None => y,
+        };
         ctx.tap_layer(&self.name, &y)?;
         Ok(y)
     }
