@@ -6,9 +6,12 @@
 //! ```text
 //! cargo run --release --example leaderboard -- [--results docs/results]
 //! ```
-//! Reads `ptq.json`, `efficientdm.json`, `quest.json`, `binarydm.json`, `tmpq.json` and
-//! `smoothquant.json`; writes `leaderboard.md` and `leaderboard.json` (the results schema:
-//! an array of records, each the table's own row with `extra` = its table and its marks).
+//! Reads `ptq.json`, `efficientdm.json`, `quest.json`, `binarydm.json`, `tmpq.json`,
+//! `smoothquant.json` and `svdquant.json`; writes `leaderboard.md` and `leaderboard.json`
+//! (the results schema: an array of records, each the table's own row with `extra` = its
+//! table and its marks), and per group two Pareto PNGs
+//! (`leaderboard-<model>-<samples>-{bitops,bytes}.png`: FD against BitOPs and against
+//! bytes, a series per method, labelled axes, legend).
 //! Rows are copied, never recomputed: each keeps the command and commit of its table.
 
 use std::collections::BTreeMap;
@@ -38,7 +41,11 @@ fn run(args: &Args) -> Result<(), Error> {
         "binarydm",
         "tmpq",
         "smoothquant",
+        "svdquant",
     ] {
+        if t == "svdquant" && !args.results.join("svdquant.json").exists() {
+            continue;
+        }
         for r in read_rows(&args.results.join(format!("{t}.json")))? {
             rows.push((t.to_string(), r));
         }
@@ -53,6 +60,10 @@ fn run(args: &Args) -> Result<(), Error> {
                 .push((t, r));
         }
     }
+    let mut md_charts = String::from(
+        "\n## Pareto charts\n\nFD test against cost (log scale), one colour per method, one \
+         chart per group with at least two quantized methods:\n\n",
+    );
     let mut md = String::from(
         "# Leaderboard\n\nEvery method's rows from the result tables, grouped by model and \
          sampling protocol (FD is comparable only at equal sample count and steps), sorted by \
@@ -68,6 +79,56 @@ fn run(args: &Args) -> Result<(), Error> {
          Not yet here: SVDQuant.\n",
     );
     let mut records: Vec<ResultRow> = Vec::new();
+    // Pareto charts per group (FD is comparable only within one)
+    for ((model, samples, steps), g) in &groups {
+        let rows: Vec<&ResultRow> = g.iter().map(|(_, r)| r).collect();
+        if rows.iter().filter(|r| !r.method.starts_with("fp")).count() < 2 {
+            continue;
+        }
+        let mut by_method: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+        for r in rows {
+            by_method.entry(r.method.clone()).or_default().push((
+                r.bitops / 1e9,
+                r.model_bytes as f64 / 1024.0,
+                r.fd_test,
+            ));
+        }
+        for (what, x_label, pick) in [
+            ("bitops", "GBitOPs per image (log)", 0usize),
+            ("bytes", "model KiB (log)", 1),
+        ] {
+            let series: Vec<(String, Vec<(f64, f64)>)> = by_method
+                .iter()
+                .map(|(m, pts)| {
+                    let xy = pts
+                        .iter()
+                        .map(|p| (if pick == 0 { p.0 } else { p.1 }, p.2))
+                        .collect();
+                    (m.clone(), xy)
+                })
+                .collect();
+            let refs: Vec<(&str, &[(f64, f64)])> = series
+                .iter()
+                .map(|(m, v)| (m.as_str(), v.as_slice()))
+                .collect();
+            let title = format!("{model}: FD vs cost, {samples} samples, {steps} steps");
+            let file = format!("leaderboard-{model}-{samples}-{what}.png");
+            let path = args.results.join(&file);
+            dmq::eval::plot::scatter_chart_png(
+                &path,
+                &dmq::eval::plot::Axes {
+                    title: &title,
+                    x_label,
+                    y_label: "FD test (lower is better)",
+                    log_x: true,
+                },
+                &refs,
+            )?;
+            md_charts.push_str(&format!(
+                "- {model}, {samples} samples: FD against {x_label}: ![{file}]({file})\n"
+            ));
+        }
+    }
     for ((model, samples, steps), mut g) in groups {
         if g.iter().all(|(_, r)| r.method == "fp") {
             continue;
@@ -136,6 +197,7 @@ fn run(args: &Args) -> Result<(), Error> {
             });
         }
     }
+    md.push_str(&md_charts);
     dmq::quant::file::write_atomic(&args.results.join("leaderboard.md"), md.as_bytes())?;
     let mut text = serde_json::to_string_pretty(&records)?;
     text.push('\n');

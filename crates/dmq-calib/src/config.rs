@@ -118,6 +118,13 @@ pub struct QuantConfig {
     pub edges: EdgePolicy,
     /// Overrides, applied in order after the defaults and the edge policy.
     pub rules: Vec<LayerRule>,
+    /// Q-Diffusion's shortcut splitting: a layer that reads a concatenation (a decoder
+    /// resnet's `upsampled ‖ skip` input, [`dmq_models::Structure::skip_concats`]) gets one
+    /// activation range per half and one weight range per (output channel, half) instead of
+    /// one shared by both ([`dmq_quant::Granularity::Split`]). Applied after the rules, to
+    /// per-tensor activation and per-output-channel weight specs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub split_shortcuts: bool,
 }
 
 /// Asymmetric unsigned per-output-channel weight spec (the reference default).
@@ -147,6 +154,7 @@ impl QuantConfig {
             softmax: None,
             edges: EdgePolicy::Same,
             rules: vec![],
+            split_shortcuts: false,
         }
     }
 
@@ -168,6 +176,7 @@ impl QuantConfig {
             softmax: a_bits.map(softmax_spec).transpose()?,
             edges: EdgePolicy::Same,
             rules: vec![],
+            split_shortcuts: false,
         })
     }
 
@@ -218,6 +227,12 @@ impl QuantConfig {
         self
     }
 
+    /// Turns Q-Diffusion's shortcut splitting on or off ([`QuantConfig::split_shortcuts`]).
+    pub fn with_split_shortcuts(mut self, on: bool) -> Self {
+        self.split_shortcuts = on;
+        self
+    }
+
     /// Keeps attention matmuls in FP (EfficientDM does not quantize them).
     pub fn without_matmuls(mut self) -> Self {
         self.matmul = None;
@@ -232,7 +247,11 @@ impl QuantConfig {
         device: &Device,
     ) -> Result<Vec<LayerPlan>> {
         let calls = layer_inventory(model, device)?;
-        self.resolve_calls(&calls)
+        let mut plans = self.resolve_calls(&calls)?;
+        if self.split_shortcuts {
+            apply_shortcut_split(&mut plans, &model.structure())?;
+        }
+        Ok(plans)
     }
 
     /// Resolves against a recorded layer inventory (one entry per layer; repeated calls of a
@@ -330,6 +349,51 @@ impl QuantConfig {
         }
         Ok(plans)
     }
+}
+
+/// Shortcut splitting on resolved plans: per-tensor activation specs of the layers that read
+/// a skip concatenation become one pair per half, per-output-channel weight specs one pair
+/// per (output channel, half). Other granularities are left alone (they are already finer
+/// or a user's choice).
+pub fn apply_shortcut_split(
+    plans: &mut [LayerPlan],
+    structure: &dmq_models::Structure,
+) -> Result<()> {
+    use dmq_quant::Granularity;
+    // concatenations feed convolutions (channel axis 1 of input and weight)
+    for p in plans.iter_mut().filter(|p| p.kind == LayerKind::Conv2d) {
+        let Some(sc) = structure.skip_concat_of(&p.name) else {
+            continue;
+        };
+        let at = sc.main_channels;
+        if let Some(w) = p.weight
+            && w.granularity() == (Granularity::PerChannel { axis: 0 })
+        {
+            p.weight = Some(w.with_granularity(Granularity::Split {
+                channel: Some(0),
+                axis: 1,
+                at,
+            }));
+        }
+        if let Some(a) = p.act
+            && a.granularity() == Granularity::PerTensor
+        {
+            p.act = Some(a.with_granularity(Granularity::Split {
+                channel: None,
+                axis: 1,
+                at,
+            }));
+        }
+        if let Some(w) = &p.weight {
+            w.num_params(&p.weight_shape)
+                .map_err(|e| CalibError::BadLayerSpec {
+                    layer: p.name.clone(),
+                    what: "its split weight spec".into(),
+                    reason: e.to_string(),
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// The resolved quantizers of one layer.

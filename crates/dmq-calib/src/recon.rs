@@ -170,6 +170,14 @@ pub struct ReconOptions {
     pub seed: u64,
     /// PTQ initialisation options (weight MSE init, activation init and time grouping).
     pub ptq: PtqOptions,
+    /// Shortcut splitting (the reference's `--split`, on by default there and here): the
+    /// config is resolved with [`QuantConfig::split_shortcuts`] set.
+    #[serde(default = "yes")]
+    pub split_shortcuts: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for ReconOptions {
@@ -185,6 +193,7 @@ impl Default for ReconOptions {
             samples: 1024,
             seed: 0,
             ptq: PtqOptions::default(),
+            split_shortcuts: true,
         }
     }
 }
@@ -768,6 +777,9 @@ pub fn qdiffusion<M: Denoiser + Module + Clone>(
     }
     let t0 = Instant::now();
     let mut model = student;
+    let config = &config
+        .clone()
+        .with_split_shortcuts(config.split_shortcuts || opts.split_shortcuts);
     let plans: Vec<LayerPlan> = config.resolve(&model, device)?;
     let unit_list = units(
         &model.structure(),

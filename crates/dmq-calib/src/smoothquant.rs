@@ -24,9 +24,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use dmq_models::layers::LowRank;
 use dmq_models::layers::{LayerKind, LayerMut, LayerRef};
 use dmq_models::{Denoiser, ForwardCtx, HostTensor, Operand, StepContext, try_for_each_layer_mut};
-use dmq_models::layers::LowRank;
 use dmq_quant::file::round_to_f16;
 use dmq_quant::{
     ActQuantizer, DynamicQuantizer, DynamicSpec, QuantSpec, RangeInit, UniformQuantizer,
@@ -169,8 +169,16 @@ pub(crate) fn branch_of(
     let d_in = w.data.len() / d_out.max(1);
     let f = truncated_svd(&w.data, d_out, d_in, rank, power_iters);
     let round = |v: &[f32]| v.iter().map(|&x| round_to_f16(x)).collect::<Vec<_>>();
-    LowRank::from_host(layer, &round(&f.down), &round(&f.up), f.rank, d_in, d_out, device)
-        .map_err(|e| CalibError::Option(e.to_string()))
+    LowRank::from_host(
+        layer,
+        &round(&f.down),
+        &round(&f.up),
+        f.rank,
+        d_in,
+        d_out,
+        device,
+    )
+    .map_err(|e| CalibError::Option(e.to_string()))
 }
 
 /// The quantized output error of one layer (a clone of it), smoothed by `s` if given, on `x`.

@@ -153,7 +153,13 @@ fn symmetric_eigen(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
 
 /// The rank-`rank` factors of `w [m, n]` (see the module docs); `rank` is capped at
 /// `min(m, n)`. `power_iters` = 2 is plenty for weight spectra.
-pub fn truncated_svd(w: &[f32], m: usize, n: usize, rank: usize, power_iters: usize) -> LowRankFactors {
+pub fn truncated_svd(
+    w: &[f32],
+    m: usize,
+    n: usize,
+    rank: usize,
+    power_iters: usize,
+) -> LowRankFactors {
     let rank = rank.min(m).min(n);
     let k = (rank + 8).min(m).min(n);
     let w: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
@@ -192,7 +198,11 @@ pub fn truncated_svd(w: &[f32], m: usize, n: usize, rank: usize, power_iters: us
         }
     }
     let (lambda, v) = symmetric_eigen(bbt, k);
-    let sigma: Vec<f64> = lambda.iter().take(rank).map(|l| l.max(0.0).sqrt()).collect();
+    let sigma: Vec<f64> = lambda
+        .iter()
+        .take(rank)
+        .map(|l| l.max(0.0).sqrt())
+        .collect();
     let mut up = vec![0f32; m * rank];
     let mut down = vec![0f32; rank * n];
     for (j, &s) in sigma.iter().enumerate() {
@@ -280,8 +290,14 @@ mod tests {
         let f = truncated_svd(&w, m, n, 3, 1);
         assert!(residual_norm(&w, &f, m, n) < 1e-5);
         for j in 0..3 {
-            let cu = (0..m).map(|i| f64::from(f.up[i * 3 + j]).powi(2)).sum::<f64>().sqrt();
-            let rd = (0..n).map(|c| f64::from(f.down[j * n + c]).powi(2)).sum::<f64>().sqrt();
+            let cu = (0..m)
+                .map(|i| f64::from(f.up[i * 3 + j]).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let rd = (0..n)
+                .map(|c| f64::from(f.down[j * n + c]).powi(2))
+                .sum::<f64>()
+                .sqrt();
             assert!((cu - sigma[j].sqrt()).abs() < 1e-4 && (rd - sigma[j].sqrt()).abs() < 1e-4);
         }
         // rank above min(m, n) is capped; a zero matrix gives zero factors

@@ -31,9 +31,7 @@ use crate::calib_set::CalibSet;
 use crate::config::QuantConfig;
 use crate::error::{CalibError, Result};
 use crate::ptq::{PtqReport, ptq};
-use crate::smoothquant::{
-    BranchSettings, SmoothOptions, SmoothedLayer, smooth_and_split, targets,
-};
+use crate::smoothquant::{BranchSettings, SmoothOptions, SmoothedLayer, smooth_and_split, targets};
 
 /// SVDQuant settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -104,7 +102,9 @@ pub fn svdquant<M: Denoiser + ?Sized>(
     if opts.dynamic_acts {
         for (name, plan) in &targeted {
             let bits = plan.act.and_then(|a| a.int_bits()).ok_or_else(|| {
-                CalibError::Option(format!("layer '{name}': SVDQuant needs integer activations"))
+                CalibError::Option(format!(
+                    "layer '{name}': SVDQuant needs integer activations"
+                ))
             })?;
             let spec = DynamicSpec::per_token(bits).map_err(|e| CalibError::BadLayerSpec {
                 layer: (*name).to_string(),
@@ -144,7 +144,9 @@ pub fn svdquant<M: Denoiser + ?Sized>(
             LayerMut::Conv2d(q) => (&mut q.a_quant, q.low_rank.as_ref()),
             LayerMut::Matmul(_) => return,
         };
-        branch_params += lr.map_or(0, |b| b.rank() * (b.down.val().dims()[1] + b.up.val().dims()[0]));
+        branch_params += lr.map_or(0, |b| {
+            b.rank() * (b.down.val().dims()[1] + b.up.val().dims()[0])
+        });
         if let Some(spec) = dynamic.get(&name) {
             match DynamicQuantizer::new(*spec) {
                 Ok(q) => *a_quant = Some(ActQuantizer::Dynamic(q)),

@@ -103,6 +103,16 @@ pub struct QuestConfig {
     pub loss: QuestLoss,
     /// Seed of the chunk draws.
     pub seed: u64,
+    /// Shortcut splitting, as in the Q-Diffusion reconstruction QuEST starts from (its
+    /// `--split`, on by default there and here); must match that reconstruction's
+    /// [`dmq_calib::ReconOptions::split_shortcuts`], since the rounding is restored against
+    /// the split weight ranges.
+    #[serde(default = "yes")]
+    pub split_shortcuts: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for QuestConfig {
@@ -125,6 +135,7 @@ impl Default for QuestConfig {
             act_lr_b: 1e-4,
             loss: QuestLoss::Reference,
             seed: 0x0E57,
+            split_shortcuts: true,
         }
     }
 }
@@ -268,7 +279,10 @@ pub fn quest_student_with<M: Denoiser + Module + Clone>(
         .clone()
         .unwrap_or_else(|| SelectionRules::for_structure(&structure));
     let selection = select_layers(&structure, &calls, &rules)?;
-    let plans = quest_plans(preset, &calls, cfg.edge_act_bits)?;
+    let mut plans = quest_plans(preset, &calls, cfg.edge_act_bits)?;
+    if cfg.split_shortcuts || preset.split_shortcuts {
+        dmq_calib::config::apply_shortcut_split(&mut plans, &structure)?;
+    }
     let mut model = fp.clone().no_grad();
     restore_weight_rounding(
         &mut model,

@@ -287,7 +287,9 @@ impl IntegerExecutor {
     }
 
     /// Time spent per layer in the integer kernels since construction or the last
-    /// [`reset_timings`](Self::reset_timings) (where the integer path spends its time).
+    /// [`reset_timings`](Self::reset_timings) (where the integer path spends its time). An
+    /// SVDQuant branch is also timed on its own as `<layer>.low_rank` (its time is part of
+    /// its layer's).
     pub fn timings(&self) -> BTreeMap<String, LayerTiming> {
         self.timings.lock().map(|t| t.clone()).unwrap_or_default()
     }
@@ -382,8 +384,10 @@ impl IntegerExecutor {
         let q = act_quant::quantize(&x.data, rows, k, acts.at(name, step)?).map_err(kernel)?;
         let mut data = gemm_acts_f32(&q, w, bias, &self.opts).map_err(kernel)?;
         if let Some(b) = branch {
-            b.apply_add(&x.data, rows, &mut data, self.opts.threads)
-                .map_err(kernel)?;
+            self.timed(&format!("{name}.low_rank"), || {
+                b.apply_add(&x.data, rows, &mut data, self.opts.threads)
+                    .map_err(kernel)
+            })?;
         }
         Ok(HostTensor {
             data,
@@ -426,10 +430,13 @@ impl IntegerExecutor {
                 let rows = b * ho * wo;
                 let q = act_quant::quantize(&cols, rows, weight.k(), acts.at(name, step)?)
                     .map_err(kernel)?;
-                let mut y = gemm_acts_f32(&q, weight, bias.as_deref(), &self.opts).map_err(kernel)?;
+                let mut y =
+                    gemm_acts_f32(&q, weight, bias.as_deref(), &self.opts).map_err(kernel)?;
                 if let Some(br) = branch {
-                    br.apply_add(&cols, rows, &mut y, self.opts.threads)
-                        .map_err(kernel)?;
+                    self.timed(&format!("{name}.low_rank"), || {
+                        br.apply_add(&cols, rows, &mut y, self.opts.threads)
+                            .map_err(kernel)
+                    })?;
                 }
                 return Ok(HostTensor {
                     data: conv::to_nchw(&y, b, cout, ho * wo),

@@ -174,7 +174,13 @@ pub fn low_rank<'a>(
     let (down, up) = match (file.half.get(&dk), file.half.get(&uk)) {
         (None, None) => return Ok(None),
         (Some(d), Some(u)) => (d, u),
-        (Some(_), None) => return Err(export_err(origin, &uk, "missing (the down factor is there)")),
+        (Some(_), None) => {
+            return Err(export_err(
+                origin,
+                &uk,
+                "missing (the down factor is there)",
+            ));
+        }
         (None, Some(_)) => return Err(export_err(origin, &dk, "missing (the up factor is there)")),
     };
     let (&[r, di], &[d_o, r2]) = (&down.0[..], &up.0[..]) else {

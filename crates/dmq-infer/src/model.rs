@@ -6,8 +6,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use dmq_models::layers::{LayerMut, LayerRef, LowRank};
 use dmq_models::{Denoiser, DenoiserInfo, ForwardCtx, try_for_each_layer_mut};
 use dmq_quant::{
-    ActQuantizer, AffineParams, BinaryQuantizer, DynamicQuantizer, QuantizedFile, QuantizedTensor, TimeIndexed,
-    UniformQuantizer, WeightQuantizer,
+    ActQuantizer, AffineParams, BinaryQuantizer, DynamicQuantizer, QuantizedFile, QuantizedTensor,
+    TimeIndexed, UniformQuantizer, WeightQuantizer,
 };
 
 use crate::error::{Result, export_err};

@@ -160,3 +160,54 @@ fn export_of_another_model_is_refused() {
     });
     assert!(quantized > 0);
 }
+
+/// SVDQuant entries: a branch with one factor missing, factors that do not chain or do not
+/// fit the layer, and a dynamic spec of 1 or 9 bits are typed errors naming the file and the
+/// entry.
+#[test]
+fn malformed_svdquant_entries_are_refused() {
+    let with = |down: Option<(Vec<usize>, usize)>, up: Option<(Vec<usize>, usize)>| {
+        let mut f = QuantizedFile::default();
+        if let Some((s, n)) = down {
+            f.half
+                .insert("conv.low_rank.down".into(), (s, vec![0.5; n]));
+        }
+        if let Some((s, n)) = up {
+            f.half.insert("conv.low_rank.up".into(), (s, vec![0.5; n]));
+        }
+        QuantizedFile::from_bytes(&f.to_bytes().unwrap(), ORIGIN).unwrap()
+    };
+    // a [4, 9] weight (C_in·k·k = 9, 4 outputs): rank-2 factors [2, 9] and [4, 2] fit
+    let ok = with(Some((vec![2, 9], 18)), Some((vec![4, 2], 8)));
+    let e = dmq_infer::export::low_rank(&ok, "conv", 9, 4)
+        .unwrap()
+        .unwrap();
+    assert_eq!((e.rank, e.down.len(), e.up.len()), (2, 18, 8));
+    let e =
+        dmq_infer::export::low_rank(&with(Some((vec![2, 9], 18)), None), "conv", 9, 4).unwrap_err();
+    names(&e, "conv.low_rank.up");
+    for (d, u) in [
+        ((vec![2, 9], 18), (vec![4, 3], 12)), // ranks differ
+        ((vec![2, 8], 16), (vec![4, 2], 8)),  // d_in differs
+        ((vec![2, 9], 18), (vec![5, 2], 10)), // d_out differs
+        ((vec![18], 18), (vec![4, 2], 8)),    // not a matrix
+        ((vec![0, 9], 0), (vec![4, 0], 0)),   // rank 0
+    ] {
+        let e = dmq_infer::export::low_rank(&with(Some(d), Some(u)), "conv", 9, 4).unwrap_err();
+        names(&e, "conv.low_rank.down");
+    }
+    for bits in [1, 9] {
+        let mut f = QuantizedFile::default();
+        f.metadata.insert(
+            "conv.a.dynamic".into(),
+            format!("{{\"bits\":{bits},\"symmetric\":false,\"per_token\":true}}"),
+        );
+        let f = QuantizedFile::from_bytes(&f.to_bytes().unwrap(), ORIGIN).unwrap();
+        let e = dmq_infer::export::dynamic(&f, "conv", "a").unwrap_err();
+        assert!(
+            matches!(e, InferError::Quant(QuantError::InvalidBits { .. })),
+            "{e}"
+        );
+        names(&e, "conv.a.dynamic");
+    }
+}

@@ -126,7 +126,9 @@ impl LowRankBranch {
                 let mut acc = 0f64;
                 for j in 0..self.rank {
                     let t: f64 = (0..self.k)
-                        .map(|c| f64::from(x[i * self.k + c]) * f64::from(self.down[j * self.k + c]))
+                        .map(|c| {
+                            f64::from(x[i * self.k + c]) * f64::from(self.down[j * self.k + c])
+                        })
                         .sum();
                     acc += t * f64::from(self.up_t[j * self.n + o]);
                 }

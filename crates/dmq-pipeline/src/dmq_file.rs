@@ -302,8 +302,12 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
     let mut branch_err = None;
     model.for_each_layer_mut(&mut |l| {
         let (name, shape) = match &l {
-            dmq_models::layers::LayerMut::Linear(q) => (q.name().to_string(), q.weight_shape().to_vec()),
-            dmq_models::layers::LayerMut::Conv2d(q) => (q.name().to_string(), q.weight_shape().to_vec()),
+            dmq_models::layers::LayerMut::Linear(q) => {
+                (q.name().to_string(), q.weight_shape().to_vec())
+            }
+            dmq_models::layers::LayerMut::Conv2d(q) => {
+                (q.name().to_string(), q.weight_shape().to_vec())
+            }
             dmq_models::layers::LayerMut::Matmul(_) => return,
         };
         let (d_out, d_in) = (shape[0], shape[1..].iter().product::<usize>());

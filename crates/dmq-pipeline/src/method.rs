@@ -341,6 +341,16 @@ pub fn quantize(
             )
         }
         Method::Quest { recon, config: c } => {
+            if recon.split_shortcuts != c.split_shortcuts {
+                return Err(PipelineError::Option {
+                    option: "split_shortcuts".into(),
+                    reason: format!(
+                        "QuEST ({}) must split shortcuts as the Q-Diffusion reconstruction it \
+                         starts from does ({})",
+                        c.split_shortcuts, recon.split_shortcuts
+                    ),
+                });
+            }
             // QuEST starts from a finished Q-Diffusion reconstruction, kept in the run dir
             // (or a temporary one) so that both stages resume independently.
             let tmp;

@@ -488,7 +488,10 @@ fn svdquant_w4a4_beats_naive_and_runs_in_integers(device: &Device) {
             dynamic += usize::from(d);
         });
         let with_rank = rep.layers.iter().filter(|l| l.rank > 0).count();
-        assert!(with_rank > 0 && branches == with_rank, "{kind}: {branches} vs {with_rank}");
+        assert!(
+            with_rank > 0 && branches == with_rank,
+            "{kind}: {branches} vs {with_rank}"
+        );
         assert_eq!(dynamic, rep.layers.len(), "{kind}");
         assert!(rep.branch_params > 0);
         // FP equivalence of smoothing + split
@@ -496,21 +499,39 @@ fn svdquant_w4a4_beats_naive_and_runs_in_integers(device: &Device) {
         dmq_calib::clear_quantizers(&mut split);
         // (outputs are O(1) noise predictions; f32 rounding of W·s, L1·L2 and R is ~1e-6)
         let e_split = max_diff(&split, &fp, &sampler, device);
-        assert!(e_split <= 1e-4, "{kind}: split model differs from FP by {e_split}");
+        assert!(
+            e_split <= 1e-4,
+            "{kind}: split model differs from FP by {e_split}"
+        );
         // closer to FP than naive W4A4
         let e_svd = max_diff(&q.model, &fp, &sampler, device);
         let e_naive = max_diff(&naive.model, &fp, &sampler, device);
         eprintln!("{kind}: SVDQuant W4A4 max error {e_svd}, naive {e_naive}");
-        assert!(e_svd < e_naive, "{kind}: SVDQuant {e_svd} vs naive {e_naive}");
+        assert!(
+            e_svd < e_naive,
+            "{kind}: SVDQuant {e_svd} vs naive {e_naive}"
+        );
         // through the file
         let path = tmp.path().join(format!("{kind}-svd.dmq.safetensors"));
         let timesteps: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
         let method = Method::from_name("svdquant").unwrap();
-        dmq_file::save(&path, &q.model, &sched, &timesteps, &Provenance::new(&method, &config))
-            .unwrap();
+        dmq_file::save(
+            &path,
+            &q.model,
+            &sched,
+            &timesteps,
+            &Provenance::new(&method, &config),
+        )
+        .unwrap();
         let back = dmq_file::load(&path, device).unwrap();
-        assert!(!back.file.half.is_empty(), "{kind}: no f16 branch in the file");
-        assert!(max_diff(&q.model, &back.model, &sampler, device) <= 1e-4, "{kind}");
+        assert!(
+            !back.file.half.is_empty(),
+            "{kind}: no f16 branch in the file"
+        );
+        assert!(
+            max_diff(&q.model, &back.model, &sampler, device) <= 1e-4,
+            "{kind}"
+        );
         // integer path
         let file = dmq_calib::export_layers(&q.model, STEPS).unwrap();
         let int = dmq_infer::IntegerModel::from_export(fp.clone(), &file, device).unwrap();

@@ -72,12 +72,13 @@ pub fn inverse_rectified_sigmoid(frac: f32) -> f32 {
 
 impl AdaRoundQuantizer {
     /// Initialises V from the fractional part of `W/Δ` so that the soft weight starts at the
-    /// full-precision weight (inside the range). `params` must be per tensor or per channel.
+    /// full-precision weight (inside the range). `params` must be per tensor, per channel, or
+    /// split (Q-Diffusion's shortcut splitting), not per group.
     pub fn init<const D: usize>(weight: Tensor<D>, params: &AffineParams) -> Result<Self> {
         params.validate("AdaRoundQuantizer")?;
         if matches!(params.spec.granularity(), Granularity::PerGroup { .. }) {
             return Err(QuantError::Unsupported(
-                "AdaRound supports per-tensor and per-channel weight parameters".into(),
+                "AdaRound supports per-tensor, per-channel and split weight parameters".into(),
             ));
         }
         params.spec.int_range().ok_or_else(|| {
@@ -143,8 +144,13 @@ impl AdaRoundQuantizer {
 
     fn broadcast<const D: usize>(&self, t: Tensor<1>) -> Tensor<D> {
         let mut s = [1usize; D];
-        if let Granularity::PerChannel { axis } = self.spec.granularity() {
-            s[axis] = self.shape[axis];
+        match self.spec.granularity() {
+            Granularity::PerChannel { axis } => s[axis] = self.shape[axis],
+            Granularity::Split { channel, axis, at } => {
+                let dims: [usize; D] = std::array::from_fn(|i| self.shape[i]);
+                return crate::ste::split_broadcast(t, dims, channel, axis, at);
+            }
+            _ => {}
         }
         t.reshape(s)
     }

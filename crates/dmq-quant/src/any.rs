@@ -12,8 +12,8 @@ use crate::qtensor::{AffineParams, QuantizedTensor};
 use crate::quantizer::Quantizer;
 use crate::spec::QuantSpec;
 use crate::{
-    AdaRoundQuantizer, BinaryQuantizer, DynamicQuantizer, LsqQuantizer, MultiBasisBinarizer, QaLoraQuantizer,
-    TimeIndexed, UniformQuantizer,
+    AdaRoundQuantizer, BinaryQuantizer, DynamicQuantizer, LsqQuantizer, MultiBasisBinarizer,
+    QaLoraQuantizer, TimeIndexed, UniformQuantizer,
 };
 
 macro_rules! forward_quantizer {

@@ -166,7 +166,9 @@ mod tests {
         let device = Device::default();
         let x = Tensor::<2>::from_data(
             TensorData::new(
-                vec![-1.0f32, 0.0, 0.5, 2.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 6.0],
+                vec![
+                    -1.0f32, 0.0, 0.5, 2.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 6.0,
+                ],
                 [3, 4],
             ),
             &device,
@@ -183,20 +185,30 @@ mod tests {
     #[test]
     fn symmetric_keeps_row_extremes_and_bounds_error() {
         let device = Device::default();
-        let vals: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 - 30.0) * 0.1).collect();
+        let vals: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 64) as f32 - 30.0) * 0.1)
+            .collect();
         let x = Tensor::<2>::from_data(TensorData::new(vals.clone(), [4, 16]), &device);
         let spec = DynamicSpec {
             bits: 4,
             symmetric: true,
             per_token: true,
         };
-        let y = host(DynamicQuantizer::new(spec).unwrap().fake_quant(x, 0).unwrap());
+        let y = host(
+            DynamicQuantizer::new(spec)
+                .unwrap()
+                .fake_quant(x, 0)
+                .unwrap(),
+        );
         for r in 0..4 {
             let row = &vals[r * 16..(r + 1) * 16];
             let absmax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
             let delta = absmax / 7.0;
             for (i, (&a, &b)) in row.iter().zip(&y[r * 16..(r + 1) * 16]).enumerate() {
-                assert!((a - b).abs() <= delta / 2.0 + 1e-6, "row {r} col {i}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= delta / 2.0 + 1e-6,
+                    "row {r} col {i}: {a} vs {b}"
+                );
                 if a.abs() == absmax {
                     assert!((a - b).abs() < 1e-6);
                 }

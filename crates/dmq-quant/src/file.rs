@@ -405,7 +405,8 @@ impl QuantizedFile {
                 if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
                     return Err(invalid(origin, name, format!("value {i} is {v}")));
                 }
-                out.half.insert(name.to_string(), (view.shape().to_vec(), values));
+                out.half
+                    .insert(name.to_string(), (view.shape().to_vec(), values));
                 continue;
             }
             if view.dtype() != Dtype::F32 {

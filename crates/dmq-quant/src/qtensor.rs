@@ -146,6 +146,18 @@ pub(crate) fn group_index(shape: &[usize], granularity: Granularity) -> Vec<usiz
                 })
                 .collect()
         }
+        Granularity::Split { channel, axis, at } => {
+            let coord = |i: usize, ax: usize| {
+                let inner: usize = shape[ax + 1..].iter().product();
+                (i / inner) % shape[ax]
+            };
+            (0..numel)
+                .map(|i| {
+                    let block = usize::from(coord(i, axis) >= at);
+                    channel.map_or(0, |c| 2 * coord(i, c)) + block
+                })
+                .collect()
+        }
     }
 }
 

@@ -65,6 +65,18 @@ impl RawQuantSpec {
                 context: field("granularity"),
             });
         }
+        if let Granularity::Split { channel, axis, at } = self.granularity
+            && (at == 0 || channel == Some(axis))
+        {
+            return Err(QuantError::InvalidField {
+                origin: field("granularity"),
+                field: "Split".into(),
+                reason: format!(
+                    "split at {at} of axis {axis} with channel axis {channel:?}: the first block \
+                     must be non-empty and the channel axis another axis"
+                ),
+            });
+        }
         Ok(QuantSpec {
             bits,
             signed: self.signed,
@@ -101,6 +113,20 @@ pub enum Granularity {
         axis: usize,
         /// Group size G; must divide the axis length.
         size: usize,
+    },
+    /// Q-Diffusion's shortcut splitting: `axis` is cut at index `at` into two blocks (the
+    /// two halves of a concatenated input: upsampled features ‖ skip connection), each with
+    /// its own pair, per index of `channel` when given. `channel: Some(0), axis: 1` on a
+    /// conv weight `[out, in, kh, kw]` is one pair per (output channel, input block),
+    /// `2·out` pairs (pair `2·o + b`); `channel: None, axis: 1` on an activation
+    /// `[B, C, H, W]` is one pair per block, 2 pairs.
+    Split {
+        /// Per-channel axis inside each block (None: per block only); differs from `axis`.
+        channel: Option<usize>,
+        /// The axis that is cut.
+        axis: usize,
+        /// Length of the first block, `0 < at < len(axis)`.
+        at: usize,
     },
 }
 
@@ -329,6 +355,28 @@ impl QuantSpec {
                     }
                 })?;
                 Ok(numel / size)
+            }
+            Granularity::Split { channel, axis, at } => {
+                check_axis(axis, shape.len(), "split quantization")?;
+                if at == 0 || at >= shape[axis] {
+                    return Err(QuantError::ShapeMismatch {
+                        expected: format!("axis {axis} longer than the split point {at}"),
+                        got: format!("shape {shape:?}"),
+                        context: "split quantization".into(),
+                    });
+                }
+                match channel {
+                    None => Ok(2),
+                    Some(c) => {
+                        check_axis(c, shape.len(), "split quantization (channel axis)")?;
+                        if c == axis {
+                            return Err(QuantError::Unsupported(format!(
+                                "split quantization with channel axis = split axis {axis}"
+                            )));
+                        }
+                        Ok(2 * shape[c])
+                    }
+                }
             }
         }
     }

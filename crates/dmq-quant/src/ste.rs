@@ -173,5 +173,34 @@ pub(crate) fn broadcast_apply<const D: usize>(
             let out = op.apply(g3, delta.reshape(p), zero.reshape(p));
             Ok(out.reshape(moved_dims).movedim(D - 1, axis))
         }
+        Granularity::Split { channel, axis, at } => Ok(op.apply(
+            x,
+            split_broadcast(delta, dims, channel, axis, at),
+            split_broadcast(zero, dims, channel, axis, at),
+        )),
     }
+}
+
+/// The pairs of a [`Granularity::Split`] spread to a tensor that broadcasts against `dims`:
+/// full length along `axis` (block 0 for indices `< at`, block 1 after), the channel extent
+/// along `channel`, 1 elsewhere. Differentiable in `t` (the blocks are narrowed, repeated and
+/// concatenated).
+pub(crate) fn split_broadcast<const D: usize>(
+    t: Tensor<1>,
+    dims: [usize; D],
+    channel: Option<usize>,
+    axis: usize,
+    at: usize,
+) -> Tensor<D> {
+    let n_ch = channel.map_or(1, |c| dims[c]);
+    let pairs: Tensor<2> = t.reshape([n_ch, 2]);
+    let block = |b: usize, len: usize| {
+        let mut s = [1usize; D];
+        if let Some(c) = channel {
+            s[c] = n_ch;
+        }
+        let v: Tensor<D> = pairs.clone().narrow(1, b, 1).reshape(s);
+        v.repeat_dim(axis, len)
+    };
+    Tensor::cat(vec![block(0, at), block(1, dims[axis] - at)], axis)
 }

@@ -538,6 +538,110 @@ fn per_group_matches_reshaped_per_channel(device: &Device) {
     assert_close(&y, &e, 1e-6, "per-group export");
 }
 
+/// Shortcut splitting: a `Split { channel: Some(0), axis: 1, at }` weight quantizer equals
+/// per-channel quantizers fitted to the two column blocks separately (max ranges), for the
+/// uniform quantizer, AdaRound (soft rounding starts at the FP weight, hard export = fake
+/// quant) and the export; `Split { channel: None }` on an activation has one range per half.
+fn split_matches_blockwise_per_channel(device: &Device) {
+    use dmq_quant::Granularity;
+    let (o, c, k, at) = (3usize, 5usize, 2usize, 2usize);
+    let data: Vec<f32> = (0..o * c * k * k)
+        .map(|i| {
+            ((i * 41 % 31) as f32 - 15.0) / 6.0 * if (i / (k * k)) % c >= at { 8.0 } else { 1.0 }
+        })
+        .collect();
+    let w = tn(&data, [o, c, k, k], device);
+    let split = Granularity::Split {
+        channel: Some(0),
+        axis: 1,
+        at,
+    };
+    let spec = QuantSpec::int(4).unwrap().with_granularity(split);
+    assert_eq!(spec.num_params(&[o, c, k, k]).unwrap(), 2 * o);
+    let q = UniformQuantizer::init(spec, w.clone(), &RangeInit::Max).unwrap();
+    let got = host(q.fake_quant(w.clone(), 0).unwrap());
+    // reference: each block on its own, per output channel
+    let pc = QuantSpec::int(4).unwrap().per_channel(0);
+    let mut want = vec![0f32; data.len()];
+    for (lo, hi) in [(0, at), (at, c)] {
+        let block = w.clone().narrow(1, lo, hi - lo);
+        let qb = UniformQuantizer::init(pc, block.clone(), &RangeInit::Max).unwrap();
+        let yb = host(qb.fake_quant(block, 0).unwrap());
+        for oo in 0..o {
+            for cc in lo..hi {
+                for r in 0..k * k {
+                    want[(oo * c + cc) * k * k + r] = yb[(oo * (hi - lo) + cc - lo) * k * k + r];
+                }
+            }
+        }
+    }
+    assert_close(&got, &want, TOL, "split vs blockwise per-channel");
+    let ex = q.export(w.clone(), 0).unwrap();
+    assert_close(&ex.dequantize().unwrap(), &got, TOL, "split export");
+    // AdaRound on split parameters
+    let p = q.affine_params(0).unwrap();
+    let ada = AdaRoundQuantizer::init(w.clone(), &p).unwrap();
+    // the soft weight starts at the FP weight inside the range; at the range's ends the
+    // zero point's rounding can clip by up to half a step of that block
+    let soft = host(ada.fake_quant(w.clone(), 0).unwrap());
+    let mut exact = 0;
+    for (i, (a, b)) in soft.iter().zip(&data).enumerate() {
+        let pair = 2 * (i / (c * k * k)) + usize::from((i / (k * k)) % c >= at);
+        assert!(
+            (a - b).abs() <= p.delta[pair] / 2.0 + 1e-4,
+            "element {i}: {a} vs {b}"
+        );
+        exact += usize::from((a - b).abs() <= 1e-4);
+    }
+    assert!(
+        exact >= data.len() * 3 / 4,
+        "only {exact} of {} start exact",
+        data.len()
+    );
+    let hard = ada.with_mode(AdaRoundMode::Hard);
+    let hq = host(hard.fake_quant(w.clone(), 0).unwrap());
+    assert_close(
+        &hard.export(w, 0).unwrap().dequantize().unwrap(),
+        &hq,
+        TOL,
+        "AdaRound split export",
+    );
+    // activation: one range per half of the channels
+    let x = tn(&data[..2 * c * k * k], [2, c, k, k], device);
+    let aspec = QuantSpec::int(8)
+        .unwrap()
+        .with_granularity(Granularity::Split {
+            channel: None,
+            axis: 1,
+            at,
+        });
+    let qa = UniformQuantizer::init(aspec, x.clone(), &RangeInit::Max).unwrap();
+    let ap = qa.affine_params(0).unwrap();
+    assert_eq!(ap.delta.len(), 2);
+    assert!(
+        ap.delta[1] > 4.0 * ap.delta[0],
+        "the skip half's range is its own: {:?}",
+        ap.delta
+    );
+    let y = host(qa.fake_quant(x, 0).unwrap());
+    for (i, (a, b)) in data[..2 * c * k * k].iter().zip(&y).enumerate() {
+        let d = ap.delta[usize::from((i / (k * k)) % c >= at)];
+        assert!(
+            (a - b).abs() <= d / 2.0 + 1e-5,
+            "element {i}: {a} vs {b}, Δ {d}"
+        );
+    }
+    // a split point outside the axis is an error
+    let bad = QuantSpec::int(4)
+        .unwrap()
+        .with_granularity(Granularity::Split {
+            channel: Some(0),
+            axis: 1,
+            at: c,
+        });
+    assert!(bad.num_params(&[o, c, k, k]).is_err());
+}
+
 /// Export (scalar reference on the host) equals the device fake quantization.
 fn export_matches_fake_quant(device: &Device) {
     let data: Vec<f32> = (0..2 * 3 * 3 * 3)
@@ -599,6 +703,7 @@ per_backend!(
     ebb_gradients,
     time_indexed_selection,
     per_group_matches_reshaped_per_channel,
+    split_matches_blockwise_per_channel,
     export_matches_fake_quant,
     shape_errors,
     float_passthrough,

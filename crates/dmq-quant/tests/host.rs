@@ -345,3 +345,57 @@ fn beta_schedule_matches_the_reference_formula() {
     assert!((s.beta(600).unwrap() - 11.0).abs() < 1e-9);
     assert!((s.beta(1000).unwrap() - 2.0).abs() < 1e-9);
 }
+
+/// 16-bit tensors (SVDQuant's branch) round-trip exactly when their values are f16 values,
+/// are stored at 2 bytes per value, and a non-finite f16 in a file is refused naming the
+/// tensor; a name used twice is refused when writing.
+#[test]
+fn half_tensors_round_trip_and_are_checked() {
+    let mut f = sample_file();
+    let vals: Vec<f32> = [0.5f32, -1.25, 3.0e-3, 65504.0]
+        .iter()
+        .map(|&v| dmq_quant::file::round_to_f16(v))
+        .collect();
+    f.half
+        .insert("up.0.low_rank.down".into(), (vec![2, 2], vals.clone()));
+    let bytes = f.to_bytes().unwrap();
+    let back = QuantizedFile::from_bytes(&bytes, "t.safetensors").unwrap();
+    assert_eq!(back, f);
+    assert_eq!(back.half["up.0.low_rank.down"].1, vals);
+    assert_eq!(
+        back.payload_bytes() - sample_file().payload_bytes(),
+        2 * vals.len()
+    );
+    // an f16 infinity (0x7c00) planted in the stored bytes
+    let pos = bytes
+        .windows(4)
+        .position(|w| w == half_bytes(vals[0], vals[1]))
+        .expect("the tensor's bytes");
+    let mut bad = bytes.clone();
+    bad[pos..pos + 2].copy_from_slice(&0x7c00u16.to_le_bytes());
+    let e = QuantizedFile::from_bytes(&bad, "t.safetensors")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("t.safetensors") && e.contains("up.0.low_rank.down"),
+        "{e}"
+    );
+    // one name, two kinds
+    let mut twice = f.clone();
+    twice
+        .float
+        .insert("up.0.low_rank.down".into(), (vec![1], vec![0.0]));
+    assert!(twice.to_bytes().is_err());
+}
+
+fn half_bytes(a: f32, b: f32) -> Vec<u8> {
+    let h = |v: f32| {
+        // f16 bits of an exactly representable normal value
+        let bits = v.to_bits();
+        let sign = ((bits >> 16) & 0x8000) as u16;
+        let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
+        let mant = ((bits >> 13) & 0x3ff) as u16;
+        sign | ((exp as u16) << 10) | mant
+    };
+    [h(a).to_le_bytes(), h(b).to_le_bytes()].concat()
+}

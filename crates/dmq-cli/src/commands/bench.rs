@@ -70,7 +70,19 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     };
     let fp_ips = time(&fp)?;
     let fq_ips = time(&f.model)?;
+    integer.executor().reset_timings();
     let int_ips = time(&integer)?;
+    // SVDQuant: the branches' share of the integer run and of the file
+    let timings = integer.executor().timings();
+    let (mut branch_s, mut layer_s) = (0.0, 0.0);
+    for (name, t) in &timings {
+        if name.ends_with(".low_rank") {
+            branch_s += t.seconds;
+        } else {
+            layer_s += t.seconds;
+        }
+    }
+    let run_s = a.repeats as f64 * a.batch as f64 / int_ips; // ≤ the total: best-of timing
     let file_bytes = std::fs::metadata(&a.model)?.len();
     let fp32_bytes = dmq_calib::model_bytes(&fp, steps)?;
     println!(
@@ -92,5 +104,18 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         "| integer kernels | {int_ips:.2} | {:.2} | {file_bytes} |",
         int_ips / fp_ips
     );
+    let branch_bytes: usize = f.file.half.values().map(|(_, d)| 2 * d.len()).sum();
+    if branch_bytes > 0 {
+        println!(
+            "low-rank branches: {:.1}% of the time in integer layers ({:.2} of {:.2} s over {} \
+             runs, about {:.1}% of a sampling run), {branch_bytes} bytes ({:.1}% of the file)",
+            100.0 * branch_s / layer_s.max(1e-12),
+            branch_s,
+            layer_s,
+            a.repeats,
+            100.0 * branch_s / run_s.max(1e-12),
+            100.0 * branch_bytes as f64 / file_bytes.max(1) as f64
+        );
+    }
     Ok(())
 }

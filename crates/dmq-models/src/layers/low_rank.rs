@@ -38,7 +38,8 @@ impl LowRank {
         d_out: usize,
         device: &Device,
     ) -> Result<Self> {
-        let bad = |reason: String| ModelError::Config(format!("{layer}: low-rank branch: {reason}"));
+        let bad =
+            |reason: String| ModelError::Config(format!("{layer}: low-rank branch: {reason}"));
         if rank == 0 || rank > d_in.min(d_out) {
             return Err(bad(format!(
                 "rank {rank} outside 1..={} (min of {d_in} inputs, {d_out} outputs)",
@@ -90,7 +91,13 @@ impl LowRank {
     }
 
     /// The branch of a `k×k` convolution: `x [B, C_in, H, W]` → `[B, C_out, H', W']`.
-    pub fn conv(&self, x: Tensor<4>, kernel: [usize; 2], stride: usize, padding: usize) -> Tensor<4> {
+    pub fn conv(
+        &self,
+        x: Tensor<4>,
+        kernel: [usize; 2],
+        stride: usize,
+        padding: usize,
+    ) -> Tensor<4> {
         let [r, _] = self.down.val().dims();
         let [d_out, _] = self.up.val().dims();
         let c_in = x.dims()[1];

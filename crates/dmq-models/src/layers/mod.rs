@@ -212,7 +212,9 @@ pub(crate) fn check_split(
         return Err(bad("the layer already has a branch".into()));
     }
     if layer.quantized() {
-        return Err(bad("split before quantizing (the layer has quantizers)".into()));
+        return Err(bad(
+            "split before quantizing (the layer has quantizers)".into()
+        ));
     }
     Ok(())
 }

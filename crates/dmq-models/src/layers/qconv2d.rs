@@ -2,7 +2,7 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::ops::{ConvOptions, UnfoldOptions};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 use dmq_quant::{ActQuantizer, Quantizer, WeightQuantizer};
 
@@ -203,18 +203,13 @@ impl QConv2d {
         let y = if let Some(ActQuantizer::Dynamic(q)) = &self.a_quant {
             // im2col rows [B, L, C_in·k·k] quantized per row, times W [C_out, C_in·k·k]ᵀ.
             let (ho, wo) = ((h + 2 * p - kh) / s + 1, (w + 2 * p - kw) / s + 1);
-            let cols = burn::tensor::module::unfold4d(
-                x,
-                [kh, kw],
-                UnfoldOptions::new([s, s], [p, p], [1, 1]),
-            )
-            .swap_dims(1, 2);
-            let cols = q
-                .fake_quant(cols, ctx.step.step)
-                .map_err(|source| crate::error::ModelError::Quant {
+            let cols = im2col_rows(x, [kh, kw], s, p);
+            let cols = q.fake_quant(cols, ctx.step.step).map_err(|source| {
+                crate::error::ModelError::Quant {
                     layer: self.name.clone(),
                     source,
-                })?;
+                }
+            })?;
             let wm = wt.reshape([1, c_out, c_in * kh * kw]).swap_dims(1, 2);
             let mut y = cols.matmul(wm); // [B, L, C_out]
             if let Some(bias) = bias {
@@ -231,5 +226,74 @@ impl QConv2d {
         };
         ctx.tap_layer(&self.name, &y)?;
         Ok(y)
+    }
+}
+
+/// The im2col matrix of `x [B, C, H, W]` as rows `[B, H'·W', C·kh·kw]`, columns in
+/// `(c, kh, kw)` order (the flattened weight's order): one strided slice of the padded input
+/// per kernel offset, stacked. burn's `unfold4d` computes the same with a one-hot
+/// convolution, `C·kh·kw` times the work of the layer itself.
+fn im2col_rows(x: Tensor<4>, [kh, kw]: [usize; 2], stride: usize, pad: usize) -> Tensor<3> {
+    use burn::tensor::Slice;
+    let [b, c, h, w] = x.dims();
+    let (ho, wo) = (
+        (h + 2 * pad - kh) / stride + 1,
+        (w + 2 * pad - kw) / stride + 1,
+    );
+    let xp = if pad > 0 {
+        x.pad((pad, pad, pad, pad), 0.0f32)
+    } else {
+        x
+    };
+    let st = stride as isize;
+    let mut parts = Vec::with_capacity(kh * kw);
+    for dy in 0..kh {
+        for dx in 0..kw {
+            let (y0, x0) = (dy as isize, dx as isize);
+            let part = xp.clone().slice([
+                Slice::new(0, None, 1),
+                Slice::new(0, None, 1),
+                Slice::new(y0, Some(y0 + st * (ho as isize - 1) + 1), st),
+                Slice::new(x0, Some(x0 + st * (wo as isize - 1) + 1), st),
+            ]);
+            parts.push(part); // [B, C, H', W']
+        }
+    }
+    // [B, C, kh·kw, H', W'] → [B, C·kh·kw, L] → [B, L, C·kh·kw]
+    Tensor::stack::<5>(parts, 2)
+        .reshape([b, c * kh * kw, ho * wo])
+        .swap_dims(1, 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    use super::*;
+
+    /// im2col rows times the flattened weight is the convolution, for strides 1 and 2 and
+    /// paddings 0 and 1 (column order (c, kh, kw) included).
+    #[test]
+    fn im2col_rows_times_weight_is_the_convolution() {
+        let device = Device::default();
+        device.seed(3);
+        for (stride, pad) in [(1, 1), (1, 0), (2, 1), (2, 0)] {
+            let x = Tensor::<4>::random([2, 3, 7, 6], Distribution::Normal(0.0, 1.0), &device);
+            let w = Tensor::<4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+            let want = burn::tensor::module::conv2d(
+                x.clone(),
+                w.clone(),
+                None,
+                ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1),
+            );
+            let [b, o, ho, wo] = want.dims();
+            let rows = im2col_rows(x, [3, 3], stride, pad);
+            let got = rows
+                .matmul(w.reshape([1, 4, 27]).swap_dims(1, 2))
+                .swap_dims(1, 2)
+                .reshape([b, o, ho, wo]);
+            let d: f32 = (got - want).abs().max().into_scalar();
+            assert!(d < 1e-4, "stride {stride} pad {pad}: {d}");
+        }
     }
 }
