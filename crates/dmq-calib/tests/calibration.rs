@@ -634,6 +634,117 @@ fn wgpu_calib_pairs_inputs_with_their_own_step() {
     )
 }
 
+/// Shortcut splitting: the layers that read a skip concatenation (and only those) get one
+/// activation range per half and one weight range per (output channel, half); PTQ fills
+/// them, the export carries them, and an export loaded back computes the same outputs.
+fn shortcut_split_specs_ptq_and_export(device: &Device) {
+    use dmq_quant::Granularity;
+    device.seed(11);
+    let fp = tiny_unet(device);
+    let structure = fp.structure();
+    assert!(!structure.skip_concats.is_empty());
+    let config = QuantConfig::preset("W4A8")
+        .unwrap()
+        .with_split_shortcuts(true);
+    let plans = config.resolve(&fp, device).unwrap();
+    let mut split_layers = 0;
+    for p in &plans {
+        match structure.skip_concat_of(&p.name) {
+            Some(sc) if p.kind == LayerKind::Conv2d => {
+                split_layers += 1;
+                let at = sc.main_channels;
+                assert_eq!(
+                    p.weight.unwrap().granularity(),
+                    Granularity::Split {
+                        channel: Some(0),
+                        axis: 1,
+                        at
+                    },
+                    "{}",
+                    p.name
+                );
+                assert_eq!(
+                    p.act.unwrap().granularity(),
+                    Granularity::Split {
+                        channel: None,
+                        axis: 1,
+                        at
+                    },
+                    "{}",
+                    p.name
+                );
+            }
+            _ => assert!(
+                !matches!(
+                    p.weight.map(|w| w.granularity()),
+                    Some(Granularity::Split { .. })
+                ) && !matches!(
+                    p.act.map(|a| a.granularity()),
+                    Some(Granularity::Split { .. })
+                ),
+                "{} is split but reads no concatenation",
+                p.name
+            ),
+        }
+    }
+    assert!(split_layers > 0);
+    let s = sched(4);
+    let calib = CalibSet::record(
+        &fp,
+        &s,
+        &RecordOptions {
+            trajectories: 4,
+            steps_kept: 2,
+            batch: 4,
+            ..RecordOptions::default()
+        },
+        device,
+    )
+    .unwrap();
+    let mut m = fp.clone();
+    ptq(&mut m, &config, &calib, &PtqOptions::default(), device).unwrap();
+    let mut two = 0;
+    m.for_each_layer(&mut |l| {
+        if let LayerRef::Conv2d(c) = l
+            && structure.skip_concat_of(c.name()).is_some()
+        {
+            let a = c.a_quant.as_ref().unwrap().affine_params(0).unwrap();
+            let [o, ..] = c.weight_shape();
+            let w = c.w_quant.as_ref().unwrap().affine_params(0).unwrap();
+            assert_eq!((a.delta.len(), w.delta.len()), (2, 2 * o), "{}", c.name());
+            two += 1;
+        }
+    });
+    assert_eq!(two, split_layers);
+    // the export carries the split parameters, and its codes are the fake-quant weights
+    let file = dmq_calib::export_layers(&m, 4).unwrap();
+    m.for_each_layer(&mut |l| {
+        if let LayerRef::Conv2d(c) = l
+            && let Some(sc) = structure.skip_concat_of(c.name())
+        {
+            let q = &file.quantized[&format!("{}.weight", c.name())];
+            assert_eq!(
+                q.params.spec.granularity(),
+                Granularity::Split {
+                    channel: Some(0),
+                    axis: 1,
+                    at: sc.main_channels
+                }
+            );
+            let ctx = ForwardCtx::new(StepContext::single(0.0));
+            let fq = host(&c.effective_weight(&ctx).unwrap());
+            let d = q
+                .dequantize()
+                .unwrap()
+                .iter()
+                .zip(&fq)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(d < 1e-6, "{}: export vs fake-quant weight {d}", c.name());
+            assert!(file.metadata[&format!("{}.a.spec", c.name())].contains("Split"));
+        }
+    });
+}
+
 macro_rules! per_backend {
     ($($name:ident),*) => {
         #[cfg(feature = "flex")]
@@ -666,6 +777,7 @@ per_backend!(
 // End-to-end runs (minutes on lavapipe): CPU backends only; the backend-sensitive ops they
 // use are covered on wgpu by the tests above.
 per_cpu_backend!(
+    shortcut_split_specs_ptq_and_export,
     ptq_errors_grow_as_bits_shrink,
     adaround_reconstruction_lowers_block_error,
     activation_phase_runs_and_never_hurts
