@@ -72,11 +72,13 @@ fn run(args: &Args) -> Result<(), Error> {
          (FP rows excluded), **S** the smallest by bytes. Rows are copied from their tables \
          (command, commit, machine there); written by `cargo run --release --example \
          leaderboard`. The FD seed-to-seed spread of the FP models is ±2.3 (UNet) and ±1.4 \
-         (DiT) at 1000 samples (`noise.md`). The EfficientDM rows keep the \
+         (DiT) at 1000 samples (`noise.md`). Rows named `efficientdm` keep the \
          reference layer policy (attention matmuls and shortcuts FP, edges 8-bit), so their \
-         BitOPs exceed the baselines' at the same preset; `LayerPolicy::quantize_everything` \
-         runs it on the baselines' layer set at equal BitOPs, not yet measured at full size. \
-         Not yet here: SVDQuant.\n",
+         BitOPs exceed the baselines' at the same preset; `efficientdm-all` is EfficientDM on \
+         the baselines' layer set (`--policy everything`), at the naive rows' BitOPs. \
+         SVDQuant rows carry their 16-bit low-rank branches in BitOPs (16 × 16 bits per branch \
+         MAC) and bytes (f16 factors), so at rank 32 on these 128-wide models they cost more \
+         than plain W4A4.\n",
     );
     let mut records: Vec<ResultRow> = Vec::new();
     // Pareto charts per group (FD is comparable only within one)

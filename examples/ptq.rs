@@ -224,16 +224,42 @@ fn run_model(
                 show(&mut bars, p)
             })?;
             bars.finish();
-            let earlier_s = match &q.report {
+            let (earlier_s, recon_summary) = match &q.report {
                 MethodReport::Qdiffusion(rep) => {
+                    // how far the reconstruction moved: loss before/after per phase, and the
+                    // share of weights whose rounding left round-to-nearest
+                    let phase = |p: &str| {
+                        let u: Vec<_> = rep.units.iter().filter(|u| u.phase == p).collect();
+                        let before: f64 = u.iter().map(|u| u.before).sum();
+                        let after: f64 = u.iter().map(|u| u.after).sum();
+                        (before, after)
+                    };
+                    let (wb, wa) = phase("weights");
+                    let (ab, aa) = phase("activations");
+                    let changed: Vec<f64> = rep
+                        .units
+                        .iter()
+                        .filter_map(|u| u.rounding_changed)
+                        .collect();
+                    let mean_changed = changed.iter().sum::<f64>() / changed.len().max(1) as f64;
                     eprintln!(
-                        "{name} {preset}: {} units reconstructed ({} resumed)",
+                        "{name} {preset}: {} units reconstructed ({} resumed); weight-phase \
+                         error {wb:.4} → {wa:.4}, activation-phase {ab:.4} → {aa:.4}, rounding \
+                         changed from nearest on {:.2}% of the weights (mean over units)",
                         rep.units.len(),
-                        rep.resumed_units
+                        rep.resumed_units,
+                        100.0 * mean_changed
                     );
-                    rep.resumed_s
+                    (
+                        rep.resumed_s,
+                        serde_json::json!({
+                            "weight_phase_error": [wb, wa],
+                            "act_phase_error": [ab, aa],
+                            "rounding_changed_mean": mean_changed,
+                        }),
+                    )
                 }
-                _ => 0.0,
+                _ => (0.0, serde_json::Value::Null),
             };
             let student = q.model;
             // a resumed reconstruction costs its earlier sessions too
@@ -268,7 +294,8 @@ fn run_model(
                         "sample_s": sample_s, "cfg": cfg_scale, "calib_entries": calib.len(),
                         "calib_record_s": calib_record_s, "recon_iters": args.recon_iters,
                         "recon_act_iters": args.recon_act_iters, "class_share": s.class_share,
-                        "recon_resumed_s": earlier_s
+                        "recon_resumed_s": earlier_s, "recon": recon_summary,
+                        "split_shortcuts": split
                     }),
                 ),
             )?;

@@ -230,6 +230,10 @@ pub struct UnitRecord {
     pub after: f64,
     /// Seconds spent.
     pub wall_s: f64,
+    /// Weights phase: the fraction of the unit's weights whose learned (hard) rounding differs
+    /// from round-to-nearest (how far AdaRound moved; 0 = it changed nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounding_changed: Option<f64>,
 }
 
 /// What [`qdiffusion`] did.
@@ -630,6 +634,42 @@ fn set_trainable_unit<M: Denoiser + Module>(model: M, unit: &Unit, weights: bool
     model
 }
 
+/// `(changed, total)`: weights of `unit` whose AdaRound hard code differs from
+/// round-to-nearest with the same (Δ, z).
+fn rounding_changes<M: Denoiser + ?Sized>(model: &M, unit: &Unit) -> Result<(usize, usize)> {
+    let (mut changed, mut total) = (0, 0);
+    dmq_models::try_for_each_layer(model, |layer| -> Result<()> {
+        if !unit.layers.iter().any(|n| n == layer.name()) {
+            return Ok(());
+        }
+        let (hard, w, q) = match layer {
+            dmq_models::layers::LayerRef::Linear(l) => match &l.w_quant {
+                Some(WeightQuantizer::AdaRound(q)) => (
+                    q.export(l.weight.val(), 0)?,
+                    HostTensor::from_tensor(&l.weight.val()),
+                    q,
+                ),
+                _ => return Ok(()),
+            },
+            dmq_models::layers::LayerRef::Conv2d(l) => match &l.w_quant {
+                Some(WeightQuantizer::AdaRound(q)) => (
+                    q.export(l.weight.val(), 0)?,
+                    HostTensor::from_tensor(&l.weight.val()),
+                    q,
+                ),
+                _ => return Ok(()),
+            },
+            dmq_models::layers::LayerRef::Matmul(_) => return Ok(()),
+        };
+        let rtn = dmq_quant::QuantizedTensor::quantize(&w.data, &w.shape, &q.affine_params(0)?)?;
+        let (a, b) = (hard.dequantize()?, rtn.dequantize()?);
+        changed += a.iter().zip(&b).filter(|(x, y)| x != y).count();
+        total += a.len();
+        Ok(())
+    })?;
+    Ok((changed, total))
+}
+
 fn unit_regularizer<M: Denoiser + ?Sized>(model: &M, unit: &Unit, beta: f64) -> Option<Tensor<1>> {
     let mut acc: Option<Tensor<1>> = None;
     model.for_each_layer(&mut |layer| {
@@ -861,12 +901,14 @@ pub fn qdiffusion<M: Denoiser + Module + Clone>(
         set_adaround(&mut model, unit, AdaRoundMode::Hard)?;
         model = model.no_grad();
         let after = job.held_error(&model)?;
+        let (changed, total) = rounding_changes(&model, unit)?;
         state.units.push(UnitRecord {
             phase: "weights".into(),
             name: unit.name.clone(),
             before,
             after,
             wall_s: tu.elapsed().as_secs_f64(),
+            rounding_changed: Some(changed as f64 / total.max(1) as f64),
         });
         state.weight_units_done = k + 1;
         save(&model, &state)?;
@@ -914,6 +956,7 @@ pub fn qdiffusion<M: Denoiser + Module + Clone>(
                 before,
                 after,
                 wall_s: tu.elapsed().as_secs_f64(),
+                rounding_changed: None,
             });
             state.act_units_done = k + 1;
             save(&model, &state)?;
