@@ -50,6 +50,11 @@ pub struct PtqOptions {
     /// Activation values kept per layer and set for the range search; larger inputs are
     /// subsampled along the batch axis (the search is O(values · steps) on the host).
     pub max_values: usize,
+    /// Q-Diffusion's running statistics (`--running_stat`): activation ranges as an
+    /// exponential moving average of each calibration batch's min/max with this momentum
+    /// (reference 0.95), max-style (Δ, z), instead of `act_init` over the pooled values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act_running_stat: Option<f32>,
 }
 
 impl Default for PtqOptions {
@@ -62,6 +67,7 @@ impl Default for PtqOptions {
             act_samples: 64,
             batch: 32,
             max_values: 1 << 20,
+            act_running_stat: None,
         }
     }
 }
@@ -299,19 +305,31 @@ pub fn calibrate_activations_with<M: Denoiser + ?Sized>(
                 Operand::Right => plan.act_b,
             };
             let Some(spec) = spec else { continue };
-            let x = concat_rows(&parts, opts.max_values, &name)?;
+            let bad = |e: dmq_quant::QuantError| CalibError::BadLayerSpec {
+                layer: name.clone(),
+                what: format!("activation calibration ({op:?})"),
+                reason: e.to_string(),
+            };
+            let rank = parts.first().map_or(0, |p| p.shape.len());
             let spec = act_spec_for(
                 spec,
-                x.shape.len(),
+                rank,
                 opts.act_per_channel && plan.kind != LayerKind::Matmul,
             );
-            let p = init_params(&x.data, &x.shape, &spec, &opts.act_init).map_err(|e| {
-                CalibError::BadLayerSpec {
-                    layer: name.clone(),
-                    what: format!("activation calibration ({op:?})"),
-                    reason: e.to_string(),
+            let p = match opts.act_running_stat {
+                Some(momentum) => {
+                    // batches in calibration order, each folded into the moving range
+                    let mut r = dmq_quant::RunningRange::new(spec, momentum).map_err(bad)?;
+                    for part in &parts {
+                        r.observe(&part.data, &part.shape).map_err(bad)?;
+                    }
+                    r.params().map_err(bad)?
                 }
-            })?;
+                None => {
+                    let x = concat_rows(&parts, opts.max_values, &name)?;
+                    init_params(&x.data, &x.shape, &spec, &opts.act_init).map_err(bad)?
+                }
+            };
             params
                 .entry((name, op))
                 .or_insert_with(|| vec![None; n_sets])[set] = Some(p);

@@ -745,6 +745,59 @@ fn shortcut_split_specs_ptq_and_export(device: &Device) {
     });
 }
 
+/// Running statistics: an exponential moving average of the batches' ranges lies inside the
+/// pooled min/max range, so every activation Δ is at most the max-range Δ, and smaller where
+/// the batches differ.
+fn running_statistics_stay_inside_the_pooled_range(device: &Device) {
+    device.seed(12);
+    let fp = tiny_unet(device);
+    let s = sched(4);
+    let calib = CalibSet::record(
+        &fp,
+        &s,
+        &RecordOptions {
+            trajectories: 8,
+            steps_kept: 2,
+            batch: 8,
+            ..RecordOptions::default()
+        },
+        device,
+    )
+    .unwrap();
+    let config = QuantConfig::preset("W8A8").unwrap();
+    let deltas = |opts: PtqOptions| {
+        let mut m = fp.clone();
+        ptq(&mut m, &config, &calib, &opts, device).unwrap();
+        let mut v = Vec::new();
+        m.for_each_layer(&mut |l| {
+            if let LayerRef::Conv2d(c) = l {
+                v.push(c.a_quant.as_ref().unwrap().affine_params(0).unwrap().delta[0]);
+            }
+        });
+        v
+    };
+    let base = PtqOptions {
+        act_init: dmq_quant::RangeInit::Max,
+        batch: 2,
+        ..PtqOptions::default()
+    };
+    let pooled = deltas(base.clone());
+    let running = deltas(PtqOptions {
+        act_running_stat: Some(0.95),
+        ..base
+    });
+    assert_eq!(pooled.len(), running.len());
+    let mut smaller = 0;
+    for (p, r) in pooled.iter().zip(&running) {
+        assert!(
+            *r <= p * (1.0 + 1e-5),
+            "running Δ {r} above the pooled max Δ {p}"
+        );
+        smaller += usize::from(*r < 0.999 * p);
+    }
+    assert!(smaller > 0, "running statistics changed no range");
+}
+
 macro_rules! per_backend {
     ($($name:ident),*) => {
         #[cfg(feature = "flex")]
@@ -778,6 +831,7 @@ per_backend!(
 // use are covered on wgpu by the tests above.
 per_cpu_backend!(
     shortcut_split_specs_ptq_and_export,
+    running_statistics_stay_inside_the_pooled_range,
     ptq_errors_grow_as_bits_shrink,
     adaround_reconstruction_lowers_block_error,
     activation_phase_runs_and_never_hurts
