@@ -286,9 +286,10 @@ fn file_refuses_what_does_not_fit(device: &Device) {
     assert!(dmq_file::load(&cut, device).is_err());
 }
 
-/// A per-group weight preset through every method that takes a bit-width config: each
-/// quantizes (or refuses with a typed error), and what it quantizes round-trips through the
-/// file with the grouped specs.
+/// A per-group weight preset through every method that takes a bit-width config (naive,
+/// Q-Diffusion and QuEST with AdaRound, SmoothQuant, EfficientDM with QALoRA): each quantizes
+/// with grouped weights in its linear layers, and the result round-trips through the file
+/// with the grouped specs.
 fn grouped_preset_through_the_methods(device: &Device) {
     let ad = device.clone().autodiff();
     let tmp = tempfile::tempdir().unwrap();
@@ -298,7 +299,14 @@ fn grouped_preset_through_the_methods(device: &Device) {
     let calib = calib(&fp, &sampler, &ad);
     let config = QuantConfig::preset("W4A8-g8").unwrap();
     let timesteps: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
-    for name in ["naive", "qdiffusion", "smoothquant", "efficientdm", "quest"] {
+    for name in [
+        "naive",
+        "qdiffusion",
+        "smoothquant",
+        "svdquant",
+        "efficientdm",
+        "quest",
+    ] {
         let method = quick(name);
         let opts = RunOptions::new(sampler.clone()).with_work_dir(tmp.path().join(name));
         match quantize(&fp, &config, &calib, &method, &opts, &ad, &mut |_| {}) {
@@ -322,16 +330,6 @@ fn grouped_preset_through_the_methods(device: &Device) {
                 assert!(
                     max_diff(&q.model, &back.model, &sampler, &ad) <= 1e-4,
                     "{name}"
-                );
-            }
-            // AdaRound (Q-Diffusion, QuEST) and QALoRA (EfficientDM) keep per-channel
-            // parameters: a typed refusal naming the limitation, not a panic
-            Err(e) if ["qdiffusion", "quest", "efficientdm"].contains(&name) => {
-                let e = e.to_string();
-                eprintln!("{name}: {e}");
-                assert!(
-                    e.contains("per-channel") || e.contains("per-output-channel"),
-                    "{name}: {e}"
                 );
             }
             Err(e) => panic!("{name} with a grouped preset: {e}"),

@@ -76,9 +76,13 @@ impl AdaRoundQuantizer {
     /// split (Q-Diffusion's shortcut splitting), not per group.
     pub fn init<const D: usize>(weight: Tensor<D>, params: &AffineParams) -> Result<Self> {
         params.validate("AdaRoundQuantizer")?;
-        if matches!(params.spec.granularity(), Granularity::PerGroup { .. }) {
+        if let Granularity::PerGroup { axis, .. } = params.spec.granularity()
+            && axis + 1 != weight.dims().len()
+        {
             return Err(QuantError::Unsupported(
-                "AdaRound supports per-tensor, per-channel and split weight parameters".into(),
+                "AdaRound supports per-tensor, per-channel, split and last-axis per-group \
+                 weight parameters"
+                    .into(),
             ));
         }
         params.spec.int_range().ok_or_else(|| {
@@ -149,6 +153,15 @@ impl AdaRoundQuantizer {
             Granularity::Split { channel, axis, at } => {
                 let dims: [usize; D] = std::array::from_fn(|i| self.shape[i]);
                 return crate::ste::split_broadcast(t, dims, channel, axis, at);
+            }
+            Granularity::PerGroup { size, .. } => {
+                // groups along the last axis (checked at init): [rows, n_groups, 1] repeated
+                // over each group, back to the weight's shape
+                let dims: [usize; D] = std::array::from_fn(|i| self.shape[i]);
+                let n = self.shape.iter().product::<usize>() / size.max(1);
+                let rows = n / (self.shape[D - 1] / size.max(1)).max(1);
+                let g: Tensor<3> = t.reshape([rows, n / rows.max(1), 1]);
+                return g.repeat_dim(2, size).reshape(dims);
             }
             _ => {}
         }

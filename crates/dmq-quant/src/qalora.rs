@@ -30,7 +30,8 @@ use crate::ste::round_ste;
 /// - weight (logical): `[C_out, ...]` with `fan_in = numel / C_out` (conv `[C_out, C_in, k, k]`
 ///   flattens to `[C_out, C_in·k·k]`, the reference's `B.squeeze() @ A` layout)
 /// - `codes` (W_int, as f32): `[C_out, fan_in]`; `lora_a`: `[r, fan_in]`; `lora_b`: `[C_out, r]`
-/// - `delta`, `zero`: `[C_out]`
+/// - `delta`, `zero`: `[C_out]`, or `[C_out·n_groups]` for a linear weight quantized per group
+///   of `G = fan_in / n_groups` inputs (`Granularity::PerGroup { axis: 1, size: G }`)
 #[derive(Module, Debug)]
 pub struct QaLoraQuantizer {
     /// Integer base codes `q ∈ [q_min, q_max]` stored as f32, frozen.
@@ -83,11 +84,15 @@ impl QaLoraQuantizer {
     ) -> Result<Self> {
         let device = w.device();
         let shape = w.dims().to_vec();
-        if params.spec.granularity() != (Granularity::PerChannel { axis: 0 }) {
-            return Err(QuantError::Unsupported(format!(
-                "QALoRA needs per-output-channel weight parameters (axis 0), got {:?}",
-                params.spec.granularity()
-            )));
+        match params.spec.granularity() {
+            Granularity::PerChannel { axis: 0 } => {}
+            Granularity::PerGroup { axis: 1, .. } if shape.len() == 2 => {}
+            g => {
+                return Err(QuantError::Unsupported(format!(
+                    "QALoRA needs per-output-channel weight parameters (axis 0), or groups \
+                     along the input axis of a linear weight, got {g:?}"
+                )));
+            }
         }
         if rank == 0 {
             return Err(QuantError::Unsupported("QALoRA rank 0".into()));
@@ -139,16 +144,33 @@ impl QaLoraQuantizer {
         Ok(d.iter().map(|&v| v as f64).sum::<f64>() / d.len().max(1) as f64)
     }
 
-    /// `clamp(W_int + round_ste(B·A/Δ_w), q_min, q_max)` as f32 `[C_out, fan_in]`.
-    fn merged_codes(&self) -> Result<Tensor<2>> {
+    /// `[C_out, n_groups, G]`: the parameter layout (one group of `fan_in` inputs when per
+    /// channel).
+    fn groups(&self) -> [usize; 3] {
+        let [c_out, fan_in] = self.codes.val().dims();
+        let n_groups = (self.delta.val().dims()[0] / c_out.max(1)).max(1);
+        [c_out, n_groups, fan_in / n_groups]
+    }
+
+    /// A per-parameter vector as `[C_out, n_groups, 1]`, broadcasting over each group.
+    fn per_group(&self, t: Tensor<1>) -> Tensor<3> {
+        let [c, ng, _] = self.groups();
+        t.reshape([c, ng, 1])
+    }
+
+    /// `clamp(W_int + round_ste(B·A/Δ_w), q_min, q_max)` as f32 `[C_out, n_groups, G]`.
+    fn merged_codes(&self) -> Result<Tensor<3>> {
         let (qmin, qmax) = self
             .spec
             .int_range()
             .ok_or_else(|| QuantError::Unsupported("QALoRA over a float spec".into()))?;
-        let delta = self.delta.val().unsqueeze_dim::<2>(1);
-        let update = self.lora_b.val().matmul(self.lora_a.val()) / delta;
-        Ok((self.codes.val() + round_ste(update, self.spec.rounding()))
-            .clamp(qmin as f32, qmax as f32))
+        let g = self.groups();
+        let delta = self.per_group(self.delta.val());
+        let update = self.lora_b.val().matmul(self.lora_a.val()).reshape(g) / delta;
+        Ok(
+            (self.codes.val().reshape(g) + round_ste(update, self.spec.rounding()))
+                .clamp(qmin as f32, qmax as f32),
+        )
     }
 
     /// The merged integer weight `W_int'` with Δ_w and z_w: what the deployed layer stores.
@@ -172,8 +194,8 @@ impl Quantizer for QaLoraQuantizer {
     fn fake_quant<const D: usize>(&self, x: Tensor<D>, _step: usize) -> Result<Tensor<D>> {
         let dims = x.dims();
         check_weight_shape(&self.shape, &dims, "QaLoraQuantizer::fake_quant")?;
-        let delta = self.delta.val().unsqueeze_dim::<2>(1);
-        let zero = self.zero.val().unsqueeze_dim::<2>(1);
+        let delta = self.per_group(self.delta.val());
+        let zero = self.per_group(self.zero.val());
         let w = (self.merged_codes()? - zero) * delta;
         Ok(w.reshape(dims))
     }

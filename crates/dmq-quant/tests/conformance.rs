@@ -642,6 +642,61 @@ fn split_matches_blockwise_per_channel(device: &Device) {
     assert!(bad.num_params(&[o, c, k, k]).is_err());
 }
 
+/// Per-group weights (groups along the input axis of a linear weight) in AdaRound and QALoRA:
+/// the soft AdaRound weight starts within half a step of the FP weight, its hard export is
+/// its hard fake quantization, and an untrained QALoRA (B = 0) is the per-group uniform
+/// quantizer, export included.
+fn grouped_adaround_and_qalora(device: &Device) {
+    let data: Vec<f32> = (0..4 * 16)
+        .map(|i| ((i * 29 % 37) as f32 - 18.0) / 5.0 * if i % 16 >= 8 { 6.0 } else { 1.0 })
+        .collect();
+    let w = tn(&data, [4, 16], device);
+    let spec = QuantSpec::int(4).unwrap().per_group(1, 8);
+    let u = UniformQuantizer::init(spec, w.clone(), &RangeInit::Max).unwrap();
+    let p = u.affine_params(0).unwrap();
+    assert_eq!(p.delta.len(), 8);
+    let ada = AdaRoundQuantizer::init(w.clone(), &p).unwrap();
+    let soft = host(ada.fake_quant(w.clone(), 0).unwrap());
+    for (i, (a, b)) in soft.iter().zip(&data).enumerate() {
+        let d = p.delta[(i / 16) * 2 + (i % 16) / 8];
+        assert!(
+            (a - b).abs() <= d / 2.0 + 1e-4,
+            "element {i}: {a} vs {b} (Δ {d})"
+        );
+    }
+    let hard = ada.with_mode(AdaRoundMode::Hard);
+    let hq = host(hard.fake_quant(w.clone(), 0).unwrap());
+    assert_close(
+        &hard.export(w.clone(), 0).unwrap().dequantize().unwrap(),
+        &hq,
+        TOL,
+        "AdaRound grouped export",
+    );
+    let uq = host(u.fake_quant(w.clone(), 0).unwrap());
+    let qa = dmq_quant::QaLoraQuantizer::from_ptq(w.clone(), &p, 2).unwrap();
+    assert_close(
+        &host(qa.fake_quant(w.clone(), 0).unwrap()),
+        &uq,
+        TOL,
+        "QALoRA grouped at init",
+    );
+    assert_close(
+        &qa.export(w, 0).unwrap().dequantize().unwrap(),
+        &uq,
+        TOL,
+        "QALoRA grouped export",
+    );
+    // groups along a conv's input axis are refused with a typed error
+    let w4 = tn(&data, [4, 4, 2, 2], device);
+    let g4 = QuantSpec::int(4).unwrap().per_group(1, 2);
+    let p4 = UniformQuantizer::init(g4, w4.clone(), &RangeInit::Max)
+        .unwrap()
+        .affine_params(0)
+        .unwrap();
+    assert!(AdaRoundQuantizer::init(w4.clone(), &p4).is_err());
+    assert!(dmq_quant::QaLoraQuantizer::from_ptq(w4, &p4, 2).is_err());
+}
+
 /// Export (scalar reference on the host) equals the device fake quantization.
 fn export_matches_fake_quant(device: &Device) {
     let data: Vec<f32> = (0..2 * 3 * 3 * 3)
@@ -704,6 +759,7 @@ per_backend!(
     time_indexed_selection,
     per_group_matches_reshaped_per_channel,
     split_matches_blockwise_per_channel,
+    grouped_adaround_and_qalora,
     export_matches_fake_quant,
     shape_errors,
     float_passthrough,
