@@ -188,6 +188,35 @@ fn run_model(
                 "iteration",
                 &[("loss", &curve)],
             )?;
+            // σ_II, the EBB gradient ratio and LRM's share of the loss through the run
+            let diag = &rep.diagnostics;
+            let series =
+                |f: &dyn Fn(&dmq::finetune::BinaryDiag) -> Option<f64>| -> Vec<(f64, f64)> {
+                    diag.iter()
+                        .filter_map(|d| f(d).map(|v| (d.step as f64, v)))
+                        .collect()
+                };
+            let sigma2 = series(&|d| d.sigma2_mean);
+            let ratio = series(&|d| d.grad_ratio);
+            let lrm_share = series(&|d| {
+                let total = d.eps_loss + d.lrm_term + d.ebb_term;
+                (total > 0.0).then(|| d.lrm_term / total)
+            });
+            line_chart_png(
+                &args
+                    .out
+                    .join("binarydm")
+                    .join(format!("{tag}-{method}-diagnostics.png")),
+                "sigma_II mean, EBB grad ratio, LRM share of the loss",
+                "iteration",
+                &[
+                    ("mean sigma_II", &sigma2),
+                    ("grad ratio II/I", &ratio),
+                    ("LRM share", &lrm_share),
+                ],
+            )?;
+            let mean =
+                |v: &[(f64, f64)]| v.iter().map(|p| p.1).sum::<f64>() / v.len().max(1) as f64;
             let ops = ops_per_image(&ctx, &ev.loaded);
             let bytes = model_bytes(&ev.loaded, args.steps)?;
             let s = &ev.scores;
@@ -204,6 +233,9 @@ fn run_model(
                     "export_round_trip_max_abs": ev.round_trip, "sample_s": ev.sample_s,
                     "class_share": s.class_share, "resumed_steps": rep.resumed_steps,
                     "final_eps_mse": rep.losses.last().map(|l| l.1),
+                    "lrm_share_mean": mean(&lrm_share),
+                    "sigma2_first_last": [sigma2.first().map(|p| p.1), sigma2.last().map(|p| p.1)],
+                    "grad_ratio_first_last": [ratio.first().map(|p| p.1), ratio.last().map(|p| p.1)],
                 }))?,
             )?;
             eprintln!(

@@ -94,63 +94,6 @@ fn mul_t(w: &[f64], m: usize, n: usize, q: &[f64], k: usize) -> Vec<f64> {
     y
 }
 
-/// Eigen-decomposition of the symmetric `a [k, k]` by cyclic Jacobi rotations: eigenvalues
-/// and the eigenvectors as the columns of `[k, k]`, sorted by decreasing eigenvalue.
-fn symmetric_eigen(mut a: Vec<f64>, k: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut v = vec![0f64; k * k];
-    for i in 0..k {
-        v[i * k + i] = 1.0;
-    }
-    for _sweep in 0..64 {
-        let off: f64 = (0..k)
-            .flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i * k + j].powi(2))
-            .sum();
-        let diag: f64 = (0..k).map(|i| a[i * k + i].powi(2)).sum();
-        if off <= 1e-30 * diag.max(1e-300) {
-            break;
-        }
-        for p in 0..k {
-            for q in p + 1..k {
-                let apq = a[p * k + q];
-                if apq.abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (a[q * k + q] - a[p * k + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for r in 0..k {
-                    let (arp, arq) = (a[r * k + p], a[r * k + q]);
-                    a[r * k + p] = c * arp - s * arq;
-                    a[r * k + q] = s * arp + c * arq;
-                }
-                for r in 0..k {
-                    let (apr, aqr) = (a[p * k + r], a[q * k + r]);
-                    a[p * k + r] = c * apr - s * aqr;
-                    a[q * k + r] = s * apr + c * aqr;
-                }
-                for r in 0..k {
-                    let (vrp, vrq) = (v[r * k + p], v[r * k + q]);
-                    v[r * k + p] = c * vrp - s * vrq;
-                    v[r * k + q] = s * vrp + c * vrq;
-                }
-            }
-        }
-    }
-    let mut order: Vec<usize> = (0..k).collect();
-    order.sort_by(|&i, &j| a[j * k + j].total_cmp(&a[i * k + i]));
-    let vals = order.iter().map(|&i| a[i * k + i]).collect();
-    let mut vecs = vec![0f64; k * k];
-    for (new, &old) in order.iter().enumerate() {
-        for r in 0..k {
-            vecs[r * k + new] = v[r * k + old];
-        }
-    }
-    (vals, vecs)
-}
-
 /// The rank-`rank` factors of `w [m, n]` (see the module docs); `rank` is capped at
 /// `min(m, n)`. `power_iters` = 2 is plenty for weight spectra.
 pub fn truncated_svd(
@@ -197,7 +140,7 @@ pub fn truncated_svd(
             bbt[j * k + i] = d;
         }
     }
-    let (lambda, v) = symmetric_eigen(bbt, k);
+    let (lambda, v) = dmq_models::linalg::symmetric_eigen(&bbt, k);
     let sigma: Vec<f64> = lambda
         .iter()
         .take(rank)

@@ -482,8 +482,71 @@ pub struct BinaryDmReport {
     pub resumed_steps: usize,
     /// (iteration, smoothed ε-MSE) every 10 iterations.
     pub losses: Vec<(usize, f32)>,
+    /// The loss terms, σ_II and the EBB gradient ratio every 10 iterations (kept across a
+    /// resume in the checkpoint directory's `diagnostics.json`).
+    pub diagnostics: Vec<BinaryDiag>,
     /// Seconds of training, summed over sessions.
     pub train_s: f64,
+}
+
+/// What one BinaryDM iteration looked like (recorded every 10 iterations): the loss terms of
+/// its batch, so LRM's share of the loss is visible, and the state of the EBB second basis
+/// through the transition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BinaryDiag {
+    /// Iterations done (after this one).
+    pub step: usize,
+    /// ε-MSE of the batch.
+    pub eps_loss: f64,
+    /// `λ·L_LRM` of the batch (0 without LRM).
+    pub lrm_term: f64,
+    /// `L_EBB = τ·mean σ_II` of the batch (0 without EBB or after the transition).
+    pub ebb_term: f64,
+    /// Mean σ_II over the EBB layers (None: no second basis left).
+    pub sigma2_mean: Option<f64>,
+    /// `‖∂L/∂σ_II‖ / ‖∂L/∂σ_I‖` over the EBB layers: how hard the loss still pulls on the second
+    /// basis relative to the first (None: no second basis).
+    pub grad_ratio: Option<f64>,
+}
+
+/// Mean σ_II over the layers with two bases, and the EBB gradient ratio from `grads`.
+fn ebb_state<M: Denoiser + ?Sized>(
+    model: &M,
+    grads: &burn::tensor::Gradients,
+) -> (Option<f64>, Option<f64>) {
+    let (mut s2, mut n, mut g1, mut g2) = (0.0, 0usize, 0.0, 0.0);
+    model.for_each_layer(&mut |layer| {
+        let w = match layer {
+            LayerRef::Linear(l) => &l.w_quant,
+            LayerRef::Conv2d(l) => &l.w_quant,
+            LayerRef::Matmul(_) => return,
+        };
+        if let Some(WeightQuantizer::MultiBasis(q)) = w
+            && let Some(sigma2) = &q.sigma2
+        {
+            let sq = |t: Option<Tensor<1>>| {
+                t.map_or(0.0, |g| {
+                    HostTensor::from_tensor(&g)
+                        .data
+                        .iter()
+                        .map(|v| f64::from(v * v))
+                        .sum()
+                })
+            };
+            s2 += HostTensor::from_tensor(&sigma2.val().mean())
+                .data
+                .first()
+                .map_or(0.0, |&v| f64::from(v));
+            n += 1;
+            g1 += sq(q.sigma1.val().grad(grads));
+            g2 += sq(sigma2.val().grad(grads));
+        }
+    });
+    if n == 0 {
+        return (None, None);
+    }
+    let ratio = (g1 > 0.0).then(|| (g2 / g1).sqrt());
+    (Some(s2 / n as f64), ratio)
 }
 
 /// A training batch: clean images `x0` `[B, C, H, W]` in [−1, 1] and labels for
@@ -586,6 +649,15 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
         state = st;
     }
     let resumed_steps = state.step;
+    let diag_path = ck.as_ref().map(|c| c.dir().join("diagnostics.json"));
+    let mut diagnostics: Vec<BinaryDiag> = match &diag_path {
+        Some(p) if resumed_steps > 0 && p.exists() => std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    diagnostics.retain(|d| d.step <= resumed_steps);
     let mut student = set_binary_trainable(student);
     let session = Instant::now();
     let wall0 = state.wall_s;
@@ -610,6 +682,8 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
         let eps_loss = (eps - b.noise.clone()).powi_scalar(2).mean();
         let e = scalar(&eps_loss);
         let mut loss = eps_loss;
+        let record = (step + 1).is_multiple_of(10);
+        let (mut lrm_term, mut ebb_term) = (0.0, 0.0);
         if cfg.lrm {
             let taps_t = Taps::new(plan.blocks.iter().cloned());
             teacher.forward(
@@ -625,12 +699,19 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
                 cfg.lrm_axis,
                 device,
             )? {
-                loss = loss + l * cfg.lrm_lambda;
+                let term = l * cfg.lrm_lambda;
+                if record {
+                    lrm_term = scalar(&term);
+                }
+                loss = loss + term;
             }
         }
         if cfg.ebb
             && let Some(r) = ebb_loss(&student, cfg.tau)
         {
+            if record {
+                ebb_term = scalar(&r);
+            }
             loss = loss + r;
         }
         let v = scalar(&loss);
@@ -641,7 +722,19 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
                 step,
             });
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &student);
+        let raw = loss.backward();
+        if record {
+            let (sigma2_mean, grad_ratio) = ebb_state(&student, &raw);
+            diagnostics.push(BinaryDiag {
+                step: step + 1,
+                eps_loss: e,
+                lrm_term,
+                ebb_term,
+                sigma2_mean,
+                grad_ratio,
+            });
+        }
+        let grads = GradientsParams::from_grads(raw, &student);
         student = optim.step(cfg.lr, student, grads);
         // an AdamW step can flip a small 8-bit LSQ Δ negative (seen on a DiT attention operand)
         keep_act_deltas_positive(&mut student, 0, &|_| true);
@@ -664,6 +757,10 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
         {
             state.wall_s = wall0 + session.elapsed().as_secs_f64();
             ck.save(&student, ema.shadow(), &optim, &state)?;
+            if let Some(p) = &diag_path {
+                let text = serde_json::to_string(&diagnostics).unwrap_or_else(|_| "[]".into());
+                dmq_quant::file::write_atomic(p, text.as_bytes())?;
+            }
         }
     }
     state.wall_s = wall0 + session.elapsed().as_secs_f64();
@@ -673,6 +770,7 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
             plan,
             resumed_steps,
             losses: state.losses.clone(),
+            diagnostics,
             train_s: state.wall_s,
         },
     ))

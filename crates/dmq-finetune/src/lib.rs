@@ -52,8 +52,8 @@ mod run;
 pub mod student;
 
 pub use binarydm::{
-    Batch, BinaryDmConfig, BinaryDmReport, BinaryPlan, BinaryProgress, binarize, binary_plan,
-    binarydm, collapse_ebb, ebb_loss, set_binary_trainable,
+    Batch, BinaryDiag, BinaryDmConfig, BinaryDmReport, BinaryPlan, BinaryProgress, binarize,
+    binary_plan, binarydm, collapse_ebb, ebb_loss, set_binary_trainable,
 };
 pub use efficientdm::{
     EfficientDmConfig, FinetuneProgress, FinetuneReport, distill_loss, efficientdm,

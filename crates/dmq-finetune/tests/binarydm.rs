@@ -288,7 +288,7 @@ fn binarydm_trains_resumes_and_exports(device: &Device) {
     let cfg = BinaryDmConfig {
         steps: 16,
         batch: 4,
-        transition: Some(8),
+        transition: Some(12),
         checkpoint_every: 4,
         lr: 2e-3,
         head_tail: Some(vec!["down_blocks.0".into()]),
@@ -315,6 +315,24 @@ fn binarydm_trains_resumes_and_exports(device: &Device) {
     );
     assert!(tail < head, "QAT must lower the ε loss: {head} -> {tail}");
     assert_eq!(rep.losses.len(), 1);
+    // diagnostics at iteration 10, before the transition at 12: the second basis is there,
+    // L_EBB = τ·mean σ_II (one EBB layer group here), and the loss pulls on σ_II
+    assert_eq!(rep.diagnostics.len(), 1, "{:?}", rep.diagnostics);
+    let d = &rep.diagnostics[0];
+    assert_eq!(d.step, 10);
+    let s2 = d.sigma2_mean.expect("σ_II before the transition");
+    assert!(
+        s2 > 0.0 && (d.ebb_term - cfg.tau * s2).abs() <= 1e-6 + 1e-3 * d.ebb_term,
+        "{d:?}"
+    );
+    assert!(
+        d.grad_ratio.is_some_and(|r| r.is_finite() && r > 0.0),
+        "{d:?}"
+    );
+    assert!(
+        d.lrm_term > 0.0 && d.lrm_term.is_finite() && d.eps_loss > 0.0,
+        "{d:?}"
+    );
     // past the transition every EBB layer has one basis left
     model.for_each_layer(&mut |layer| {
         if let LayerRef::Conv2d(l) = layer
@@ -329,6 +347,10 @@ fn binarydm_trains_resumes_and_exports(device: &Device) {
     })
     .unwrap();
     assert_eq!(rep2.resumed_steps, 16);
+    assert_eq!(
+        rep2.diagnostics, rep.diagnostics,
+        "diagnostics survive the resume"
+    );
     let x = NoiseRng::new(3).tensor([2, 1, 8, 8], &ad);
     let s = sched(4, 0.0);
     assert!(

@@ -30,6 +30,7 @@ pub mod error;
 pub mod executor;
 pub mod io;
 pub mod layers;
+pub mod linalg;
 pub mod noise;
 pub mod sampler;
 pub mod scheduler;
