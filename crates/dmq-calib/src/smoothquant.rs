@@ -510,29 +510,23 @@ pub(crate) fn smooth_and_split<M: Denoiser + ?Sized>(
         let err = |e: dmq_models::ModelError| CalibError::Option(e.to_string());
         let rank = ranks.get(name.as_str()).copied().unwrap_or(0);
         let power_iters = branch.map_or(0, |b| b.power_iters);
+        // the same two steps on either kind of layer
+        macro_rules! smooth_then_split {
+            ($q:expr) => {{
+                if alpha.is_some() {
+                    $q.smooth_by(s).map_err(err)?;
+                }
+                if rank > 0 {
+                    let w = HostTensor::from_tensor(&$q.weight.val());
+                    $q.split_low_rank(branch_of(&name, &w, rank, power_iters, device)?)
+                        .map_err(err)?;
+                }
+                Ok(())
+            }};
+        }
         match l {
-            LayerMut::Linear(q) => {
-                if alpha.is_some() {
-                    q.smooth_by(s).map_err(err)?;
-                }
-                if rank > 0 {
-                    let w = HostTensor::from_tensor(&q.weight.val());
-                    q.split_low_rank(branch_of(&name, &w, rank, power_iters, device)?)
-                        .map_err(err)?;
-                }
-                Ok(())
-            }
-            LayerMut::Conv2d(q) => {
-                if alpha.is_some() {
-                    q.smooth_by(s).map_err(err)?;
-                }
-                if rank > 0 {
-                    let w = HostTensor::from_tensor(&q.weight.val());
-                    q.split_low_rank(branch_of(&name, &w, rank, power_iters, device)?)
-                        .map_err(err)?;
-                }
-                Ok(())
-            }
+            LayerMut::Linear(q) => smooth_then_split!(q),
+            LayerMut::Conv2d(q) => smooth_then_split!(q),
             LayerMut::Matmul(_) => Ok(()),
         }
     })?;

@@ -168,18 +168,3 @@ pub fn lrm_loss(
     }
     Ok(acc.map(|a| a / projections.len() as f64))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jacobi_matches_a_closed_form_2x2() {
-        // [[2, 1], [1, 2]]: eigenvalues 3, 1; eigenvectors (1, 1)/√2, (1, −1)/√2
-        let (vals, vecs) = symmetric_eigen(&[2.0, 1.0, 1.0, 2.0], 2);
-        assert!((vals[0] - 3.0).abs() < 1e-12 && (vals[1] - 1.0).abs() < 1e-12);
-        let h = std::f64::consts::FRAC_1_SQRT_2;
-        assert!((vecs[0].abs() - h).abs() < 1e-12 && (vecs[2].abs() - h).abs() < 1e-12);
-        assert!((vecs[0] * vecs[2]) > 0.0, "first eigenvector is (1, 1)/√2");
-    }
-}
