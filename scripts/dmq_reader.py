@@ -118,6 +118,17 @@ def group_index(shape, granularity):
             raise FormatError(f"group size {size} does not divide {length}")
         outer, a, r = i // (inner * length), (i // inner) % length, i % inner
         return (outer * inner + r) * (length // size) + a // size
+    if kind == "Split":
+        at, channel = args["at"], args["channel"]
+        if not 0 < at < length:
+            raise FormatError(f"split point {at} outside axis {axis} of {shape}")
+        block = ((i // inner) % length >= at).astype(np.int64)
+        if channel is None:
+            return block
+        if not 0 <= channel < len(shape) or channel == axis:
+            raise FormatError(f"split channel axis {channel} for shape {shape}")
+        c_inner = int(np.prod(shape[channel + 1:], dtype=np.int64))
+        return 2 * ((i // c_inner) % shape[channel]) + block
     raise FormatError(f"unknown granularity {granularity!r}")
 
 
@@ -126,6 +137,8 @@ def num_groups(shape, granularity):
     if granularity == "PerTensor":
         return 1
     (kind, args), = granularity.items()
+    if kind == "Split":
+        return 2 if args["channel"] is None else 2 * shape[args["channel"]]
     return shape[args["axis"]] if kind == "PerChannel" else int(np.prod(shape)) // args["size"]
 
 
@@ -154,8 +167,10 @@ def dequantize(packed, shape, spec, delta, zero):
 def read_file(path):
     """Everything in a file: {"metadata", "weights", "activations"} (see the module docs).
 
-    weights: every model parameter, quantized ones dequantized, as float32 arrays.
-    activations: "<layer>.<a|b>" -> {"spec", "step_to_set", "sets": [(delta, zero), ...]}.
+    weights: every model parameter, quantized ones dequantized, as float32 arrays (SVDQuant's
+    f16 branch factors `<layer>.low_rank.{down,up}` widened to float32).
+    activations: "<layer>.<a|b>" -> {"spec", "step_to_set", "sets": [(delta, zero), ...]},
+    or {"dynamic": {"bits", "symmetric", "per_token"}} for a range measured per call.
     """
     raw = read_metadata(path)
     meta = model_metadata(raw)
@@ -175,7 +190,11 @@ def read_file(path):
             weights[name] = dequantize(codes, list(entry["shape"]), entry["spec"], delta, zero)
         for name in sorted(names):
             t = f.get_tensor(name)
-            if t.dtype != np.float32:
+            if t.dtype == np.float16:
+                if not np.all(np.isfinite(t)):
+                    raise FormatError(f"{path}: f16 tensor {name} is not finite")
+                t = t.astype(np.float32)
+            elif t.dtype != np.float32:
                 raise FormatError(f"{path}: float tensor {name} has dtype {t.dtype}")
             m = ACT_TENSOR.match(name)
             if m and m["key"] in act_keys:
@@ -195,6 +214,11 @@ def read_file(path):
             except KeyError:
                 raise FormatError(f"{path}: {key}: set {i} missing") from None
         activations[key] = {"spec": spec, "step_to_set": step_to_set, "sets": sets}
+    for key in sorted(k[:-len(".dynamic")] for k in user if k.endswith(".dynamic")):
+        d = json.loads(user[key + ".dynamic"])
+        if not 2 <= d.get("bits", 0) <= 8:
+            raise FormatError(f"{path}: {key}.dynamic: bits outside 2..8")
+        activations[key] = {"dynamic": d}
     return {"metadata": meta, "weights": weights, "activations": activations}
 
 
@@ -216,8 +240,9 @@ def dump(f):
                          "sum": float(flat.astype(np.float64).sum()),
                          "abs_sum": float(np.abs(flat.astype(np.float64)).sum()),
                          "first": [float(x) for x in flat[:8]]}
-    acts = {k: {"spec": a["spec"], "step_to_set": a["step_to_set"],
-                "sets": [{"delta": d.tolist(), "zero": z.tolist()} for d, z in a["sets"]]}
+    acts = {k: a if "dynamic" in a else
+            {"spec": a["spec"], "step_to_set": a["step_to_set"],
+             "sets": [{"delta": d.tolist(), "zero": z.tolist()} for d, z in a["sets"]]}
             for k, a in f["activations"].items()}
     return {"metadata": f["metadata"], "weights": weights, "activations": acts}
 

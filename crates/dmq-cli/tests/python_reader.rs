@@ -99,9 +99,21 @@ fn check_weight(name: &str, py: &Value, shape: &[usize], data: &[f32], side: &st
     }
 }
 
+/// naive W4A8; Q-Diffusion W4A8 (shortcut splitting: `Split` weight and activation specs);
+/// SVDQuant W4A4 (f16 branch tensors, dynamic activations).
 #[test]
 fn python_reader_matches_rust_reader() {
     require_python();
+    for (method, preset) in [
+        ("naive", "W4A8"),
+        ("qdiffusion", "W4A8"),
+        ("svdquant", "W4A4"),
+    ] {
+        check_method(method, preset);
+    }
+}
+
+fn check_method(method: &str, preset: &str) {
     let device = dmq_quant::device::default_device().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let model_dir = tmp.path().join("tiny-unet");
@@ -119,9 +131,10 @@ fn python_reader_matches_rust_reader() {
         .arg("quantize")
         .arg("--model")
         .arg(&model_dir)
-        .args(["--method", "naive", "--preset", "W4A8", "--out"])
+        .args(["--method", method, "--preset", preset, "--out"])
         .arg(&file)
-        .args(["--steps", "4", "--calib-n", "4", "--calib-steps", "2"]));
+        .args(["--steps", "4", "--calib-n", "4", "--calib-steps", "2"])
+        .args(["--iters-scale", "0.02"]));
 
     let dump = python_dump(&file, &tmp.path().join("dump.json"));
     let loaded = dmq_file::load(&file, &device).unwrap();
@@ -131,7 +144,7 @@ fn python_reader_matches_rust_reader() {
     let meta = &dump["metadata"];
     assert_eq!(meta["dmq.format"], dmq_file::FORMAT_VERSION);
     assert_eq!(meta["dmq.method"], loaded.info.method.as_str());
-    assert_eq!(loaded.info.method, "naive");
+    assert_eq!(loaded.info.method, method);
     assert_eq!(meta["dmq.num_steps"], loaded.info.num_steps);
     assert_eq!(loaded.info.num_steps, 4);
     let timesteps: Vec<f64> = serde_json::from_value(meta["dmq.timesteps"].clone()).unwrap();
@@ -150,10 +163,27 @@ fn python_reader_matches_rust_reader() {
             rust.insert(name.clone(), t.clone());
         }
     }
+    for (name, t) in &raw.half {
+        rust.insert(name.clone(), t.clone());
+    }
     assert!(
         raw.quantized.values().any(|q| q.bits() == 4),
-        "W4A8 gives 4-bit weights"
+        "{preset} gives 4-bit weights"
     );
+    match method {
+        "svdquant" => assert!(
+            !raw.half.is_empty(),
+            "SVDQuant stores its branches at 16 bits"
+        ),
+        "qdiffusion" => assert!(
+            raw.quantized.values().any(|q| matches!(
+                q.params.spec.granularity(),
+                dmq_quant::Granularity::Split { .. }
+            )),
+            "Q-Diffusion splits the decoder's concatenated inputs"
+        ),
+        _ => {}
+    }
     let py = dump["weights"].as_object().unwrap();
     let py_names: Vec<&String> = py.keys().collect();
     let rust_names: Vec<&String> = rust.keys().collect();
@@ -216,7 +246,16 @@ fn python_reader_matches_rust_reader() {
             }
         }
     }
-    assert!(n_acts > 0, "W4A8 quantizes activations");
+    // dynamic (per-call range) operands: the same spec on both sides
+    for (key, v) in &raw.metadata {
+        let Some(op) = key.strip_suffix(".dynamic") else {
+            continue;
+        };
+        n_acts += 1;
+        let want: Value = serde_json::from_str(v).unwrap();
+        assert_eq!(acts[op]["dynamic"], want, "{op}: dynamic spec");
+    }
+    assert!(n_acts > 0, "{preset} quantizes activations");
     assert_eq!(acts.len(), n_acts, "activation quantizers (Python vs Rust)");
 
     // another format version: both readers refuse it
