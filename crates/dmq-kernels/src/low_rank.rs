@@ -104,15 +104,41 @@ impl LowRankBranch {
         Ok(())
     }
 
+    /// The rows of `x` into `y`, AVX2-compiled when the CPU has it (the same operations in
+    /// the same order, so the same results).
     fn rows(&self, x: &[f32], y: &mut [f32]) {
-        let mut t = vec![0f32; self.rank];
-        for (xr, yr) in x.chunks_exact(self.k).zip(y.chunks_exact_mut(self.n)) {
-            for (tj, dj) in t.iter_mut().zip(self.down.chunks_exact(self.k)) {
-                *tj = dot(xr, dj);
+        #[cfg(target_arch = "x86_64")]
+        if crate::detect::cpu_features().avx2 {
+            // SAFETY: AVX2 detected.
+            return unsafe { self.rows_avx2(x, y) };
+        }
+        self.rows_body(x, y)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn rows_avx2(&self, x: &[f32], y: &mut [f32]) {
+        self.rows_body(x, y)
+    }
+
+    /// Blocks of [`ROW_BLOCK`] rows: each row of L2 is read once per block (it stays in L1
+    /// while the block's rows are dotted with it), then the r axpys per row into `y`.
+    #[inline(always)]
+    fn rows_body(&self, x: &[f32], y: &mut [f32]) {
+        let (k, n, r) = (self.k, self.n, self.rank);
+        let mut t = vec![0f32; ROW_BLOCK * r];
+        for (xb, yb) in x.chunks(ROW_BLOCK * k).zip(y.chunks_mut(ROW_BLOCK * n)) {
+            let rows = xb.len() / k.max(1);
+            for (j, dj) in self.down.chunks_exact(k).enumerate() {
+                for (i, xr) in xb.chunks_exact(k).enumerate() {
+                    t[i * r + j] = dot(xr, dj);
+                }
             }
-            for (&tj, uj) in t.iter().zip(self.up_t.chunks_exact(self.n)) {
-                for (o, &u) in yr.iter_mut().zip(uj) {
-                    *o += tj * u;
+            for (i, yr) in yb.chunks_exact_mut(n).enumerate().take(rows) {
+                for (&tj, uj) in t[i * r..(i + 1) * r].iter().zip(self.up_t.chunks_exact(n)) {
+                    for (o, &u) in yr.iter_mut().zip(uj) {
+                        *o += tj * u;
+                    }
                 }
             }
         }
@@ -139,8 +165,11 @@ impl LowRankBranch {
     }
 }
 
+/// Rows per block of [`LowRankBranch::apply_add`].
+const ROW_BLOCK: usize = 8;
+
 /// Dot product with eight independent accumulators (vectorizes without fast-math).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
