@@ -1,5 +1,6 @@
 //! `dmq bench`: images/s of FP, fake-quant and the integer path on the same noise, and
-//! model bytes, measured back to back in one process.
+//! model bytes, measured back to back in one process; with `--agreement`, how closely the
+//! integer path follows the fake-quant model, per step and over a sampling run.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,6 +25,35 @@ pub struct Args {
     /// Timed repetitions per path (the best is reported).
     #[arg(long, default_value_t = 2)]
     pub repeats: usize,
+    /// Also print the agreement of the integer path with the fake-quant model: per step, ε of
+    /// both on the fake-quant trajectory's inputs (relative L2, beside the fake-quant model's
+    /// own distance from FP); over a run, PSNR between the samples from the same noise.
+    #[arg(long)]
+    pub agreement: bool,
+}
+
+/// `‖a − b‖ / ‖b‖` over all elements.
+fn rel_l2(a: &dmq_models::HostTensor, b: &dmq_models::HostTensor) -> f64 {
+    let num: f64 = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| f64::from(x - y).powi(2))
+        .sum();
+    let den: f64 = b.data.iter().map(|y| f64::from(*y).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// PSNR (dB) of images in [−1, 1] (peak-to-peak 2).
+fn psnr(a: &dmq_models::HostTensor, b: &dmq_models::HostTensor) -> f64 {
+    let mse: f64 = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| f64::from(x - y).powi(2))
+        .sum::<f64>()
+        / a.data.len().max(1) as f64;
+    10.0 * (4.0 / mse.max(1e-30)).log10()
 }
 
 /// Runs `dmq bench`.
@@ -104,6 +134,53 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         "| integer kernels | {int_ips:.2} | {:.2} | {file_bytes} |",
         int_ips / fp_ips
     );
+    if a.agreement {
+        let x = NoiseRng::new(0).tensor([a.batch, c, s, s], &device);
+        let host = dmq_models::HostTensor::from_tensor;
+        let per_step = |other: &dyn Denoiser| -> Result<Vec<f64>, Error> {
+            let mut v = Vec::new();
+            dmq_models::sampler::sample_teacher_forced(
+                &f.model,
+                other,
+                &sched,
+                x.clone(),
+                class.clone(),
+                guidance,
+                0,
+                &mut |_, e_fq, e_other| v.push(rel_l2(&host(e_other), &host(e_fq))),
+            )?;
+            Ok(v)
+        };
+        let (int_step, fp_step) = (per_step(&integer)?, per_step(&fp)?);
+        let run = |m: &dyn Denoiser| -> Result<dmq_models::HostTensor, Error> {
+            let y = dmq_models::sampler::sample(
+                m,
+                &sched,
+                x.clone(),
+                class.clone(),
+                guidance,
+                0,
+                &mut |_, _| {},
+            )?;
+            Ok(host(&y))
+        };
+        let (fq_run, int_run, fp_run) = (run(&f.model)?, run(&integer)?, run(&fp)?);
+        println!(
+            "agreement on the fake-quant trajectory (batch {}): relative L2 of ε per step",
+            a.batch
+        );
+        println!("| step | integer vs fake-quant | FP vs fake-quant |");
+        println!("|---|---|---|");
+        for (k, (i, p)) in int_step.iter().zip(&fp_step).enumerate() {
+            println!("| {k} | {i:.2e} | {p:.2e} |");
+        }
+        println!(
+            "over a sampling run from the same noise: PSNR integer vs fake-quant {:.1} dB, FP vs \
+             fake-quant {:.1} dB",
+            psnr(&int_run, &fq_run),
+            psnr(&fp_run, &fq_run)
+        );
+    }
     let branch_bytes: usize = f.file.half.values().map(|(_, d)| 2 * d.len()).sum();
     if branch_bytes > 0 {
         println!(
