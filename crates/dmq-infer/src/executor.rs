@@ -103,6 +103,16 @@ enum IntLayer {
         bias: Option<Vec<f32>>,
         acts: StepActs,
     },
+    /// A convolution with dynamic per-row activations (SVDQuant): weight packed in
+    /// `(kh, kw, C_in)` order, rows gathered from NHWC and quantized in blocks without an
+    /// f32 im2col matrix, the branch's L2 reordered to match
+    /// ([`conv::im2col_dynamic_hwc`]).
+    ConvDynamicHwc {
+        weight: PackedWeights,
+        bias: Option<Vec<f32>>,
+        acts: StepActs,
+        branch: Option<LowRankBranch>,
+    },
     Matmul {
         a: StepActs,
         b: StepActs,
@@ -171,6 +181,36 @@ fn dense_layer(
         },
         None => None,
     };
+    // Convolutions with a dynamic grid gather NHWC rows and quantize them per row in blocks
+    // (the branch reads the same rows), when the weight survives reordering.
+    if w.shape.len() == 4
+        && let Some(spec) = dynamic
+        && spec.per_token
+        && let Ok(weight) = conv::pack_conv_weight_hwc(w)
+    {
+        let [_, c, kh, kw] = w.shape[..] else {
+            return Ok(Err(format!("conv weight of shape {:?}", w.shape)));
+        };
+        let branch = match branch.map(|b| b.for_hwc_conv(c, kh, kw)) {
+            Some(Ok(b)) => Some(b),
+            Some(Err(e)) => return Ok(Err(format!("branch: {e}"))),
+            None => None,
+        };
+        let bias = checked_bias(file, name, weight.n())?;
+        let mut format = format!("W{}A{}-dyn", weight.bits(), acts.bits());
+        if let Some(b) = &branch {
+            format.push_str(&format!("+LR{}", b.rank()));
+        }
+        return Ok(Ok((
+            IntLayer::ConvDynamicHwc {
+                weight,
+                bias,
+                acts,
+                branch,
+            },
+            format,
+        )));
+    }
     // Convolutions take the NHWC im2col fast path (quantize, then gather codes) when their
     // parameters allow the reordering (per tensor / per channel) and the activation grid is
     // static; the others the f32 im2col, whose rows a dynamic grid and a branch read.
@@ -304,13 +344,16 @@ impl IntegerExecutor {
     fn timed<T>(&self, layer: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let t0 = Instant::now();
         let r = f();
-        let dt = t0.elapsed().as_secs_f64();
+        self.record_time(layer, t0.elapsed().as_secs_f64());
+        r
+    }
+
+    fn record_time(&self, layer: &str, seconds: f64) {
         if let Ok(mut t) = self.timings.lock() {
             let e = t.entry(layer.to_string()).or_default();
             e.calls += 1;
-            e.seconds += dt;
+            e.seconds += seconds;
         }
-        r
     }
 
     /// Number of layers computed by integer kernels.
@@ -335,6 +378,16 @@ impl IntegerExecutor {
                 }
                 IntLayer::ConvHwc { weight, bias, .. } => {
                     weight.storage_bytes() + 4 * bias.as_ref().map_or(0, Vec::len)
+                }
+                IntLayer::ConvDynamicHwc {
+                    weight,
+                    bias,
+                    branch,
+                    ..
+                } => {
+                    weight.storage_bytes()
+                        + 4 * bias.as_ref().map_or(0, Vec::len)
+                        + branch.as_ref().map_or(0, LowRankBranch::storage_bytes)
                 }
                 IntLayer::Matmul { .. } => 0,
             })
@@ -414,6 +467,46 @@ impl IntegerExecutor {
         let (conv_fn, w, bias, acts): (ConvFn, _, _, _) = match self.layer(name)? {
             IntLayer::ConvHwc { weight, bias, acts } => {
                 (conv::conv2d_hwc, weight, bias.as_deref(), acts)
+            }
+            IntLayer::ConvDynamicHwc {
+                weight,
+                bias,
+                acts,
+                branch,
+            } => {
+                let [cout, kh, kw, _] = weight.shape()[..] else {
+                    return Err(shape(
+                        name,
+                        "a weight packed [C_out, kh, kw, C_in]",
+                        weight.shape(),
+                    ));
+                };
+                let (q, t, ho, wo, down_s) = conv::im2col_dynamic_hwc(
+                    &x.data,
+                    [b, c, h, wd],
+                    kh,
+                    kw,
+                    &params,
+                    acts.at(name, step)?,
+                    branch.as_ref(),
+                    self.opts.threads,
+                )
+                .map_err(kernel)?;
+                let mut y =
+                    gemm_acts_f32(&q, weight, bias.as_deref(), &self.opts).map_err(kernel)?;
+                if let (Some(br), Some(t)) = (branch, t) {
+                    let t0 = Instant::now();
+                    br.up_add(&t, q.m, &mut y, self.opts.threads)
+                        .map_err(kernel)?;
+                    self.record_time(
+                        &format!("{name}.low_rank"),
+                        down_s + t0.elapsed().as_secs_f64(),
+                    );
+                }
+                return Ok(HostTensor {
+                    data: conv::to_nchw(&y, b, cout, ho * wo),
+                    shape: vec![b, cout, ho, wo],
+                });
             }
             IntLayer::Dense {
                 weight,

@@ -459,6 +459,23 @@ fn quantize_row(src: &[f32], dst: &mut [i8], g: RowGrid) {
     quantize_row_body(src, dst, g)
 }
 
+/// One row on a dynamic per-row grid: scans `src` (range and finiteness), quantizes it into
+/// `dst` and returns the row's `(Δ, z)` as [`QuantizedActs`] stores them, the same values
+/// [`quantize`] gives that row. `None` when `src` holds a NaN or an infinity.
+pub(crate) fn quantize_row_dynamic(
+    src: &[f32],
+    dst: &mut [i8],
+    aq: &ActQuant,
+) -> Option<(f32, i32)> {
+    let (lo, hi, bad) = scan(src);
+    if bad {
+        return None;
+    }
+    let g = grid_for(aq, lo, hi);
+    quantize_row(src, dst, g);
+    Some((g.delta, g.zero as i32 - g.off))
+}
+
 /// Quantizes `x[M, K]` (fast path: one scan for range and finiteness, one branch-free
 /// quantization pass, both AVX2-compiled when available).
 ///

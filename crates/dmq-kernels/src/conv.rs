@@ -265,6 +265,180 @@ pub fn im2col_quantized_hwc(
     Ok((acts, ho, wo))
 }
 
+/// The im2col rows of `x[B, C, H, W]` quantized on a **dynamic per-row** grid (each output
+/// position's receptive field its own range; SVDQuant's per-token activations), columns in
+/// `(kh, kw, C_in)` order for a weight packed by [`pack_conv_weight_hwc`], without the f32
+/// im2col matrix: `x` is transposed to NHWC once, and blocks of rows are gathered into a small
+/// buffer, quantized row by row and, with a `branch` (in HWC order,
+/// [`LowRankBranch::for_hwc_conv`]), projected by its L2 while still in cache. Returns the
+/// codes, the branch's `t [B·H_o·W_o, r]` if any, and `(H_o, W_o)`. Padding taps are 0 (the
+/// row's range includes 0 whenever the receptive field leaves the image, as in the f32
+/// im2col). Rows are split over up to `threads` threads. The last value returned is the wall
+/// time of the branch's projection (thread time over the threads used), for profiles.
+///
+/// # Errors
+/// Wrong input length, a static activation grid, a branch of another input length, a NaN or
+/// infinity in `x`.
+#[allow(clippy::too_many_arguments)]
+pub fn im2col_dynamic_hwc(
+    x: &[f32],
+    x_shape: [usize; 4],
+    kh: usize,
+    kw: usize,
+    params: &Conv2dParams,
+    act: &ActQuant,
+    branch: Option<&crate::LowRankBranch>,
+    threads: usize,
+) -> Result<(QuantizedActs, Option<Vec<f32>>, usize, usize, f64)> {
+    const CTX: &str = "im2col_dynamic_hwc";
+    const BLOCK: usize = 32;
+    let [b, c, h, w] = x_shape;
+    if x.len() != b * c * h * w || x.is_empty() {
+        return Err(shape_err(
+            format!("{} values for {x_shape:?}", b * c * h * w),
+            x.len().to_string(),
+            CTX,
+        ));
+    }
+    if !matches!(act.range(), ActRange::Dynamic { .. })
+        || act.granularity() != crate::ActGranularity::PerRow
+    {
+        return Err(KernelError::UnsupportedSpec {
+            reason: "this gather quantizes per row at run time; use im2col_quantized_hwc for a \
+                     static grid"
+                .into(),
+            context: CTX.into(),
+        });
+    }
+    let k = c * kh * kw;
+    if let Some(br) = branch
+        && br.k() != k
+    {
+        return Err(shape_err(
+            format!("a branch over {k} inputs"),
+            br.k().to_string(),
+            CTX,
+        ));
+    }
+    let (ho, wo) = params.out_size(h, w, kh, kw)?;
+    let hw = h * w;
+    let mut nhwc = vec![0f32; x.len()];
+    for bb in 0..b {
+        let src = &x[bb * c * hw..][..c * hw];
+        let dst = &mut nhwc[bb * hw * c..][..hw * c];
+        for p0 in (0..hw).step_by(64) {
+            let p1 = (p0 + 64).min(hw);
+            for cc in 0..c {
+                for p in p0..p1 {
+                    dst[p * c + cc] = src[cc * hw + p];
+                }
+            }
+        }
+    }
+    let [sh, sw] = params.stride;
+    let [ph, pw] = params.padding;
+    let kp = k.div_ceil(4) * 4;
+    let m = b * ho * wo;
+    let r = branch.map_or(0, |br| br.rank());
+    let mut q = vec![0i8; m * kp];
+    let mut delta = vec![0f32; m];
+    let mut zero = vec![0i32; m];
+    let mut t = vec![0f32; m * r];
+    // rows r0.. of one thread: gather a block, quantize each row, project the block
+    let fill = |r0: usize, q: &mut [i8], delta: &mut [f32], zero: &mut [i32], t: &mut [f32]| {
+        let mut buf = vec![0f32; BLOCK * k];
+        let mut branch_s = 0.0;
+        let rows = delta.len();
+        for b0 in (0..rows).step_by(BLOCK) {
+            let nb = BLOCK.min(rows - b0);
+            for ri in 0..nb {
+                let row = r0 + b0 + ri;
+                let (bb, oy, ox) = (row / (ho * wo), (row / wo) % ho, row % wo);
+                let dst_row = &mut buf[ri * k..(ri + 1) * k];
+                for i in 0..kh {
+                    let y = (oy * sh + i) as isize - ph as isize;
+                    for j in 0..kw {
+                        let xx = (ox * sw + j) as isize - pw as isize;
+                        let dst = &mut dst_row[(i * kw + j) * c..][..c];
+                        if y < 0 || y >= h as isize || xx < 0 || xx >= w as isize {
+                            dst.fill(0.0);
+                        } else {
+                            let at = ((bb * h + y as usize) * w + xx as usize) * c;
+                            dst.copy_from_slice(&nhwc[at..at + c]);
+                        }
+                    }
+                }
+            }
+            for ri in 0..nb {
+                let i = b0 + ri;
+                let src = &buf[ri * k..(ri + 1) * k];
+                match act_quant::quantize_row_dynamic(src, &mut q[i * kp..i * kp + k], act) {
+                    Some((d, z)) => {
+                        delta[i] = d;
+                        zero[i] = z;
+                    }
+                    None => return (false, branch_s),
+                }
+            }
+            if let Some(br) = branch {
+                let t0 = std::time::Instant::now();
+                br.down_rows(&buf[..nb * k], &mut t[b0 * r..(b0 + nb) * r]);
+                branch_s += t0.elapsed().as_secs_f64();
+            }
+        }
+        (true, branch_s)
+    };
+    let nt = threads
+        .clamp(1, m.max(1))
+        .min(if m * k < 1 << 16 { 1 } else { usize::MAX });
+    let per = m.div_ceil(nt);
+    let (ok, branch_s) = if nt <= 1 {
+        fill(0, &mut q, &mut delta, &mut zero, &mut t)
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = q
+                .chunks_mut(per * kp)
+                .zip(delta.chunks_mut(per))
+                .zip(zero.chunks_mut(per))
+                .zip(
+                    t.chunks_mut((per * r).max(1))
+                        .chain(std::iter::repeat_with(|| &mut [][..])),
+                )
+                .enumerate()
+                .map(|(i, (((qc, dc), zc), tc))| {
+                    let fill = &fill;
+                    s.spawn(move || fill(i * per, qc, dc, zc, tc))
+                })
+                .collect();
+            let n = handles.len().max(1) as f64;
+            let (ok, s) = handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .fold((true, 0.0), |(a, s), (b, t)| (a && b, s + t));
+            (ok, s / n)
+        })
+    };
+    if !ok {
+        // a NaN or an infinity: find it for the error
+        let index = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return Err(KernelError::NonFinite {
+            value: x[index],
+            index,
+            context: CTX.into(),
+        });
+    }
+    let acts = QuantizedActs {
+        m,
+        k,
+        kp,
+        bits: act.bits(),
+        q,
+        delta,
+        zero,
+    };
+    Ok((acts, branch.map(|_| t), ho, wo, branch_s))
+}
+
 /// [`conv2d`] for a weight packed by [`pack_conv_weight_hwc`] (shape `[C_out, kh, kw, C_in]`)
 /// and a static activation grid: the fast path of the integer inference path. Same result,
 /// bit for bit, as [`conv2d_ref`] on the original weight (integer sums do not depend on the

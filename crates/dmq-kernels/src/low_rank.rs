@@ -68,6 +68,112 @@ impl LowRankBranch {
         self.rank
     }
 
+    /// Input length K.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The branch of a `kh×kw` convolution with its L2 columns reordered from the weight's
+    /// `(c, kh, kw)` order to the `(kh, kw, c)` order of NHWC im2col rows
+    /// ([`crate::conv::im2col_dynamic_hwc`]).
+    ///
+    /// # Errors
+    /// `c·kh·kw` is not the branch's input length.
+    pub fn for_hwc_conv(&self, c: usize, kh: usize, kw: usize) -> Result<Self> {
+        if c * kh * kw != self.k {
+            return Err(shape_err(
+                format!("C·kh·kw = {}", self.k),
+                format!("{c}·{kh}·{kw}"),
+                "LowRankBranch::for_hwc_conv",
+            ));
+        }
+        let mut down = vec![0f32; self.down.len()];
+        for j in 0..self.rank {
+            for ci in 0..c {
+                for i in 0..kh {
+                    for jj in 0..kw {
+                        down[j * self.k + (i * kw + jj) * c + ci] =
+                            self.down[j * self.k + (ci * kh + i) * kw + jj];
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            down,
+            ..self.clone()
+        })
+    }
+
+    /// The down projection of a few rows: `t[i, :] = L2·x[i, :]` for `x [rows, K]`,
+    /// `t [rows, r]` (the first half of [`apply_add`](Self::apply_add), for callers that
+    /// hold the rows only briefly).
+    pub fn down_rows(&self, x: &[f32], t: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let f = crate::detect::cpu_features();
+            if f.avx2 && f.fma {
+                // SAFETY: AVX2 and FMA detected.
+                return unsafe { self.down_rows_fma(x, t) };
+            }
+        }
+        self.down_rows_body(x, t, dot)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn down_rows_fma(&self, x: &[f32], t: &mut [f32]) {
+        self.down_rows_body(x, t, dot_fma)
+    }
+
+    /// Blocks of [`ROW_BLOCK`] rows: each row of L2 is read once per block.
+    #[inline(always)]
+    fn down_rows_body(&self, x: &[f32], t: &mut [f32], dot: impl Fn(&[f32], &[f32]) -> f32) {
+        let (k, r) = (self.k, self.rank);
+        for (xb, tb) in x.chunks(ROW_BLOCK * k).zip(t.chunks_mut(ROW_BLOCK * r)) {
+            for (j, dj) in self.down.chunks_exact(k).enumerate() {
+                for (i, xr) in xb.chunks_exact(k).enumerate() {
+                    tb[i * r + j] = dot(xr, dj);
+                }
+            }
+        }
+    }
+
+    /// The up projection added into the output: `y[i, :] += L1·t[i, :]` for `t [M, r]`,
+    /// `y [M, N]`, rows spread over up to `threads` threads.
+    ///
+    /// # Errors
+    /// `t` not `M·r` long or `y` not `M·N` long.
+    pub fn up_add(&self, t: &[f32], m: usize, y: &mut [f32], threads: usize) -> Result<()> {
+        let (n, r) = (self.n, self.rank);
+        if t.len() != m * r || y.len() != m * n {
+            return Err(shape_err(
+                format!("t [{m}, {r}] and y [{m}, {n}]"),
+                format!("{} and {} values", t.len(), y.len()),
+                "LowRankBranch::up_add",
+            ));
+        }
+        let per = m.div_ceil(threads.clamp(1, m.max(1))).max(1);
+        let run = |tc: &[f32], yc: &mut [f32]| {
+            for (tr, yr) in tc.chunks_exact(r).zip(yc.chunks_exact_mut(n)) {
+                for (&tj, uj) in tr.iter().zip(self.up_t.chunks_exact(n)) {
+                    for (o, &u) in yr.iter_mut().zip(uj) {
+                        *o += tj * u;
+                    }
+                }
+            }
+        };
+        if threads <= 1 || m <= per {
+            run(t, y);
+            return Ok(());
+        }
+        std::thread::scope(|s| {
+            for (tc, yc) in t.chunks(per * r).zip(y.chunks_mut(per * n)) {
+                s.spawn(move || run(tc, yc));
+            }
+        });
+        Ok(())
+    }
+
     /// Bytes of the factors at 16 bits (as stored).
     pub fn storage_bytes(&self) -> usize {
         2 * (self.down.len() + self.up_t.len())
@@ -106,34 +212,14 @@ impl LowRankBranch {
 
     /// The rows of `x` into `y`, AVX2-compiled when the CPU has it (the same operations in
     /// the same order, so the same results).
+    /// The rows of `x` into `y`: per block of [`ROW_BLOCK`] rows, the down projection
+    /// ([`down_rows`](Self::down_rows)) then the r axpys per row.
     fn rows(&self, x: &[f32], y: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::detect::cpu_features().avx2 {
-            // SAFETY: AVX2 detected.
-            return unsafe { self.rows_avx2(x, y) };
-        }
-        self.rows_body(x, y)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn rows_avx2(&self, x: &[f32], y: &mut [f32]) {
-        self.rows_body(x, y)
-    }
-
-    /// Blocks of [`ROW_BLOCK`] rows: each row of L2 is read once per block (it stays in L1
-    /// while the block's rows are dotted with it), then the r axpys per row into `y`.
-    #[inline(always)]
-    fn rows_body(&self, x: &[f32], y: &mut [f32]) {
         let (k, n, r) = (self.k, self.n, self.rank);
         let mut t = vec![0f32; ROW_BLOCK * r];
         for (xb, yb) in x.chunks(ROW_BLOCK * k).zip(y.chunks_mut(ROW_BLOCK * n)) {
             let rows = xb.len() / k.max(1);
-            for (j, dj) in self.down.chunks_exact(k).enumerate() {
-                for (i, xr) in xb.chunks_exact(k).enumerate() {
-                    t[i * r + j] = dot(xr, dj);
-                }
-            }
+            self.down_rows(xb, &mut t[..rows * r]);
             for (i, yr) in yb.chunks_exact_mut(n).enumerate().take(rows) {
                 for (&tj, uj) in t[i * r..(i + 1) * r].iter().zip(self.up_t.chunks_exact(n)) {
                     for (o, &u) in yr.iter_mut().zip(uj) {
@@ -167,6 +253,24 @@ impl LowRankBranch {
 
 /// Rows per block of [`LowRankBranch::apply_add`].
 const ROW_BLOCK: usize = 8;
+
+/// [`dot`] with fused multiply-adds (compiled into FMA code only).
+#[inline(always)]
+fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        s = x.mul_add(*y, s);
+    }
+    s
+}
 
 /// Dot product with eight independent accumulators (vectorizes without fast-math).
 #[inline(always)]

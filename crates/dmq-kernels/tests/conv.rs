@@ -151,3 +151,75 @@ fn xnor_conv_matches_gemm_reference() {
         }
     }
 }
+
+/// The fused NHWC gather with per-row dynamic quantization (SVDQuant's conv path) against the
+/// f32 im2col + per-row quantization + GEMM on the (c, kh, kw)-packed weight: the same codes,
+/// Δ and z per row (a row's range does not depend on the order of its values), so the same
+/// output bit for bit; and the branch's down projection on the HWC rows with its L2 reordered
+/// equals the projection of the f32 im2col rows. A NaN is a typed error.
+#[test]
+fn dynamic_hwc_gather_matches_f32_im2col() {
+    let mut rng = Rng::new(77);
+    for &(b, cin, h, w, cout, k, stride, pad, bits, threads) in &[
+        (2, 5, 7, 6, 6, 3, 1, 1, 4, 1),
+        (1, 8, 9, 9, 12, 3, 2, 1, 8, 2),
+        (3, 16, 6, 5, 7, 1, 1, 0, 4, 2),
+        (2, 32, 12, 12, 16, 3, 1, 1, 4, 3),
+    ] {
+        let xs = [b, cin, h, w];
+        let x = rng.floats(b * cin * h * w, 1.0);
+        let qt = weight(&mut rng, [cout, cin, k, k], bits);
+        let params = Conv2dParams::new([stride; 2], [pad; 2]);
+        let act = ActQuant::dynamic(bits).unwrap().per_row();
+        let opts = dmq_kernels::GemmOptions::default().with_threads(threads);
+        // reference: f32 im2col rows in (c, kh, kw) order
+        let (cols, ho, wo) = conv::im2col(&x, xs, k, k, &params).unwrap();
+        let m = b * ho * wo;
+        let kk = cin * k * k;
+        let q_ref = dmq_kernels::act_quant::quantize(&cols, m, kk, &act).unwrap();
+        let y_ref = dmq_kernels::gemm_acts_f32(
+            &q_ref,
+            &PackedWeights::from_quantized(&qt).unwrap(),
+            None,
+            &opts,
+        )
+        .unwrap();
+        // fused: NHWC gather, rows quantized in blocks, weight packed (kh, kw, c)
+        let r = 3.min(kk);
+        let (down, up) = (rng.floats(r * kk, 0.3), rng.floats(cout * r, 0.3));
+        let branch = dmq_kernels::LowRankBranch::new(&down, &up, r, kk, cout).unwrap();
+        let hwc_branch = branch.for_hwc_conv(cin, k, k).unwrap();
+        let (q, t, ho2, wo2, _) =
+            conv::im2col_dynamic_hwc(&x, xs, k, k, &params, &act, Some(&hwc_branch), threads)
+                .unwrap();
+        assert_eq!((ho2, wo2), (ho, wo));
+        assert_eq!(
+            (q.delta.clone(), q.zero.clone()),
+            (q_ref.delta.clone(), q_ref.zero.clone())
+        );
+        let y =
+            dmq_kernels::gemm_acts_f32(&q, &conv::pack_conv_weight_hwc(&qt).unwrap(), None, &opts)
+                .unwrap();
+        assert_eq!(y, y_ref, "{xs:?} k{k} s{stride} p{pad} W{bits}");
+        // branch: down projection of the same rows in either order
+        let mut t_ref = vec![0f32; m * r];
+        branch.down_rows(&cols, &mut t_ref);
+        for (a, b) in t.unwrap().iter().zip(&t_ref) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+    let mut x = vec![0.5f32; 2 * 3 * 4 * 4];
+    x[7] = f32::NAN;
+    let act = ActQuant::dynamic(4).unwrap().per_row();
+    let e = conv::im2col_dynamic_hwc(
+        &x,
+        [2, 3, 4, 4],
+        3,
+        3,
+        &Conv2dParams::new([1; 2], [1; 2]),
+        &act,
+        None,
+        1,
+    );
+    assert!(matches!(e, Err(dmq_kernels::KernelError::NonFinite { .. })));
+}
