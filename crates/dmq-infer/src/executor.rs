@@ -481,7 +481,7 @@ impl IntegerExecutor {
                         weight.shape(),
                     ));
                 };
-                let (q, t, ho, wo, down_s) = conv::im2col_dynamic_hwc(
+                let rows = conv::im2col_dynamic_hwc(
                     &x.data,
                     [b, c, h, wd],
                     kh,

@@ -265,16 +265,30 @@ pub fn im2col_quantized_hwc(
     Ok((acts, ho, wo))
 }
 
+/// What [`im2col_dynamic_hwc`] returns.
+#[derive(Clone, Debug)]
+pub struct DynamicRows {
+    /// The quantized rows `[B·H_o·W_o, kh·kw·C_in]`.
+    pub acts: QuantizedActs,
+    /// The branch's down projection `t [B·H_o·W_o, r]`, when a branch was given.
+    pub branch_t: Option<Vec<f32>>,
+    /// Output height H_o.
+    pub ho: usize,
+    /// Output width W_o.
+    pub wo: usize,
+    /// Wall time of the branch's projection (thread time over the threads used), for
+    /// profiles.
+    pub branch_s: f64,
+}
+
 /// The im2col rows of `x[B, C, H, W]` quantized on a **dynamic per-row** grid (each output
 /// position's receptive field its own range; SVDQuant's per-token activations), columns in
 /// `(kh, kw, C_in)` order for a weight packed by [`pack_conv_weight_hwc`], without the f32
 /// im2col matrix: `x` is transposed to NHWC once, and blocks of rows are gathered into a small
 /// buffer, quantized row by row and, with a `branch` (in HWC order,
-/// [`LowRankBranch::for_hwc_conv`]), projected by its L2 while still in cache. Returns the
-/// codes, the branch's `t [B·H_o·W_o, r]` if any, and `(H_o, W_o)`. Padding taps are 0 (the
-/// row's range includes 0 whenever the receptive field leaves the image, as in the f32
-/// im2col). Rows are split over up to `threads` threads. The last value returned is the wall
-/// time of the branch's projection (thread time over the threads used), for profiles.
+/// [`crate::LowRankBranch::for_hwc_conv`]), projected by its L2 while still in cache. Padding
+/// taps are 0 (the row's range includes 0 whenever the receptive field leaves the image, as
+/// in the f32 im2col). Rows are split over up to `threads` threads.
 ///
 /// # Errors
 /// Wrong input length, a static activation grid, a branch of another input length, a NaN or
@@ -289,7 +303,7 @@ pub fn im2col_dynamic_hwc(
     act: &ActQuant,
     branch: Option<&crate::LowRankBranch>,
     threads: usize,
-) -> Result<(QuantizedActs, Option<Vec<f32>>, usize, usize, f64)> {
+) -> Result<DynamicRows> {
     const CTX: &str = "im2col_dynamic_hwc";
     const BLOCK: usize = 32;
     let [b, c, h, w] = x_shape;
@@ -436,7 +450,13 @@ pub fn im2col_dynamic_hwc(
         delta,
         zero,
     };
-    Ok((acts, branch.map(|_| t), ho, wo, branch_s))
+    Ok(DynamicRows {
+        acts,
+        branch_t: branch.map(|_| t),
+        ho,
+        wo,
+        branch_s,
+    })
 }
 
 /// [`conv2d`] for a weight packed by [`pack_conv_weight_hwc`] (shape `[C_out, kh, kw, C_in]`)

@@ -192,7 +192,8 @@ fn dynamic_hwc_gather_matches_f32_im2col() {
         let (q, t, ho2, wo2, _) =
             conv::im2col_dynamic_hwc(&x, xs, k, k, &params, &act, Some(&hwc_branch), threads)
                 .unwrap();
-        assert_eq!((ho2, wo2), (ho, wo));
+        let (q, t) = (rows.acts, rows.branch_t);
+        assert_eq!((rows.ho, rows.wo), (ho, wo));
         assert_eq!(
             (q.delta.clone(), q.zero.clone()),
             (q_ref.delta.clone(), q_ref.zero.clone())
