@@ -492,11 +492,12 @@ impl IntegerExecutor {
                     self.opts.threads,
                 )
                 .map_err(kernel)?;
+                let (q, ho, wo, down_s) = (&rows.acts, rows.ho, rows.wo, rows.branch_s);
                 let mut y =
-                    gemm_acts_f32(&q, weight, bias.as_deref(), &self.opts).map_err(kernel)?;
-                if let (Some(br), Some(t)) = (branch, t) {
+                    gemm_acts_f32(q, weight, bias.as_deref(), &self.opts).map_err(kernel)?;
+                if let (Some(br), Some(t)) = (branch, &rows.branch_t) {
                     let t0 = Instant::now();
-                    br.up_add(&t, q.m, &mut y, self.opts.threads)
+                    br.up_add(t, q.m, &mut y, self.opts.threads)
                         .map_err(kernel)?;
                     self.record_time(
                         &format!("{name}.low_rank"),
