@@ -189,7 +189,7 @@ fn dynamic_hwc_gather_matches_f32_im2col() {
         let (down, up) = (rng.floats(r * kk, 0.3), rng.floats(cout * r, 0.3));
         let branch = dmq_kernels::LowRankBranch::new(&down, &up, r, kk, cout).unwrap();
         let hwc_branch = branch.for_hwc_conv(cin, k, k).unwrap();
-        let (q, t, ho2, wo2, _) =
+        let rows =
             conv::im2col_dynamic_hwc(&x, xs, k, k, &params, &act, Some(&hwc_branch), threads)
                 .unwrap();
         let (q, t) = (rows.acts, rows.branch_t);
