@@ -63,10 +63,40 @@ pub fn sample<M: Denoiser + Module>(
     device: &Device,
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Result<HostTensor> {
+    sample_path(model, model, "", sched, spec, cache, device, on_batch)
+}
+
+/// [`sample`] through the integer path: `integer` (an [`dmq_infer::IntegerModel`] of
+/// `model`'s export) draws the samples; the cache key is `model`'s fingerprint marked as
+/// the integer path's, so fake-quant and integer samples never share a cache entry.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_integer<M: Denoiser + Module>(
+    model: &M,
+    integer: &dyn Denoiser,
+    sched: &DdimScheduler,
+    spec: &SampleSpec,
+    cache: Option<&Path>,
+    device: &Device,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<HostTensor> {
+    sample_path(model, integer, "-int", sched, spec, cache, device, on_batch)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sample_path<M: Denoiser + Module>(
+    model: &M,
+    sampler_model: &dyn Denoiser,
+    tag: &str,
+    sched: &DdimScheduler,
+    spec: &SampleSpec,
+    cache: Option<&Path>,
+    device: &Device,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<HostTensor> {
     let Some(dir) = cache else {
-        return Ok(generate(model, sched, spec, device, on_batch)?);
+        return Ok(generate(sampler_model, sched, spec, device, on_batch)?);
     };
-    let fp = fingerprint(model, sched, spec)?;
+    let fp = format!("{}{tag}", fingerprint(model, sched, spec)?);
     std::fs::create_dir_all(dir)
         .map_err(|e| crate::error::file_err(dir, "cache directory", e.to_string()))?;
     let done = dir.join(format!("samples-{fp}.safetensors"));
@@ -80,8 +110,8 @@ pub fn sample<M: Denoiser + Module>(
         });
     }
     let partial = dir.join(format!("samples-{fp}.partial.safetensors"));
-    let run = ResumableSampling::open(&partial, &fp, model, sched, spec)?;
-    let images = run.generate(model, sched, device, on_batch)?;
+    let run = ResumableSampling::open(&partial, &fp, sampler_model, sched, spec)?;
+    let images = run.generate(sampler_model, sched, device, on_batch)?;
     let mut f = QuantizedFile::default();
     f.float
         .insert("images".into(), (images.shape.clone(), images.data.clone()));

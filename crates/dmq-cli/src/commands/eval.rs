@@ -43,6 +43,10 @@ pub struct Args {
     /// Also write the row as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Sample the quantized model on the integer path (`dmq_infer::IntegerModel`: the
+    /// deployed arithmetic) instead of its fake-quant form; FP samples are unchanged.
+    #[arg(long)]
+    pub integer: bool,
 }
 
 /// Runs `dmq eval`.
@@ -70,9 +74,25 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     let cache = a.cache.as_deref();
     let t0 = Instant::now();
     let mut b = super::bar("samples", a.samples);
-    let images = sample(model, &sched, &spec, cache, &device, &mut |d, _| {
-        b.set(d as u64, "")
-    })?;
+    let images = if a.integer {
+        let ModelArg::File(f) = &arg else {
+            return Err("--integer: give a .dmq.safetensors file".into());
+        };
+        let int = dmq_infer::IntegerModel::from_export(f.model.clone(), &f.file, &device)?;
+        dmq_pipeline::eval::sample_integer(
+            model,
+            &int,
+            &sched,
+            &spec,
+            cache,
+            &device,
+            &mut |d, _| b.set(d as u64, ""),
+        )?
+    } else {
+        sample(model, &sched, &spec, cache, &device, &mut |d, _| {
+            b.set(d as u64, "")
+        })?
+    };
     b.finish();
     let sample_s = t0.elapsed().as_secs_f64();
     let fp_images = match &a.fp {
@@ -128,6 +148,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     let fd_fp = fd_fp.filter(|_| fp_images.is_some());
     let row = serde_json::json!({
         "model": a.model, "samples": a.samples, "steps": steps, "cfg": spec.guidance, "seed": a.seed,
+        "path": if a.integer { "integer" } else { "fake-quant" },
         "fd_test": fd_test,
         "fd_fp": fd_fp,
         "psnr_fp": fidelity.as_ref().map(|f| f.psnr),
