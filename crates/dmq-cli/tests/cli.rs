@@ -88,12 +88,30 @@ fn every_subcommand(model: &str, tmp: &Path, tag: &str, quick: &[&str]) {
     assert!(row["gbitops_per_image"].as_f64().unwrap() > 0.0, "{row}");
     assert_eq!(row["path"], "fake-quant");
     // the integer path's samples: a row of their own, close to the fake-quant ones
-    let e = ok(&["eval", "--model", f, "--fp", model, "--samples", "2", "--integer"]);
+    let e = ok(&[
+        "eval",
+        "--model",
+        f,
+        "--fp",
+        model,
+        "--samples",
+        "2",
+        "--integer",
+    ]);
     let int: serde_json::Value = serde_json::from_str(e.lines().last().unwrap()).unwrap();
     assert_eq!(int["path"], "integer");
     assert!(int["psnr_fp"].as_f64().unwrap() > 10.0, "{int}");
     assert_eq!(int["gbitops_per_image"], row["gbitops_per_image"]);
-    let b = ok(&["bench", "--model", f, "--batch", "1", "--repeats", "1", "--agreement"]);
+    let b = ok(&[
+        "bench",
+        "--model",
+        f,
+        "--batch",
+        "1",
+        "--repeats",
+        "1",
+        "--agreement",
+    ]);
     assert!(b.contains("PSNR integer vs fake-quant"), "{b}");
 }
 

@@ -214,6 +214,25 @@ fn range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
     if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) }
 }
 
+/// Series `k`'s marker centred at (x, y): its colour, and a shape per cycle through the
+/// colours (filled square, hollow square, cross), so more series than colours stay apart.
+fn marker(c: &mut Canvas, k: usize, x: i64, y: i64) {
+    let rgb = COLORS[k % COLORS.len()];
+    match (k / COLORS.len()) % 3 {
+        0 => c.rect(x - 4, y - 4, 9, 9, rgb),
+        1 => {
+            c.rect(x - 4, y - 4, 9, 2, rgb);
+            c.rect(x - 4, y + 3, 9, 2, rgb);
+            c.rect(x - 4, y - 4, 2, 9, rgb);
+            c.rect(x + 3, y - 4, 2, 9, rgb);
+        }
+        _ => {
+            c.rect(x - 5, y - 1, 11, 3, rgb);
+            c.rect(x - 1, y - 5, 3, 11, rgb);
+        }
+    }
+}
+
 /// The legend: one colour swatch and name per series, top right inside the plot.
 fn legend(c: &mut Canvas, names: &[&str]) {
     let w = names.iter().map(|n| text_width(n, 2)).max().unwrap_or(0) + 26;
@@ -228,7 +247,7 @@ fn legend(c: &mut Canvas, names: &[&str]) {
     );
     for (k, n) in names.iter().enumerate() {
         let y = y0 + 14 * k as i64;
-        c.rect(x0, y, 14, 10, COLORS[k % COLORS.len()]);
+        marker(c, k, x0 + 6, y + 5);
         label(c, x0 + 20, y, 2, n, [0, 0, 0]);
     }
 }
@@ -279,11 +298,10 @@ pub fn scatter_chart_png(
     };
     let (mut c, map) = frame(pad(xr), pad(yr), axes);
     for (k, (_, s)) in series.iter().enumerate() {
-        let rgb = COLORS[k % COLORS.len()];
         for &(x, y) in s.iter() {
             if tx(x).is_finite() && y.is_finite() {
                 let (px, py) = map(tx(x), y);
-                c.rect(px - 4, py - 4, 9, 9, rgb);
+                marker(&mut c, k, px, py);
             }
         }
     }
