@@ -11,7 +11,7 @@
 //! - [`export`]: packed export of the quantized layers, model bytes, per-layer bits;
 //! - [`recon`]: the Q-Diffusion baseline, AdaRound block reconstruction then activation
 //!   step-size reconstruction, resumable;
-//! - [`smoothquant`] and [`svdquant`]: outlier migration (SmoothQuant), and SVDQuant's 16-bit
+//! - [`mod@smoothquant`] and [`mod@svdquant`]: outlier migration (SmoothQuant), and SVDQuant's 16-bit
 //!   low-rank branch beside a 4-bit residual with per-token dynamic activations.
 
 pub mod calib_set;
