@@ -165,6 +165,56 @@ pub fn pack_conv_weight_hwc(qt: &QuantizedTensor) -> Result<PackedWeights> {
     PackedWeights::from_quantized(&hwc)
 }
 
+/// `[B, C, H·W]` → `[B, H·W, C]`, in blocks of 64 pixels so both sides stay in cache.
+fn to_nhwc<T: Copy + Default>(x: &[T], b: usize, c: usize, hw: usize) -> Vec<T> {
+    let mut nhwc = vec![T::default(); x.len()];
+    for bb in 0..b {
+        let src = &x[bb * c * hw..][..c * hw];
+        let dst = &mut nhwc[bb * hw * c..][..hw * c];
+        for p0 in (0..hw).step_by(64) {
+            let p1 = (p0 + 64).min(hw);
+            for cc in 0..c {
+                for p in p0..p1 {
+                    dst[p * c + cc] = src[cc * hw + p];
+                }
+            }
+        }
+    }
+    nhwc
+}
+
+/// Im2col row `row` (output position `(b, oy, ox)`) of an NHWC tensor `[B, H, W, C]` into
+/// `dst` (`kh·kw·C` values, `(kh, kw, C)` order), taps outside the image set to `pad`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn gather_row<T: Copy>(
+    nhwc: &[T],
+    [h, w, c]: [usize; 3],
+    [kh, kw]: [usize; 2],
+    params: &Conv2dParams,
+    [ho, wo]: [usize; 2],
+    row: usize,
+    pad: T,
+    dst: &mut [T],
+) {
+    let [sh, sw] = params.stride;
+    let [ph, pw] = params.padding;
+    let (bb, oy, ox) = (row / (ho * wo), (row / wo) % ho, row % wo);
+    for i in 0..kh {
+        let y = (oy * sh + i) as isize - ph as isize;
+        for j in 0..kw {
+            let xx = (ox * sw + j) as isize - pw as isize;
+            let d = &mut dst[(i * kw + j) * c..][..c];
+            if y < 0 || y >= h as isize || xx < 0 || xx >= w as isize {
+                d.fill(pad);
+            } else {
+                let at = ((bb * h + y as usize) * w + xx as usize) * c;
+                d.copy_from_slice(&nhwc[at..at + c]);
+            }
+        }
+    }
+}
+
 /// Quantizes `x[B, C, H, W]` on a static per-tensor grid and lays the codes out as the
 /// im2col matrix `[B·H_o·W_o, kh·kw·C]` of [`QuantizedActs`], columns ordered
 /// `(kh, kw, C_in)` (rows padded to a multiple of 4 with 0, out-of-image taps set to the
@@ -200,43 +250,24 @@ pub fn im2col_quantized_hwc(
     let xq = act_quant::quantize(x, 1, x.len(), act)?;
     let (codes, zero, delta) = (xq.row(0), xq.zero[0], xq.delta[0]);
     let pad = zero as i8;
-    let hw = h * w;
-    let mut nhwc = vec![0i8; codes.len()];
-    for bb in 0..b {
-        let src = &codes[bb * c * hw..][..c * hw];
-        let dst = &mut nhwc[bb * hw * c..][..hw * c];
-        for p0 in (0..hw).step_by(64) {
-            let p1 = (p0 + 64).min(hw);
-            for cc in 0..c {
-                for p in p0..p1 {
-                    dst[p * c + cc] = src[cc * hw + p];
-                }
-            }
-        }
-    }
-    let [sh, sw] = params.stride;
-    let [ph, pw] = params.padding;
+    let nhwc = to_nhwc(codes, b, c, h * w);
     let k = c * kh * kw;
     let kp = k.div_ceil(4) * 4;
     let m = b * ho * wo;
     let mut q = vec![0i8; m * kp];
     let fill = |r0: usize, out: &mut [i8]| {
         for (ri, row) in out.chunks_mut(kp).enumerate() {
-            let r = r0 + ri;
-            let (bb, oy, ox) = (r / (ho * wo), (r / wo) % ho, r % wo);
-            for i in 0..kh {
-                let y = (oy * sh + i) as isize - ph as isize;
-                for j in 0..kw {
-                    let xx = (ox * sw + j) as isize - pw as isize;
-                    let dst = &mut row[(i * kw + j) * c..][..c];
-                    if y < 0 || y >= h as isize || xx < 0 || xx >= w as isize {
-                        dst.fill(pad);
-                    } else {
-                        let at = ((bb * h + y as usize) * w + xx as usize) * c;
-                        dst.copy_from_slice(&nhwc[at..at + c]);
-                    }
-                }
-            }
+            let dst = &mut row[..k];
+            gather_row(
+                &nhwc,
+                [h, w, c],
+                [kh, kw],
+                params,
+                [ho, wo],
+                r0 + ri,
+                pad,
+                dst,
+            );
         }
     };
     let t = threads
@@ -335,22 +366,7 @@ pub fn im2col_dynamic_hwc(
         ));
     }
     let (ho, wo) = params.out_size(h, w, kh, kw)?;
-    let hw = h * w;
-    let mut nhwc = vec![0f32; x.len()];
-    for bb in 0..b {
-        let src = &x[bb * c * hw..][..c * hw];
-        let dst = &mut nhwc[bb * hw * c..][..hw * c];
-        for p0 in (0..hw).step_by(64) {
-            let p1 = (p0 + 64).min(hw);
-            for cc in 0..c {
-                for p in p0..p1 {
-                    dst[p * c + cc] = src[cc * hw + p];
-                }
-            }
-        }
-    }
-    let [sh, sw] = params.stride;
-    let [ph, pw] = params.padding;
+    let nhwc = to_nhwc(x, b, c, h * w);
     let kp = k.div_ceil(4) * 4;
     let m = b * ho * wo;
     let r = branch.map_or(0, |br| br.rank());
@@ -366,22 +382,17 @@ pub fn im2col_dynamic_hwc(
         for b0 in (0..rows).step_by(BLOCK) {
             let nb = BLOCK.min(rows - b0);
             for ri in 0..nb {
-                let row = r0 + b0 + ri;
-                let (bb, oy, ox) = (row / (ho * wo), (row / wo) % ho, row % wo);
-                let dst_row = &mut buf[ri * k..(ri + 1) * k];
-                for i in 0..kh {
-                    let y = (oy * sh + i) as isize - ph as isize;
-                    for j in 0..kw {
-                        let xx = (ox * sw + j) as isize - pw as isize;
-                        let dst = &mut dst_row[(i * kw + j) * c..][..c];
-                        if y < 0 || y >= h as isize || xx < 0 || xx >= w as isize {
-                            dst.fill(0.0);
-                        } else {
-                            let at = ((bb * h + y as usize) * w + xx as usize) * c;
-                            dst.copy_from_slice(&nhwc[at..at + c]);
-                        }
-                    }
-                }
+                let dst = &mut buf[ri * k..(ri + 1) * k];
+                gather_row(
+                    &nhwc,
+                    [h, w, c],
+                    [kh, kw],
+                    params,
+                    [ho, wo],
+                    r0 + b0 + ri,
+                    0.0,
+                    dst,
+                );
             }
             for ri in 0..nb {
                 let i = b0 + ri;
