@@ -114,8 +114,9 @@ pub fn svdquant<M: Denoiser + ?Sized>(
             dynamic.insert((*name).to_string(), spec);
         }
     }
-    // The probe needs one dynamic spec; the bits of each layer are its plan's, so probing
-    // with the most common width is exact for uniform configs (every preset).
+    // The α search probes with one dynamic spec (the first layer's width); the installed
+    // quantizers below take each layer's own width, so the search is exact for configs with
+    // one activation width (every preset) and an approximation for mixed ones.
     let probe_dynamic = dynamic.values().next().copied();
     let branch = BranchSettings {
         rank: opts.rank,
