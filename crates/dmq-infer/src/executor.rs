@@ -371,15 +371,8 @@ impl IntegerExecutor {
                     bias,
                     branch,
                     ..
-                } => {
-                    weight.storage_bytes()
-                        + 4 * bias.as_ref().map_or(0, Vec::len)
-                        + branch.as_ref().map_or(0, LowRankBranch::storage_bytes)
                 }
-                IntLayer::ConvHwc { weight, bias, .. } => {
-                    weight.storage_bytes() + 4 * bias.as_ref().map_or(0, Vec::len)
-                }
-                IntLayer::ConvDynamicHwc {
+                | IntLayer::ConvDynamicHwc {
                     weight,
                     bias,
                     branch,
@@ -388,6 +381,9 @@ impl IntegerExecutor {
                     weight.storage_bytes()
                         + 4 * bias.as_ref().map_or(0, Vec::len)
                         + branch.as_ref().map_or(0, LowRankBranch::storage_bytes)
+                }
+                IntLayer::ConvHwc { weight, bias, .. } => {
+                    weight.storage_bytes() + 4 * bias.as_ref().map_or(0, Vec::len)
                 }
                 IntLayer::Matmul { .. } => 0,
             })

@@ -298,7 +298,7 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
             }
         }
     });
-    // so are SVDQuant's branches: shaped here, filled from the half entries below
+    // so are SVDQuant's branches (their factors are the file's f16 entries)
     let mut branch_err = None;
     model.for_each_layer_mut(&mut |l| {
         let (name, shape) = match &l {
@@ -319,15 +319,8 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
                 return;
             }
         };
-        let zeros = |n| vec![0f32; n];
         let branch = dmq_models::layers::LowRank::from_host(
-            &name,
-            &zeros(entry.down.len()),
-            &zeros(entry.up.len()),
-            entry.rank,
-            d_in,
-            d_out,
-            device,
+            &name, entry.down, entry.up, entry.rank, d_in, d_out, device,
         );
         match (l, branch) {
             (dmq_models::layers::LayerMut::Linear(q), Ok(b)) => q.low_rank = Some(b),
