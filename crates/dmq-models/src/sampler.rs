@@ -8,7 +8,7 @@ use crate::context::{ForwardCtx, StepContext};
 use crate::denoiser::Denoiser;
 use crate::error::{Result, shape_err};
 use crate::noise::NoiseRng;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, SolverState};
 
 /// What the denoiser is fed at one step (after CFG batching), and the step's context.
 #[derive(Clone, Debug)]
@@ -35,6 +35,7 @@ pub struct Trajectory<'s, S: Scheduler> {
     guidance: f64,
     step: usize,
     rng: NoiseRng,
+    solver: SolverState,
 }
 
 impl<'s, S: Scheduler> Trajectory<'s, S> {
@@ -73,6 +74,7 @@ impl<'s, S: Scheduler> Trajectory<'s, S> {
             guidance,
             step: 0,
             rng: NoiseRng::new(seed),
+            solver: SolverState::default(),
         })
     }
 
@@ -155,9 +157,13 @@ impl<'s, S: Scheduler> Trajectory<'s, S> {
             eps
         };
         let noise = self.rng.tensor(self.x.dims(), &self.x.device());
-        let out = self
-            .scheduler
-            .step(eps, self.step, self.x.clone(), Some(noise))?;
+        let out = self.scheduler.step(
+            eps,
+            self.step,
+            self.x.clone(),
+            Some(noise),
+            &mut self.solver,
+        )?;
         self.x = out.prev_sample;
         self.step += 1;
         Ok(())

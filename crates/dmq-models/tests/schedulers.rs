@@ -15,8 +15,9 @@ use dmq_models::scheduler::spacing::{
     diffusers_timesteps, quad_timesteps, quad_timesteps_raw, uniform_timesteps, validate_timesteps,
 };
 use dmq_models::scheduler::{
-    BetaSchedule, DdimConfig, DdimScheduler, DdpmConfig, DdpmScheduler, NoiseSchedule, Scheduler,
-    SchedulerError, TimestepSpacing, VarianceType,
+    BetaSchedule, DdimConfig, DdimScheduler, DdpmConfig, DdpmScheduler, DpmSolverConfig,
+    DpmSolverScheduler, NoiseSchedule, PndmConfig, PndmScheduler, PredictionType, Scheduler,
+    SchedulerError, SolverState, TimestepSpacing, VarianceType,
 };
 use serde::Deserialize;
 
@@ -35,6 +36,7 @@ struct Fixtures {
     ddim: Vec<DdimCase>,
     add_noise: Vec<AddNoiseCase>,
     trajectories: Vec<TrajectoryCase>,
+    multistep: Vec<MultistepCase>,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +61,25 @@ struct DiffusersConfig {
     steps_offset: Option<usize>,
     timestep_spacing: Option<String>,
     variance_type: Option<String>,
+    prediction_type: Option<String>,
+    skip_prk_steps: Option<bool>,
+    solver_order: Option<usize>,
+    solver_type: Option<String>,
+    lower_order_final: Option<bool>,
+    use_karras_sigmas: Option<bool>,
+    final_sigmas_type: Option<String>,
+}
+
+/// A PNDM or DPM-Solver++ trajectory: every step's sample.
+#[derive(Deserialize)]
+struct MultistepCase {
+    name: String,
+    kind: String,
+    config: DiffusersConfig,
+    num_inference_steps: usize,
+    timesteps: Vec<usize>,
+    steps: Vec<Vec<f32>>,
+    sigmas: Option<Vec<f32>>,
 }
 
 #[derive(Deserialize)]
@@ -180,6 +201,72 @@ impl DiffusersConfig {
         if let Some(v) = &self.variance_type {
             c.variance_type = v.parse().unwrap();
         }
+        c.prediction_type = self.prediction();
+        c
+    }
+
+    fn prediction(&self) -> PredictionType {
+        self.prediction_type
+            .as_deref()
+            .map_or(PredictionType::Epsilon, |p| p.parse().unwrap())
+    }
+
+    fn betas(&self) -> (usize, f64, f64, BetaSchedule) {
+        (
+            self.num_train_timesteps.unwrap_or(1000),
+            self.beta_start.unwrap_or(0.0001),
+            self.beta_end.unwrap_or(0.02),
+            self.beta_schedule
+                .as_deref()
+                .map_or(BetaSchedule::Linear, |v| v.parse().unwrap()),
+        )
+    }
+
+    fn pndm(&self) -> PndmConfig {
+        let (n, b0, b1, bs) = self.betas();
+        let mut c = PndmConfig::new()
+            .with_num_train_timesteps(n)
+            .with_beta_start(b0)
+            .with_beta_end(b1)
+            .with_beta_schedule(bs)
+            .with_prediction_type(self.prediction());
+        // diffusers' PNDM defaults: no PRK skip, final alpha abar_0, leading spacing
+        c.skip_prk_steps = self.skip_prk_steps.unwrap_or(false);
+        c.set_alpha_to_one = self.set_alpha_to_one.unwrap_or(false);
+        c.steps_offset = self.steps_offset.unwrap_or(0);
+        if let Some(v) = &self.timestep_spacing {
+            c.timestep_spacing = v.parse().unwrap();
+        }
+        c
+    }
+
+    fn dpm(&self) -> DpmSolverConfig {
+        let (n, b0, b1, bs) = self.betas();
+        let mut c = DpmSolverConfig::new()
+            .with_num_train_timesteps(n)
+            .with_beta_start(b0)
+            .with_beta_end(b1)
+            .with_beta_schedule(bs)
+            .with_prediction_type(self.prediction());
+        if let Some(v) = self.solver_order {
+            c.solver_order = v;
+        }
+        if let Some(v) = &self.solver_type {
+            c.solver_type = v.parse().unwrap();
+        }
+        if let Some(v) = self.lower_order_final {
+            c.lower_order_final = v;
+        }
+        if let Some(v) = self.use_karras_sigmas {
+            c.use_karras_sigmas = v;
+        }
+        if let Some(v) = &self.final_sigmas_type {
+            c.final_sigmas_type = v.parse().unwrap();
+        }
+        if let Some(v) = &self.timestep_spacing {
+            c.timestep_spacing = v.parse().unwrap();
+        }
+        c.steps_offset = self.steps_offset.unwrap_or(0);
         c
     }
 
@@ -214,6 +301,7 @@ impl DiffusersConfig {
         if let Some(v) = &self.timestep_spacing {
             c.timestep_spacing = v.parse().unwrap();
         }
+        c.prediction_type = self.prediction();
         c
     }
 }
@@ -511,7 +599,13 @@ fn ddpm_parity(device: &Device) {
         for st in &case.steps {
             assert_eq!(sched.timestep(st.step_index).unwrap(), st.t);
             let out = sched
-                .step(eps.clone(), st.step_index, x.clone(), Some(noise.clone()))
+                .step(
+                    eps.clone(),
+                    st.step_index,
+                    x.clone(),
+                    Some(noise.clone()),
+                    &mut SolverState::default(),
+                )
                 .unwrap();
             let what = format!("ddpm {} step {} (t={})", case.name, st.step_index, st.t);
             assert_close(
@@ -555,7 +649,13 @@ fn ddim_parity(device: &Device) {
         for st in &case.steps {
             assert_eq!(sched.timestep(st.step_index).unwrap(), st.t);
             let out = sched
-                .step(eps.clone(), st.step_index, x.clone(), Some(noise.clone()))
+                .step(
+                    eps.clone(),
+                    st.step_index,
+                    x.clone(),
+                    Some(noise.clone()),
+                    &mut SolverState::default(),
+                )
                 .unwrap();
             let what = format!("ddim {} step {} (t={})", case.name, st.step_index, st.t);
             assert_close(
@@ -623,7 +723,7 @@ fn trajectory_parity(device: &Device) {
                 .mul_scalar(0.9)
                 .add(eps_fixed.clone().mul_scalar(0.1));
             x = sched
-                .step(eps, i, x, Some(noise.clone()))
+                .step(eps, i, x, Some(noise.clone()), &mut SolverState::default())
                 .unwrap()
                 .prev_sample;
         }
@@ -648,7 +748,9 @@ fn ddim_closed_form(device: &Device) {
     .unwrap();
     let mut x = sched.add_noise(x0.clone(), e.clone(), &[999]).unwrap();
     for i in 0..sched.num_steps() {
-        let out = sched.step(e.clone(), i, x, None).unwrap();
+        let out = sched
+            .step(e.clone(), i, x, None, &mut SolverState::default())
+            .unwrap();
         assert_close(&values(out.pred_original_sample), &want_x0, 1e-4, "x0_hat");
         x = out.prev_sample;
         match sched.prev_timestep(i).unwrap() {
@@ -665,7 +767,9 @@ fn ddim_closed_form(device: &Device) {
     let last = ddpm.num_steps() - 1;
     assert_eq!(ddpm.timestep(last).unwrap(), 0);
     let xt = ddpm.add_noise(x0.clone(), e.clone(), &[0]).unwrap();
-    let out = ddpm.step(e.clone(), last, xt, None).unwrap();
+    let out = ddpm
+        .step(e.clone(), last, xt, None, &mut SolverState::default())
+        .unwrap();
     assert_close(&values(out.prev_sample), &want_x0, 1e-5, "ddpm t=0");
 }
 
@@ -674,7 +778,13 @@ fn step_errors(device: &Device) {
     let x = Tensor::<4>::zeros([2, 1, 4, 4], device);
     let ddim = DdimScheduler::diffusers(&DdimConfig::new().with_eta(1.0), 10).unwrap();
     let err = ddim
-        .step(Tensor::zeros([2, 1, 4, 5], device), 0, x.clone(), None)
+        .step(
+            Tensor::zeros([2, 1, 4, 5], device),
+            0,
+            x.clone(),
+            None,
+            &mut SolverState::default(),
+        )
         .unwrap_err();
     assert!(matches!(err, SchedulerError::ShapeMismatch { .. }), "{err}");
     let err = ddim
@@ -683,10 +793,13 @@ fn step_errors(device: &Device) {
             0,
             x.clone(),
             Some(Tensor::zeros([1, 1, 4, 4], device)),
+            &mut SolverState::default(),
         )
         .unwrap_err();
     assert!(matches!(err, SchedulerError::ShapeMismatch { .. }), "{err}");
-    let err = ddim.step(x.clone(), 10, x.clone(), None).unwrap_err();
+    let err = ddim
+        .step(x.clone(), 10, x.clone(), None, &mut SolverState::default())
+        .unwrap_err();
     assert_eq!(
         err,
         SchedulerError::StepIndexOutOfRange {
@@ -695,21 +808,37 @@ fn step_errors(device: &Device) {
         }
     );
     // eta > 0 without noise draws it: the result is finite and the right shape.
-    let out = ddim.step(x.clone(), 0, x.clone(), None).unwrap();
+    let out = ddim
+        .step(x.clone(), 0, x.clone(), None, &mut SolverState::default())
+        .unwrap();
     assert_eq!(out.prev_sample.dims(), [2, 1, 4, 4]);
 
     let ddpm =
         DdpmScheduler::new(&DdpmConfig::new().with_variance_type(VarianceType::LearnedRange))
             .unwrap();
-    let err = ddpm.step(x.clone(), 0, x.clone(), None).unwrap_err();
+    let err = ddpm
+        .step(x.clone(), 0, x.clone(), None, &mut SolverState::default())
+        .unwrap_err();
     assert!(matches!(err, SchedulerError::ShapeMismatch { .. }), "{err}");
     let fixed = DdpmScheduler::new(&DdpmConfig::new()).unwrap();
     let err = fixed
-        .step(Tensor::zeros([2, 2, 4, 4], device), 0, x.clone(), None)
+        .step(
+            Tensor::zeros([2, 2, 4, 4], device),
+            0,
+            x.clone(),
+            None,
+            &mut SolverState::default(),
+        )
         .unwrap_err();
     assert!(matches!(err, SchedulerError::ShapeMismatch { .. }), "{err}");
     assert!(matches!(
-        fixed.step(x.clone(), 1000, x.clone(), None),
+        fixed.step(
+            x.clone(),
+            1000,
+            x.clone(),
+            None,
+            &mut SolverState::default()
+        ),
         Err(SchedulerError::StepIndexOutOfRange { .. })
     ));
 
@@ -740,6 +869,164 @@ fn step_errors(device: &Device) {
     let v: Vec<f32> = y.try_into_vec_as::<f32>().unwrap();
     let ac = s.alphas_cumprod();
     assert!((v[0] - ac[0].sqrt()).abs() < 1e-7 && (v[5] - ac[999].sqrt()).abs() < 1e-7);
+}
+
+/// PNDM (PLMS) and DPM-Solver++ over whole trajectories whose model output depends on the
+/// sample, so every multistep combination (warm-up, PLMS orders 1–4, DPM++ first and second
+/// order, the final step) is compared step by step with diffusers.
+fn multistep_parity(device: &Device) {
+    let f = fixtures();
+    let shape = shape4(&f.shape);
+    let eps_fixed = tensor(&f.inputs.eps, shape, device);
+    assert!(f.multistep.len() >= 10, "fixture has the multistep cases");
+    for case in &f.multistep {
+        let sched: Box<dyn Scheduler> = match case.kind.as_str() {
+            "pndm" => {
+                Box::new(PndmScheduler::new(&case.config.pndm(), case.num_inference_steps).unwrap())
+            }
+            "dpm" => {
+                let s =
+                    DpmSolverScheduler::new(&case.config.dpm(), case.num_inference_steps).unwrap();
+                let want = case.sigmas.as_ref().unwrap();
+                assert_close(s.sigmas(), want, 1e-6, &format!("{} sigmas", case.name));
+                Box::new(s)
+            }
+            k => panic!("unknown kind {k}"),
+        };
+        assert_eq!(
+            sched.timesteps(),
+            &case.timesteps[..],
+            "{} timesteps",
+            case.name
+        );
+        assert_eq!(sched.num_steps(), case.steps.len(), "{}", case.name);
+        let mut x = tensor(&f.inputs.x, shape, device);
+        let mut state = SolverState::default();
+        for (i, want) in case.steps.iter().enumerate() {
+            // 0.9 x + 0.1 eps (1 + 0.05 i), as the fixture script's model_fn
+            let out = x
+                .clone()
+                .mul_scalar(0.9)
+                .add(eps_fixed.clone().mul_scalar(0.1 * (1.0 + 0.05 * i as f32)));
+            x = sched.step(out, i, x, None, &mut state).unwrap().prev_sample;
+            assert_close(
+                &values(x.clone()),
+                want,
+                2e-5,
+                &format!("{} step {i}", case.name),
+            );
+        }
+    }
+}
+
+/// Multistep schedulers refuse a state from another step and configurations they do not
+/// implement, with typed errors.
+fn multistep_errors(device: &Device) {
+    let x = Tensor::<4>::zeros([1, 1, 2, 2], device);
+    let pndm = PndmScheduler::new(&PndmConfig::new(), 10).unwrap();
+    assert_eq!(pndm.num_steps(), 11);
+    let mut state = SolverState::default();
+    pndm.step(x.clone(), 0, x.clone(), None, &mut state)
+        .unwrap();
+    // skipping step 1 with step 0's state
+    let err = pndm
+        .step(x.clone(), 3, x.clone(), None, &mut state)
+        .unwrap_err();
+    assert!(
+        matches!(err, SchedulerError::OutOfOrder { step_index: 3, .. }),
+        "{err}"
+    );
+    // a fresh state at step 1 (no saved x_T)
+    let err = pndm
+        .step(x.clone(), 1, x.clone(), None, &mut SolverState::default())
+        .unwrap_err();
+    assert!(matches!(err, SchedulerError::OutOfOrder { .. }), "{err}");
+    let err = PndmScheduler::new(&PndmConfig::new().with_skip_prk_steps(false), 10).unwrap_err();
+    assert!(
+        matches!(err, SchedulerError::InvalidConfig(ref m) if m.contains("skip_prk_steps")),
+        "{err}"
+    );
+    let err = PndmScheduler::new(
+        &PndmConfig::new().with_prediction_type(PredictionType::Sample),
+        10,
+    )
+    .unwrap_err();
+    assert!(matches!(err, SchedulerError::InvalidConfig(_)), "{err}");
+
+    let dpm = DpmSolverScheduler::new(&DpmSolverConfig::new(), 10).unwrap();
+    let err = dpm
+        .step(x.clone(), 2, x.clone(), None, &mut SolverState::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, SchedulerError::OutOfOrder { expected: 2, .. }),
+        "{err}"
+    );
+    let err =
+        DpmSolverScheduler::new(&DpmSolverConfig::new().with_solver_order(3), 10).unwrap_err();
+    assert!(
+        matches!(err, SchedulerError::InvalidConfig(ref m) if m.contains("solver_order")),
+        "{err}"
+    );
+    for n in [0, 1001] {
+        let err = DpmSolverScheduler::new(&DpmSolverConfig::new(), n).unwrap_err();
+        assert!(
+            matches!(err, SchedulerError::InvalidNumSteps { .. }),
+            "{err}"
+        );
+    }
+    let err = dpm
+        .step(
+            Tensor::zeros([1, 2, 2, 2], device),
+            0,
+            x.clone(),
+            None,
+            &mut SolverState::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, SchedulerError::ShapeMismatch { .. }), "{err}");
+}
+
+/// v-prediction closed form: the exact v of a known (x0, ε) makes DDIM recover x0, and
+/// DDIM with ε-prediction on the matching ε takes the same step.
+fn v_prediction_closed_form(device: &Device) {
+    let f = fixtures();
+    let shape = shape4(&f.shape);
+    let x0 = tensor(&f.inputs.x0, shape, device);
+    let eps = tensor(&f.inputs.eps, shape, device);
+    let cfg = DdimConfig::new().with_clip_sample(false);
+    let eps_sched = DdimScheduler::diffusers(&cfg, 10).unwrap();
+    let v_sched = DdimScheduler::diffusers(
+        &cfg.clone()
+            .with_prediction_type(PredictionType::VPrediction),
+        10,
+    )
+    .unwrap();
+    for i in [0, 4, 9] {
+        let (a, _) = eps_sched.alphas(i).unwrap();
+        let xt = x0
+            .clone()
+            .mul_scalar(a.sqrt())
+            .add(eps.clone().mul_scalar((1.0 - a).sqrt()));
+        let v = eps
+            .clone()
+            .mul_scalar(a.sqrt())
+            .sub(x0.clone().mul_scalar((1.0 - a).sqrt()));
+        let mut st = SolverState::default();
+        let by_v = v_sched.step(v, i, xt.clone(), None, &mut st).unwrap();
+        let by_eps = eps_sched.step(eps.clone(), i, xt, None, &mut st).unwrap();
+        assert_close(
+            &values(by_v.pred_original_sample),
+            &f.inputs.x0,
+            1e-4,
+            "x0 from v",
+        );
+        assert_close(
+            &values(by_v.prev_sample),
+            &values(by_eps.prev_sample),
+            1e-4,
+            "v vs eps step",
+        );
+    }
 }
 
 macro_rules! backend_tests {
@@ -779,6 +1066,21 @@ macro_rules! backend_tests {
             #[test]
             fn step_errors() {
                 super::step_errors(&device());
+            }
+
+            #[test]
+            fn multistep_parity() {
+                super::multistep_parity(&device());
+            }
+
+            #[test]
+            fn multistep_errors() {
+                super::multistep_errors(&device());
+            }
+
+            #[test]
+            fn v_prediction_closed_form() {
+                super::v_prediction_closed_form(&device());
             }
         }
     };

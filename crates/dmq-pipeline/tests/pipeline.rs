@@ -6,9 +6,10 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
 use dmq_calib::{CalibSet, QuantConfig, RecordOptions};
-use dmq_models::scheduler::{DdimScheduler, Scheduler};
+use dmq_models::scheduler::{DdimScheduler, PredictionType, Scheduler};
 use dmq_models::{Denoiser, ForwardCtx, HostTensor, StepContext};
 use dmq_pipeline::dmq_file::{self, Provenance, keys};
+use dmq_pipeline::scheduler::SamplerKind;
 use dmq_pipeline::search::{SearchOptions, SearchedConfig};
 use dmq_pipeline::{
     AnyDenoiser, ImageSet, Method, MethodReport, PipelineError, RunOptions, SchedulerSpec, quantize,
@@ -112,18 +113,71 @@ fn load_dispatches_and_reads_the_schedule(device: &Device) {
         );
         assert!(max_diff(&m, &loaded, &sched.ddim(2).unwrap(), device) == 0.0);
     }
-    // refusals name the file and the field
+    // Stable Diffusion 1.x's PNDM config and a DPM-Solver++ one read into every sampler
     let dir = tmp.path().join("unet");
+    let sd =
+        r#""beta_schedule":"scaled_linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1"#;
     std::fs::write(
         dir.join("scheduler_config.json"),
-        r#"{"prediction_type":"v_prediction"}"#,
+        format!(r#"{{"_class_name":"PNDMScheduler",{sd},"skip_prk_steps":true,"set_alpha_to_one":false,"prediction_type":"v_prediction"}}"#),
     )
     .unwrap();
-    let e = SchedulerSpec::from_dir(&dir).unwrap_err().to_string();
-    assert!(
-        e.contains("scheduler_config.json") && e.contains("prediction_type"),
-        "{e}"
+    let spec = SchedulerSpec::from_dir(&dir).unwrap();
+    assert_eq!(spec.native, SamplerKind::Pndm);
+    assert_eq!(spec.prediction_type(), PredictionType::VPrediction);
+    let plms = spec.sampler(SamplerKind::Pndm, 10).unwrap();
+    assert_eq!(plms.timesteps()[..3], [901, 801, 801]);
+    assert_eq!(plms.prediction_type(), PredictionType::VPrediction);
+    assert_eq!(
+        spec.sampler(SamplerKind::Ddim, 10).unwrap().timesteps()[0],
+        901
     );
+    std::fs::write(
+        dir.join("scheduler_config.json"),
+        format!(r#"{{"_class_name":"DPMSolverMultistepScheduler",{sd},"use_karras_sigmas":true,"solver_order":2}}"#),
+    )
+    .unwrap();
+    let spec = SchedulerSpec::from_dir(&dir).unwrap();
+    assert_eq!(spec.native, SamplerKind::DpmSolver);
+    assert!(spec.dpm.use_karras_sigmas);
+    let dpm = spec.sampler(SamplerKind::DpmSolver, 12).unwrap();
+    assert_eq!(dpm.timesteps()[..3], [999, 933, 854]);
+    // the same denoiser samples the same images through AnySampler and DDIM itself
+    let m = tiny("unet", device);
+    let ddim = spec.ddim(3).unwrap();
+    let any = spec.sampler(SamplerKind::Ddim, 3).unwrap();
+    let info = m.info();
+    let (c, sz) = (info.in_channels, info.sample_size);
+    let x = dmq_models::noise::NoiseRng::new(3).tensor([2, c, sz, sz], device);
+    let a =
+        dmq_models::sampler::sample(&m, &ddim, x.clone(), None, 1.0, 0, &mut |_, _| {}).unwrap();
+    let b = dmq_models::sampler::sample(&m, &any, x, None, 1.0, 0, &mut |_, _| {}).unwrap();
+    assert_eq!(a.into_data(), b.into_data());
+    // refusals name the file and the field
+    for (json, field) in [
+        (r#"{"prediction_type":"flow"}"#, "prediction_type"),
+        (r#"{"_class_name":"EulerDiscreteScheduler"}"#, "_class_name"),
+        (r#"{"_class_name":"PNDMScheduler"}"#, "skip_prk_steps"),
+        (
+            r#"{"_class_name":"DPMSolverMultistepScheduler","solver_order":3}"#,
+            "solver_order",
+        ),
+        (
+            r#"{"_class_name":"DPMSolverMultistepScheduler","algorithm_type":"sde-dpmsolver++"}"#,
+            "algorithm_type",
+        ),
+        (
+            r#"{"_class_name":"DPMSolverMultistepScheduler","thresholding":true}"#,
+            "thresholding",
+        ),
+    ] {
+        std::fs::write(dir.join("scheduler_config.json"), json).unwrap();
+        let e = SchedulerSpec::from_dir(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains("scheduler_config.json") && e.contains(field),
+            "{json}: {e}"
+        );
+    }
     std::fs::write(
         dir.join("scheduler_config.json"),
         r#"{"beta_schedule":"sigmoid"}"#,

@@ -6,6 +6,8 @@ use std::time::Instant;
 use dmq_models::noise::NoiseRng;
 use dmq_models::{Denoiser, HostTensor};
 
+use dmq_pipeline::scheduler::{AnySampler, SamplerKind};
+
 use super::{Error, ModelArg, device, positive};
 
 /// Flags of `dmq sample`.
@@ -17,9 +19,13 @@ pub struct Args {
     /// Number of images.
     #[arg(long, default_value_t = 16)]
     pub n: usize,
-    /// DDIM steps (default: the file's own, 20 for a directory).
+    /// Sampling steps (default: the file's own, 20 for a directory).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Sampler: ddim, pndm (PLMS) or dpm++2m (DPM-Solver++ 2M), over the model's own
+    /// schedule. Quantized files sample with DDIM, the sampler they were calibrated on.
+    #[arg(long, default_value = "ddim")]
+    pub sampler: dmq_pipeline::scheduler::SamplerKind,
     /// Class label of every image (class-conditional models); default: 0, 1, 2, ... cycled.
     #[arg(long)]
     pub class: Option<usize>,
@@ -60,7 +66,18 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     if a.class.is_some() && info.num_classes.is_none() {
         return Err("--class: the model is not class-conditional".into());
     }
-    let sched = arg.sampler(a.steps)?;
+    let sched = match (a.sampler, &arg) {
+        (SamplerKind::Ddim, _) => AnySampler::Ddim(arg.sampler(a.steps)?),
+        (kind, ModelArg::Dir { scheduler, .. }) => scheduler.sampler(kind, arg.steps(a.steps)?)?,
+        (kind, ModelArg::File(f)) => {
+            return Err(format!(
+                "--sampler {kind}: {} holds activation parameters calibrated on DDIM's \
+                 timesteps; sample it with --sampler ddim (or sample the FP directory)",
+                f.path.display()
+            )
+            .into());
+        }
+    };
     let steps = dmq_models::scheduler::Scheduler::timesteps(&sched).len();
     let t0 = Instant::now();
     let images = match (&arg, a.integer) {
@@ -76,18 +93,19 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     let dt = t0.elapsed().as_secs_f64();
     dmq_pipeline::eval::grid_png(&a.out, &[&images], &device)?;
     println!(
-        "{} images in {dt:.1} s ({:.2} images/s, {steps} steps{}) → {}",
+        "{} images in {dt:.1} s ({:.2} images/s, {steps} {} steps{}) → {}",
         a.n,
         a.n as f64 / dt,
+        a.sampler,
         if a.integer { ", integer path" } else { "" },
         a.out.display()
     );
     Ok(())
 }
 
-fn draw<M: Denoiser>(
+fn draw<M: Denoiser, S: dmq_models::scheduler::Scheduler>(
     model: &M,
-    sched: &dmq_models::scheduler::DdimScheduler,
+    sched: &S,
     a: &Args,
     device: &burn::tensor::Device,
 ) -> Result<HostTensor, Error> {

@@ -157,6 +157,23 @@ impl NoiseSchedule {
         Self::from_betas(betas(schedule, num_train_timesteps, beta_start, beta_end)?)
     }
 
+    /// A scheduler config's schedule: `trained_betas` when given, else [`Self::new`].
+    ///
+    /// # Errors
+    /// See [`Self::new`] and [`Self::from_betas`].
+    pub fn from_config(
+        trained_betas: Option<&[f32]>,
+        schedule: BetaSchedule,
+        num_train_timesteps: usize,
+        beta_start: f64,
+        beta_end: f64,
+    ) -> Result<Self, SchedulerError> {
+        match trained_betas {
+            Some(b) => Self::from_betas(b.to_vec()),
+            None => Self::new(schedule, num_train_timesteps, beta_start, beta_end),
+        }
+    }
+
     /// Builds the schedule from explicit betas (diffusers `trained_betas`).
     ///
     /// `alphas_cumprod[t] = f32(prod_{s <= t} f64(1 - beta_s))` with `1 - beta_s` in `f32`.

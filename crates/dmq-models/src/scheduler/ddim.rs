@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! a      = abar[t],  a_prev = abar[t_prev]   (final alpha when there is no t_prev)
-//! x0_hat = (x_t - sqrt(1 - a) eps) / sqrt(a)            (clamped to [-r, r] if clip_sample)
+//! x0_hat, eps = from the model output per the prediction type     (x0_hat clamped to
+//!               [-r, r] if clip_sample; ε-prediction: x0_hat = (x_t - sqrt(1 - a) eps) / sqrt(a))
 //! sigma  = eta * sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
 //! x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma z
 //! ```
@@ -23,8 +24,8 @@ use burn::tensor::Tensor;
 
 use super::spacing::{self, PrevRule, TimestepSpacing};
 use super::{
-    BetaSchedule, NoiseSchedule, Scheduler, SchedulerError, StepOutput, check_shape,
-    noise_or_sample, predict_x0,
+    BetaSchedule, NoiseSchedule, PredictionType, Scheduler, SchedulerError, SolverState,
+    StepOutput, check_shape, noise_or_sample, predict_x0_eps,
 };
 
 /// Configuration of a [`DdimScheduler`]; defaults are diffusers' `DDIMScheduler` ones
@@ -66,6 +67,9 @@ pub struct DdimConfig {
     /// Recompute `eps` from the clipped `x0_hat` before the direction term.
     #[config(default = false)]
     pub use_clipped_model_output: bool,
+    /// What the model outputs.
+    #[config(default = "PredictionType::Epsilon")]
+    pub prediction_type: PredictionType,
 }
 
 impl DdimConfig {
@@ -74,15 +78,13 @@ impl DdimConfig {
     /// # Errors
     /// [`SchedulerError::InvalidBetas`].
     pub fn noise_schedule(&self) -> Result<NoiseSchedule, SchedulerError> {
-        match &self.trained_betas {
-            Some(b) => NoiseSchedule::from_betas(b.clone()),
-            None => NoiseSchedule::new(
-                self.beta_schedule,
-                self.num_train_timesteps,
-                self.beta_start,
-                self.beta_end,
-            ),
-        }
+        NoiseSchedule::from_config(
+            self.trained_betas.as_deref(),
+            self.beta_schedule,
+            self.num_train_timesteps,
+            self.beta_start,
+            self.beta_end,
+        )
     }
 }
 
@@ -98,6 +100,7 @@ pub struct DdimScheduler {
     eta: f32,
     clip_range: Option<f32>,
     use_clipped_model_output: bool,
+    prediction: PredictionType,
 }
 
 impl DdimScheduler {
@@ -178,6 +181,7 @@ impl DdimScheduler {
                 .clip_sample
                 .then_some(config.clip_sample_range as f32),
             use_clipped_model_output: config.use_clipped_model_output,
+            prediction: config.prediction_type,
         })
     }
 
@@ -219,20 +223,24 @@ impl DdimScheduler {
     /// The predicted clean sample `x0_hat` of a step (clipped when `clip_sample`).
     ///
     /// # Shapes
-    /// - `eps`, `x_t`: `[B, C, H, W]`
+    /// - `model_output`, `x_t`: `[B, C, H, W]`
     /// - output: `[B, C, H, W]`
     ///
     /// # Errors
     /// [`SchedulerError::StepIndexOutOfRange`], [`SchedulerError::ShapeMismatch`].
     pub fn predict_x0(
         &self,
-        eps: Tensor<4>,
+        model_output: Tensor<4>,
         step_index: usize,
         x_t: Tensor<4>,
     ) -> Result<Tensor<4>, SchedulerError> {
         let (a_t, _) = self.alphas(step_index)?;
-        check_shape("eps (must match x_t)", x_t.dims(), eps.dims())?;
-        Ok(predict_x0(x_t, eps, a_t, self.clip_range))
+        check_shape(
+            "model output (must match x_t)",
+            x_t.dims(),
+            model_output.dims(),
+        )?;
+        Ok(predict_x0_eps(self.prediction, model_output, x_t, a_t, self.clip_range).0)
     }
 
     fn check_index(&self, step_index: usize) -> Result<(), SchedulerError> {
@@ -262,23 +270,38 @@ impl Scheduler for DdimScheduler {
         &self.schedule
     }
 
-    /// One DDIM step; `noise` is used only when `eta > 0`.
+    fn prediction_type(&self) -> PredictionType {
+        self.prediction
+    }
+
+    /// One DDIM step; `noise` is used only when `eta > 0`; `state` is not used.
     fn step(
         &self,
-        eps: Tensor<4>,
+        model_output: Tensor<4>,
         step_index: usize,
         x_t: Tensor<4>,
         noise: Option<Tensor<4>>,
+        _state: &mut SolverState,
     ) -> Result<StepOutput, SchedulerError> {
         let (a_t, a_prev) = self.alphas(step_index)?;
-        check_shape("eps (must match x_t)", x_t.dims(), eps.dims())?;
+        check_shape(
+            "model output (must match x_t)",
+            x_t.dims(),
+            model_output.dims(),
+        )?;
         let noise = if self.eta > 0.0 {
             Some(noise_or_sample(noise, &x_t)?)
         } else {
             None
         };
         let beta_prod_t = 1.0 - a_t;
-        let x0 = predict_x0(x_t.clone(), eps.clone(), a_t, self.clip_range);
+        let (x0, eps) = predict_x0_eps(
+            self.prediction,
+            model_output,
+            x_t.clone(),
+            a_t,
+            self.clip_range,
+        );
         let std_dev_t = self.eta * variance(a_t, a_prev).sqrt();
         let eps = if self.use_clipped_model_output {
             x_t.sub(x0.clone().mul_scalar(a_t.sqrt()))

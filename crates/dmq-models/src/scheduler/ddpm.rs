@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! a = abar[t], a_prev = abar[t_prev], alpha_t = a / a_prev, beta_t = 1 - alpha_t
-//! x0_hat = (x_t - sqrt(1 - a) eps) / sqrt(a)                  (clamped if clip_sample)
+//! x0_hat = from the model output per the prediction type     (clamped if clip_sample;
+//!          ε-prediction: (x_t - sqrt(1 - a) eps) / sqrt(a))
 //! mean   = sqrt(a_prev) beta_t / (1 - a) * x0_hat + sqrt(alpha_t) (1 - a_prev) / (1 - a) * x_t
 //! var    = max((1 - a_prev) / (1 - a) * beta_t, 1e-20)        (posterior variance)
 //! x_prev = mean + std * z                                      (only when t > 0)
@@ -21,8 +22,8 @@ use burn::tensor::Tensor;
 
 use super::spacing::{self, PrevRule, TimestepSpacing};
 use super::{
-    BetaSchedule, NoiseSchedule, Scheduler, SchedulerError, StepOutput, check_shape,
-    noise_or_sample, predict_x0,
+    BetaSchedule, NoiseSchedule, PredictionType, Scheduler, SchedulerError, SolverState,
+    StepOutput, check_shape, noise_or_sample, predict_x0_eps,
 };
 
 /// How DDPM's step noise is scaled (diffusers `variance_type`).
@@ -116,6 +117,9 @@ pub struct DdpmConfig {
     /// Added to `leading` timesteps.
     #[config(default = 0)]
     pub steps_offset: usize,
+    /// What the model outputs.
+    #[config(default = "PredictionType::Epsilon")]
+    pub prediction_type: PredictionType,
 }
 
 impl DdpmConfig {
@@ -124,15 +128,13 @@ impl DdpmConfig {
     /// # Errors
     /// [`SchedulerError::InvalidBetas`].
     pub fn noise_schedule(&self) -> Result<NoiseSchedule, SchedulerError> {
-        match &self.trained_betas {
-            Some(b) => NoiseSchedule::from_betas(b.clone()),
-            None => NoiseSchedule::new(
-                self.beta_schedule,
-                self.num_train_timesteps,
-                self.beta_start,
-                self.beta_end,
-            ),
-        }
+        NoiseSchedule::from_config(
+            self.trained_betas.as_deref(),
+            self.beta_schedule,
+            self.num_train_timesteps,
+            self.beta_start,
+            self.beta_end,
+        )
     }
 }
 
@@ -145,6 +147,7 @@ pub struct DdpmScheduler {
     prev: Vec<Option<usize>>,
     variance_type: VarianceType,
     clip_range: Option<f32>,
+    prediction: PredictionType,
 }
 
 impl DdpmScheduler {
@@ -216,6 +219,7 @@ impl DdpmScheduler {
             clip_range: config
                 .clip_sample
                 .then_some(config.clip_sample_range as f32),
+            prediction: config.prediction_type,
         })
     }
 
@@ -271,8 +275,8 @@ impl DdpmScheduler {
         x_t: Tensor<4>,
     ) -> Result<Tensor<4>, SchedulerError> {
         let (a_t, _) = self.alphas(step_index)?;
-        let (eps, _) = self.split_output(eps, &x_t)?;
-        Ok(predict_x0(x_t, eps, a_t, self.clip_range))
+        let (out, _) = self.split_output(eps, &x_t)?;
+        Ok(predict_x0_eps(self.prediction, out, x_t, a_t, self.clip_range).0)
     }
 
     /// Splits a learned-variance output `[B, 2C, H, W]` into `(eps, v)`; checks shapes.
@@ -328,17 +332,23 @@ impl Scheduler for DdpmScheduler {
         self.variance_type().is_learned()
     }
 
-    /// One DDPM step; `noise` is used only when the step's timestep is `> 0`.
+    fn prediction_type(&self) -> PredictionType {
+        self.prediction
+    }
+
+    /// One DDPM step; `noise` is used only when the step's timestep is `> 0`; `state` is
+    /// not used.
     fn step(
         &self,
-        eps: Tensor<4>,
+        model_output: Tensor<4>,
         step_index: usize,
         x_t: Tensor<4>,
         noise: Option<Tensor<4>>,
+        _state: &mut SolverState,
     ) -> Result<StepOutput, SchedulerError> {
         let (a_t, a_prev) = self.alphas(step_index)?;
         let t = self.timesteps[step_index];
-        let (eps, predicted_variance) = self.split_output(eps, &x_t)?;
+        let (out, predicted_variance) = self.split_output(model_output, &x_t)?;
         let noise = if t > 0 {
             Some(noise_or_sample(noise, &x_t)?)
         } else {
@@ -350,7 +360,7 @@ impl Scheduler for DdpmScheduler {
         let current_alpha_t = a_t / a_prev;
         let current_beta_t = 1.0 - current_alpha_t;
 
-        let x0 = predict_x0(x_t.clone(), eps, a_t, self.clip_range);
+        let (x0, _) = predict_x0_eps(self.prediction, out, x_t.clone(), a_t, self.clip_range);
         let x0_coeff = (a_prev.sqrt() * current_beta_t) / beta_prod_t;
         let xt_coeff = current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t;
         let mut prev = x0

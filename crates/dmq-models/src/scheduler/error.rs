@@ -116,4 +116,21 @@ pub enum SchedulerError {
         /// The accepted names.
         expected: &'static str,
     },
+
+    /// A multistep scheduler was given a [`super::SolverState`] that does not belong to this
+    /// step (steps skipped, repeated, or a state shared between trajectories).
+    #[error(
+        "{scheduler} step {step_index} got a solver state holding {history} past outputs \
+         (expected {expected}): take steps in order with one state per trajectory"
+    )]
+    OutOfOrder {
+        /// The scheduler.
+        scheduler: &'static str,
+        /// The step asked for.
+        step_index: usize,
+        /// Outputs in the state.
+        history: usize,
+        /// Outputs the step expects.
+        expected: usize,
+    },
 }

@@ -117,7 +117,7 @@ pub fn diffusers_timesteps(
 
 /// numpy `linspace(start, stop, num)`: `i * ((stop - start) / (num - 1)) + start`, last
 /// entry exactly `stop`; `[start]` for `num == 1`.
-fn numpy_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+pub(crate) fn numpy_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     if num == 1 {
         return vec![start];
     }
