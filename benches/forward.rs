@@ -10,7 +10,7 @@
 
 #![allow(missing_docs)] // criterion's macros generate undocumented public items
 
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dmq::models::dit::DiT;
 use dmq::models::unet::UNet2DModel;
@@ -20,14 +20,14 @@ fn inputs(
     model: &dyn Denoiser,
     b: usize,
     device: &Device,
-) -> (Tensor<4>, Tensor<1>, Option<Tensor<1, Int>>) {
+) -> (Tensor<4>, Tensor<1>, Option<dmq::models::Conditioning>) {
     let info = model.info();
     let s = info.sample_size;
     let x = dmq::models::noise::NoiseRng::new(0).tensor([b, info.in_channels, s, s], device);
     let t = Tensor::full([b], 500.0, device);
     let class = info
         .num_classes
-        .map(|_| dmq::models::sampler::labels(&vec![3; b], device));
+        .map(|_| dmq::models::sampler::labels(&vec![3; b], device).into());
     (x, t, class)
 }
 

@@ -64,7 +64,7 @@ fn time_sampling(model: &dyn Denoiser, args: &Args, device: &Device) -> (f64, Ve
         let x = NoiseRng::new(7).tensor([args.n, info.in_channels, s, s], device);
         let class = info
             .num_classes
-            .map(|k| labels(&(0..args.n).map(|i| i % k).collect::<Vec<_>>(), device));
+            .map(|k| labels(&(0..args.n).map(|i| i % k).collect::<Vec<_>>(), device).into());
         let guidance = if info.num_classes.is_some() { 4.0 } else { 1.0 };
         let t0 = Instant::now();
         let mut traj =
@@ -72,7 +72,7 @@ fn time_sampling(model: &dyn Denoiser, args: &Args, device: &Device) -> (f64, Ve
         while !traj.done() {
             let inp = traj.inputs().expect("inputs");
             let out = model
-                .forward(inp.x, inp.t, inp.class, &ForwardCtx::new(inp.step))
+                .forward(inp.x, inp.t, inp.cond, &ForwardCtx::new(inp.step))
                 .expect("forward");
             let eps = traj.guide(out, info.in_channels);
             traj.advance(eps).expect("advance");

@@ -25,10 +25,7 @@ fn run(model: &dyn Denoiser, args: &Args, device: &Device) -> Result<(), ModelEr
     let x = NoiseRng::new(args.seed).tensor([args.n, info.in_channels, s, s], device);
     let (class, guidance, ncol) = match info.num_classes {
         Some(k) => (
-            Some(labels(
-                &(0..args.n).map(|i| i % k).collect::<Vec<_>>(),
-                device,
-            )),
+            Some(labels(&(0..args.n).map(|i| i % k).collect::<Vec<_>>(), device).into()),
             args.cfg,
             k,
         ),
@@ -38,7 +35,7 @@ fn run(model: &dyn Denoiser, args: &Args, device: &Device) -> Result<(), ModelEr
     let mut bar = Progress::new("sampling", sched.num_steps() as u64, 0);
     while !traj.done() {
         let inp = traj.inputs()?;
-        let out = model.forward(inp.x, inp.t, inp.class, &ForwardCtx::new(inp.step))?;
+        let out = model.forward(inp.x, inp.t, inp.cond, &ForwardCtx::new(inp.step))?;
         let eps = traj.guide(out, info.in_channels);
         traj.advance(eps)?;
         bar.inc("");

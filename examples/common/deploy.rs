@@ -32,7 +32,7 @@ pub fn round_trip_error<M: Model>(
     );
     let class = info
         .num_classes
-        .map(|_| dmq::models::sampler::labels(&[1, 2], device));
+        .map(|_| dmq::models::sampler::labels(&[1, 2], device).into());
     let mut worst = 0f32;
     for k in 0..sched.num_steps() {
         let t = sched.timestep(k)? as f32;

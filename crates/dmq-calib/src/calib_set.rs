@@ -1,20 +1,24 @@
 //! [`CalibSet`]: data-free calibration inputs recorded from the FP model's own sampling
 //! trajectories (docs/algorithms.md §1.5).
 //!
-//! Every entry is `(x_t, t, class, step)` **exactly as fed to the denoiser** at that step:
+//! Every entry is `(x_t, t, conditioning, step)` **exactly as fed to the denoiser** at that
+//! step:
 //! the input of step i paired with the timestep of step i. (QuEST's collector stores the
 //! state *after* step i with `ts[i]`, an off-by-one this type cannot make: it records inside
-//! the sampler's per-step callback, before the step is taken.) For class-conditional models
+//! the sampler's per-step callback, before the step is taken.) For conditional models
 //! sampled with CFG both halves of the batched `[uncond; cond]` call are recorded, so the
-//! unconditional branch is calibrated too.
+//! unconditional branch is calibrated too. Text-conditional sets keep the prompt embeddings
+//! they were sampled with ([`CondRecord::Text`]: each distinct `[L, D]` state once, and the
+//! row of every entry).
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use dmq_models::noise::NoiseRng;
 use dmq_models::sampler::{self, labels};
 use dmq_models::scheduler::Scheduler;
-use dmq_models::{Denoiser, HostTensor, StepContext};
+use dmq_models::{Conditioning, Denoiser, HostTensor, StepContext};
 use dmq_quant::QuantizedFile;
 
 use crate::error::{CalibError, Result};
@@ -49,18 +53,137 @@ impl Default for RecordOptions {
     }
 }
 
+/// The recorded conditioning of every entry of a [`CalibSet`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum CondRecord {
+    /// The label of each entry (the null label for the unconditional CFG branch).
+    Class(Vec<i64>),
+    /// Encoder hidden states: every distinct `[L, D]` state fed to the denoiser (the prompts'
+    /// and the unconditional one), `table: [P, L, D]`, and the table row of each entry.
+    Text {
+        /// `[P, L, D]` distinct states.
+        table: HostTensor,
+        /// Row of `table` of each entry.
+        index: Vec<usize>,
+    },
+}
+
+impl CondRecord {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Class(v) => v.len(),
+            Self::Text { index, .. } => index.len(),
+        }
+    }
+
+    /// True when there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends one batch's conditioning (text: each distinct state added to the table once,
+    /// by its exact bits).
+    fn extend(&mut self, c: &Conditioning) -> Result<()> {
+        match (self, c) {
+            (Self::Class(v), Conditioning::Class(l)) => {
+                let ys = l
+                    .clone()
+                    .into_data()
+                    .convert::<i64>()
+                    .try_into_vec::<i64>()
+                    .map_err(|e| CalibError::CalibSet(format!("labels: {e:?}")))?;
+                v.extend(ys);
+            }
+            (Self::Text { table, index }, Conditioning::Text { states, .. }) => {
+                let hs = HostTensor::from_tensor(states);
+                let row: usize = hs.shape[1..].iter().product();
+                if table.shape[0] == 0 {
+                    table.shape = hs.shape.clone();
+                    table.shape[0] = 0;
+                }
+                if hs.shape[1..] != table.shape[1..] {
+                    return Err(CalibError::CalibSet(format!(
+                        "text states {:?} do not fit the set's {:?}",
+                        hs.shape, table.shape
+                    )));
+                }
+                let bits = |r: &[f32]| r.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+                let mut known: HashMap<Vec<u32>, usize> = table
+                    .data
+                    .chunks(row.max(1))
+                    .enumerate()
+                    .map(|(i, r)| (bits(r), i))
+                    .collect();
+                for r in hs.data.chunks(row.max(1)) {
+                    let next = table.shape[0];
+                    let i = *known.entry(bits(r)).or_insert(next);
+                    if i == next {
+                        table.data.extend_from_slice(r);
+                        table.shape[0] += 1;
+                    }
+                    index.push(i);
+                }
+            }
+            _ => {
+                return Err(CalibError::CalibSet(
+                    "labels and text states mixed in one calibration set".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An empty record of `c`'s kind.
+    fn empty_like(c: &Conditioning) -> Self {
+        match c {
+            Conditioning::Class(_) => Self::Class(vec![]),
+            Conditioning::Text { .. } => Self::Text {
+                table: HostTensor {
+                    data: vec![],
+                    shape: vec![0],
+                },
+                index: vec![],
+            },
+        }
+    }
+
+    /// The conditioning of entries `idx` on `device` (text: the gathered `[B, L, D]`
+    /// states, without an unconditional embedding).
+    fn gather(&self, idx: &[usize], device: &Device) -> Conditioning {
+        match self {
+            Self::Class(cl) => {
+                let ys: Vec<i64> = idx.iter().map(|&i| cl[i]).collect();
+                Conditioning::Class(Tensor::from_data(TensorData::new(ys, [idx.len()]), device))
+            }
+            Self::Text { table, index } => {
+                let (l, d) = (table.shape[1], table.shape[2]);
+                let mut data = Vec::with_capacity(idx.len() * l * d);
+                for &i in idx {
+                    let r = index[i];
+                    data.extend_from_slice(&table.data[r * l * d..(r + 1) * l * d]);
+                }
+                Conditioning::text(Tensor::from_data(
+                    TensorData::new(data, [idx.len(), l, d]),
+                    device,
+                ))
+            }
+        }
+    }
+}
+
 /// Recorded denoiser inputs.
 ///
 /// # Shapes
-/// - `x`: `[N, C, H, W]`; `t`, `step`: `[N]`; `class`: `[N]` when conditional
+/// - `x`: `[N, C, H, W]`; `t`, `step`: `[N]`; `cond`: `N` entries when conditional
 #[derive(Clone, Debug, PartialEq)]
 pub struct CalibSet {
     /// x_t as fed to the denoiser, row-major `[N, C, H, W]`.
     pub x: HostTensor,
     /// Timestep of each entry.
     pub t: Vec<f32>,
-    /// Label of each entry (the null label for the unconditional CFG branch).
-    pub class: Option<Vec<i64>>,
+    /// Conditioning of each entry (labels or text states).
+    pub cond: Option<CondRecord>,
     /// Step index of each entry (0 = noisiest step of the trajectory).
     pub step: Vec<usize>,
     /// Timestep of every step of the recording trajectory (`num_steps` entries).
@@ -74,12 +197,40 @@ pub fn kept_steps(num_steps: usize, steps_kept: usize) -> Vec<usize> {
 }
 
 impl CalibSet {
-    /// Records `opts.trajectories` trajectories of `model` under `scheduler`.
+    /// Records `opts.trajectories` trajectories of `model` under `scheduler`; a
+    /// class-conditional model gets labels drawn uniformly from the seeded stream.
+    /// Text-conditional models need their prompt embeddings: [`CalibSet::record_with`].
     pub fn record<M: Denoiser + ?Sized, S: Scheduler>(
         model: &M,
         scheduler: &S,
         opts: &RecordOptions,
         device: &Device,
+    ) -> Result<Self> {
+        let info = model.info();
+        if info.cross_attention_dim.is_some() && info.num_classes.is_none() {
+            return Err(CalibError::Option(
+                "a text-conditional model is calibrated on prompt embeddings: use \
+                 CalibSet::record_with"
+                    .into(),
+            ));
+        }
+        Self::record_with(model, scheduler, opts, device, &mut |rng, b| {
+            Ok(info.num_classes.map(|n| {
+                let ys: Vec<usize> = (0..b).map(|_| rng.below(n)).collect();
+                Conditioning::Class(labels(&ys, device))
+            }))
+        })
+    }
+
+    /// [`CalibSet::record`] with the conditioning of each batch of `b` trajectories given by
+    /// `cond_for(rng, b)` (text models: prompt embeddings, with the unconditional embedding
+    /// when `opts.guidance` ≠ 1); `rng` is the set's seeded stream, for drawing prompts.
+    pub fn record_with<M: Denoiser + ?Sized, S: Scheduler>(
+        model: &M,
+        scheduler: &S,
+        opts: &RecordOptions,
+        device: &Device,
+        cond_for: &mut dyn FnMut(&mut NoiseRng, usize) -> Result<Option<Conditioning>>,
     ) -> Result<Self> {
         if opts.trajectories == 0 || opts.steps_kept == 0 || opts.batch == 0 {
             return Err(CalibError::Option(format!(
@@ -101,7 +252,7 @@ impl CalibSet {
                 shape: vec![0, c, s, s],
             },
             t: vec![],
-            class: info.num_classes.map(|_| vec![]),
+            cond: None,
             step: vec![],
             timesteps,
         };
@@ -109,10 +260,7 @@ impl CalibSet {
         while done < opts.trajectories {
             let b = opts.batch.min(opts.trajectories - done);
             let x_t = rng.tensor([b, c, s, s], device);
-            let class = info.num_classes.map(|n| {
-                let ys: Vec<usize> = (0..b).map(|_| rng.below(n)).collect();
-                labels(&ys, device)
-            });
+            let class = cond_for(&mut rng, b)?;
             let seed = opts.seed ^ (0xCA11_B000 + done as u64);
             let mut err = None;
             sampler::sample(
@@ -125,7 +273,7 @@ impl CalibSet {
                 &mut |input, _| {
                     if err.is_none() && keep.contains(&input.step.step) {
                         err = set
-                            .push_batch(&input.x, &input.t, input.class.as_ref(), input.step.step)
+                            .push_batch(&input.x, &input.t, input.cond.as_ref(), input.step.step)
                             .err();
                     }
                 },
@@ -142,7 +290,7 @@ impl CalibSet {
         &mut self,
         x: &Tensor<4>,
         t: &Tensor<1>,
-        class: Option<&Tensor<1, Int>>,
+        cond: Option<&Conditioning>,
         step: usize,
     ) -> Result<()> {
         let hx = HostTensor::from_tensor(x);
@@ -154,27 +302,34 @@ impl CalibSet {
                 hx.shape, self.x.shape
             )));
         }
+        if let Some(c) = cond
+            && c.batch() != n
+        {
+            return Err(CalibError::CalibSet(format!(
+                "conditioning of batch {} for {n} inputs",
+                c.batch()
+            )));
+        }
+        let first = self.t.is_empty();
+        match (&mut self.cond, cond) {
+            (None, None) => {}
+            (slot @ None, Some(c)) if first => {
+                let mut rec = CondRecord::empty_like(c);
+                rec.extend(c)?;
+                *slot = Some(rec);
+            }
+            (Some(rec), Some(c)) => rec.extend(c)?,
+            _ => {
+                return Err(CalibError::CalibSet(
+                    "conditioning given to an unconditional set, or missing for a conditional one"
+                        .into(),
+                ));
+            }
+        }
         self.x.data.extend_from_slice(&hx.data);
         self.x.shape[0] += n;
         self.t.extend_from_slice(&ht.data);
         self.step.extend(std::iter::repeat_n(step, n));
-        match (&mut self.class, class) {
-            (Some(v), Some(c)) => {
-                let ys = c
-                    .clone()
-                    .into_data()
-                    .convert::<i64>()
-                    .try_into_vec::<i64>()
-                    .map_err(|e| CalibError::CalibSet(format!("labels: {e:?}")))?;
-                v.extend(ys);
-            }
-            (None, None) => {}
-            _ => {
-                return Err(CalibError::CalibSet(
-                    "labels given to an unconditional set, or missing for a conditional one".into(),
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -216,12 +371,13 @@ impl CalibSet {
         s
     }
 
-    /// The entries `idx` as denoiser inputs on `device`: `(x [B, C, H, W], t [B], class [B])`.
+    /// The entries `idx` as denoiser inputs on `device`: `(x [B, C, H, W], t [B],
+    /// conditioning)` (labels `[B]` or states `[B, L, D]`).
     pub fn batch(
         &self,
         idx: &[usize],
         device: &Device,
-    ) -> Result<(Tensor<4>, Tensor<1>, Option<Tensor<1, Int>>)> {
+    ) -> Result<(Tensor<4>, Tensor<1>, Option<Conditioning>)> {
         let per: usize = self.x.shape[1..].iter().product();
         let mut xs = Vec::with_capacity(idx.len() * per);
         let mut ts = Vec::with_capacity(idx.len());
@@ -238,11 +394,8 @@ impl CalibSet {
         let [_, c, h, w] = [0, self.x.shape[1], self.x.shape[2], self.x.shape[3]];
         let x = Tensor::from_data(TensorData::new(xs, [idx.len(), c, h, w]), device);
         let t = Tensor::from_data(TensorData::new(ts, [idx.len()]), device);
-        let class = self.class.as_ref().map(|cl| {
-            let ys: Vec<i64> = idx.iter().map(|&i| cl[i]).collect();
-            Tensor::from_data(TensorData::new(ys, [idx.len()]), device)
-        });
-        Ok((x, t, class))
+        let cond = self.cond.as_ref().map(|c| c.gather(idx, device));
+        Ok((x, t, cond))
     }
 
     /// Checks internal consistency: lengths, finite values, step indices in range.
@@ -260,8 +413,29 @@ impl CalibSet {
                 self.x.shape.iter().product::<usize>()
             ));
         }
-        if self.step.len() != n || self.class.as_ref().is_some_and(|c| c.len() != n) {
-            return bad("t, step and class lengths differ".into());
+        if self.step.len() != n || self.cond.as_ref().is_some_and(|c| c.len() != n) {
+            return bad("t, step and conditioning lengths differ".into());
+        }
+        if let Some(CondRecord::Text { table, index }) = &self.cond {
+            if table.shape.len() != 3 || table.data.len() != table.shape.iter().product::<usize>() {
+                return bad(format!(
+                    "text table has shape {:?} and {} values",
+                    table.shape,
+                    table.data.len()
+                ));
+            }
+            if let Some(i) = index.iter().position(|&r| r >= table.shape[0]) {
+                return bad(format!(
+                    "entry {i} points at text row {} of {}",
+                    index[i], table.shape[0]
+                ));
+            }
+            if let Some(i) = table.data.iter().position(|v| !v.is_finite()) {
+                return bad(format!(
+                    "text table holds {} at flat index {i}",
+                    table.data[i]
+                ));
+            }
         }
         if let Some(i) = self.x.data.iter().position(|v| !v.is_finite()) {
             return bad(format!("x holds {} at flat index {i}", self.x.data[i]));
@@ -290,11 +464,24 @@ impl CalibSet {
             "step".into(),
             (vec![n], self.step.iter().map(|&s| s as f32).collect()),
         );
-        if let Some(c) = &self.class {
-            f.float.insert(
-                "class".into(),
-                (vec![n], c.iter().map(|&v| v as f32).collect()),
-            );
+        match &self.cond {
+            Some(CondRecord::Class(c)) => {
+                f.float.insert(
+                    "class".into(),
+                    (vec![n], c.iter().map(|&v| v as f32).collect()),
+                );
+            }
+            Some(CondRecord::Text { table, index }) => {
+                f.float.insert(
+                    "text_table".into(),
+                    (table.shape.clone(), table.data.clone()),
+                );
+                f.float.insert(
+                    "text_index".into(),
+                    (vec![n], index.iter().map(|&v| v as f32).collect()),
+                );
+            }
+            None => {}
         }
         f.metadata.insert("format".into(), FORMAT.into());
         f.metadata.insert(
@@ -352,8 +539,20 @@ impl CalibSet {
                 shape: xs.clone(),
             },
             t: get("t")?.1.clone(),
-            class: if f.float.contains_key("class") {
-                Some(int_list("class")?)
+            cond: if f.float.contains_key("class") {
+                Some(CondRecord::Class(int_list("class")?))
+            } else if f.float.contains_key("text_table") {
+                let (shape, data) = get("text_table")?;
+                Some(CondRecord::Text {
+                    table: HostTensor {
+                        data: data.clone(),
+                        shape: shape.clone(),
+                    },
+                    index: int_list("text_index")?
+                        .into_iter()
+                        .map(|v| v as usize)
+                        .collect(),
+                })
             } else {
                 None
             },

@@ -25,7 +25,7 @@ pub mod smoothquant;
 pub mod svd;
 pub mod svdquant;
 
-pub use calib_set::{CalibSet, RecordOptions, kept_steps};
+pub use calib_set::{CalibSet, CondRecord, RecordOptions, kept_steps};
 pub use config::{Choice, EdgePolicy, LayerPlan, LayerRule, QuantConfig};
 pub use error::{CalibError, Result};
 pub use export::{branch_macs_ratio, export_layers, layer_bits, model_bytes};

@@ -5,8 +5,8 @@ use burn::tensor::{Device, Tensor};
 use dmq_calib::config::softmax_spec;
 use dmq_calib::recon::lp_loss;
 use dmq_calib::{
-    CalibError, CalibSet, EdgePolicy, LayerRule, PtqOptions, QuantConfig, ReconCheckpoint,
-    ReconOptions, RecordOptions, TimeGrouping, kept_steps, ptq, qdiffusion, units,
+    CalibError, CalibSet, CondRecord, EdgePolicy, LayerRule, PtqOptions, QuantConfig,
+    ReconCheckpoint, ReconOptions, RecordOptions, TimeGrouping, kept_steps, ptq, qdiffusion, units,
 };
 use dmq_models::dit::{DiT, DiTConfig};
 use dmq_models::layers::{LayerKind, LayerRef};
@@ -14,7 +14,10 @@ use dmq_models::noise::NoiseRng;
 use dmq_models::sampler::Trajectory;
 use dmq_models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
 use dmq_models::unet::UNet2DModel;
-use dmq_models::{Denoiser, ForwardCtx, HostTensor, StepContext, TapTensor, layer_inventory};
+use dmq_models::{
+    Conditioning, Denoiser, DenoiserInfo, ForwardCtx, HostTensor, StepContext, TapTensor,
+    layer_inventory,
+};
 use dmq_quant::{ActQuantizer, Quantizer};
 
 fn tiny_unet(device: &Device) -> UNet2DModel {
@@ -239,7 +242,9 @@ fn calib_set_cfg_and_files(device: &Device) {
     let set = CalibSet::record(&model, &sched(4), &opts, device).unwrap();
     // both CFG branches: 2 trajectories × 2 branches × 2 kept steps
     assert_eq!(set.len(), 8);
-    let cls = set.class.clone().unwrap();
+    let Some(CondRecord::Class(cls)) = set.cond.clone() else {
+        panic!("a class-conditional set records labels")
+    };
     assert_eq!(cls.iter().filter(|&&c| c == 3).count(), 4, "{cls:?}");
     let dir = std::env::temp_dir().join(format!("dmq-calib-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -798,6 +803,166 @@ fn running_statistics_stay_inside_the_pooled_range(device: &Device) {
     assert!(smaller > 0, "running statistics changed no range");
 }
 
+// ---------------------------------------------------------------- text conditioning
+
+/// A text-conditional toy denoiser: `out = x · mean(states)` per sample, so what it was fed
+/// is visible in its output.
+struct TextToy;
+
+impl Denoiser for TextToy {
+    fn forward(
+        &self,
+        x: Tensor<4>,
+        _t: Tensor<1>,
+        cond: Option<Conditioning>,
+        _ctx: &ForwardCtx<'_>,
+    ) -> dmq_models::Result<Tensor<4>> {
+        let s = cond
+            .and_then(|c| c.states().cloned())
+            .ok_or_else(|| dmq_models::ModelError::Config("TextToy needs text states".into()))?;
+        let [b, ..] = x.dims();
+        let m = s.mean_dim(2).mean_dim(1).reshape([b, 1, 1, 1]);
+        Ok(x * m)
+    }
+
+    fn info(&self) -> DenoiserInfo {
+        DenoiserInfo {
+            in_channels: 1,
+            sample_size: 4,
+            num_classes: None,
+            out_channels: 1,
+            cross_attention_dim: Some(2),
+        }
+    }
+
+    fn for_each_layer(&self, _f: &mut dyn FnMut(LayerRef<'_>)) {}
+
+    fn for_each_layer_mut(&mut self, _f: &mut dyn FnMut(dmq_models::layers::LayerMut<'_>)) {}
+
+    fn structure(&self) -> dmq_models::Structure {
+        dmq_models::Structure::default()
+    }
+}
+
+/// `[n, 3, 2]` states filled with `v`.
+fn states(n: usize, v: f32, device: &Device) -> Tensor<3> {
+    Tensor::full([n, 3, 2], v, device)
+}
+
+/// A text-conditional calibration set records both CFG halves with the states they were fed
+/// (each distinct prompt embedding once), round-trips through its file, and replays exactly.
+fn text_calib_set_records_prompt_embeddings(device: &Device) {
+    let model = TextToy;
+    let opts = RecordOptions {
+        trajectories: 4,
+        steps_kept: 2,
+        guidance: 2.0,
+        batch: 2,
+        seed: 9,
+    };
+    // labels are not enough for a text model
+    assert!(matches!(
+        CalibSet::record(&model, &sched(4), &opts, device),
+        Err(CalibError::Option(_))
+    ));
+    let prompts = [1.0f32, 2.0, 3.0];
+    let mut drawn = vec![];
+    let set = CalibSet::record_with(&model, &sched(4), &opts, device, &mut |rng, b| {
+        let picks: Vec<usize> = (0..b).map(|_| rng.below(prompts.len())).collect();
+        drawn.extend(picks.iter().copied());
+        let rows: Vec<Tensor<3>> = picks
+            .iter()
+            .map(|&p| states(1, prompts[p], device))
+            .collect();
+        Ok(Some(Conditioning::Text {
+            states: Tensor::cat(rows, 0),
+            uncond: Some(states(1, 0.5, device)),
+        }))
+    })
+    .unwrap();
+    // 4 trajectories × 2 CFG halves × 2 kept steps
+    assert_eq!(set.len(), 16);
+    let Some(CondRecord::Text { table, index }) = set.cond.clone() else {
+        panic!("a text set records states")
+    };
+    let mut distinct: Vec<usize> = drawn.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        table.shape,
+        vec![distinct.len() + 1, 3, 2],
+        "prompts + uncond, once each"
+    );
+    // row values: every row is a constant fill of 0.5 (uncond) or a drawn prompt's value
+    let row_value = |r: usize| table.data[r * 6];
+    let uncond_entries = index.iter().filter(|&&r| row_value(r) == 0.5).count();
+    assert_eq!(
+        uncond_entries, 8,
+        "the unconditional half of every recorded call"
+    );
+    // replay: the recorded conditioning gives the same output as the states it stands for
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let (x, t, c) = set.batch(&idx, device).unwrap();
+    let c = c.unwrap();
+    let got = host(
+        &model
+            .forward(
+                x.clone(),
+                t,
+                Some(c.clone()),
+                &ForwardCtx::new(StepContext::single(0.0)),
+            )
+            .unwrap(),
+    );
+    let want: Vec<f32> = host(&x)
+        .chunks(16)
+        .zip(&index)
+        .flat_map(|(xs, &r)| xs.iter().map(move |v| v * row_value(r)).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(got, want);
+    // file round trip, and a corrupt index is refused
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("text.calib.safetensors");
+    set.save(&path).unwrap();
+    assert_eq!(CalibSet::load(&path).unwrap(), set);
+    let mut bad = set.clone();
+    if let Some(CondRecord::Text { index, .. }) = &mut bad.cond {
+        index[3] = 99;
+    }
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("text row 99")
+    );
+    // CFG on text without an unconditional embedding is refused up front
+    let x = NoiseRng::new(1).tensor([2, 1, 4, 4], device);
+    let s = sched(2);
+    let no_uncond = Conditioning::text(states(2, 1.0, device));
+    assert!(Trajectory::new(&s, x.clone(), Some(no_uncond), None, 2.0, 0).is_err());
+    // ... and with one, the denoiser sees [uncond; cond] and the guidance formula applies
+    let cond = Conditioning::Text {
+        states: states(2, 2.0, device),
+        uncond: Some(states(1, 0.5, device)),
+    };
+    let traj = Trajectory::new(&s, x.clone(), Some(cond), None, 3.0, 0).unwrap();
+    let inp = traj.inputs().unwrap();
+    let fed = host(inp.cond.as_ref().unwrap().states().unwrap());
+    assert!(fed[..12].iter().all(|&v| v == 0.5) && fed[12..].iter().all(|&v| v == 2.0));
+    let raw = model
+        .forward(inp.x, inp.t, inp.cond, &ForwardCtx::new(inp.step))
+        .unwrap();
+    let guided = host(&traj.guide(raw, 1));
+    // ε_u + 3 (ε_c − ε_u) = x (0.5 + 3 · 1.5) = 5 x
+    for (g, xv) in guided.iter().zip(host(&x)) {
+        assert!(
+            (g - 5.0 * xv).abs() <= 1e-5 * xv.abs().max(1.0),
+            "{g} vs {}",
+            5.0 * xv
+        );
+    }
+}
+
 macro_rules! per_backend {
     ($($name:ident),*) => {
         #[cfg(feature = "flex")]
@@ -821,6 +986,7 @@ macro_rules! per_cpu_backend {
 
 per_backend!(
     presets_and_rules,
+    text_calib_set_records_prompt_embeddings,
     reconstruction_units,
     calib_set_cfg_and_files,
     time_grouped_activation_sets,

@@ -243,7 +243,7 @@ fn search_then_quantize_with_the_searched_config() {
         "--out",
         png.to_str().unwrap(),
     ]);
-    assert!(s.contains("3 steps"), "{s}");
+    assert!(s.contains("3 ddim steps"), "{s}");
     fails(
         &[
             "quantize", "--model", d, "--config", c, "--steps", "5", "--out", f,

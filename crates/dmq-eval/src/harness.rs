@@ -94,10 +94,10 @@ pub(crate) fn generate_after<M: Denoiser + ?Sized, S: Scheduler>(
         let b = spec.batch.min(spec.n - start);
         let x = NoiseRng::new(spec.seed.wrapping_add(k)).tensor([b, c, s, s], device);
         let class = info.num_classes.map(|nc| {
-            labels(
+            dmq_models::Conditioning::Class(labels(
                 &(start..start + b).map(|i| i % nc).collect::<Vec<_>>(),
                 device,
-            )
+            ))
         });
         let guidance = if info.num_classes.is_some() {
             spec.guidance
@@ -116,7 +116,7 @@ pub(crate) fn generate_after<M: Denoiser + ?Sized, S: Scheduler>(
         while !traj.done() {
             let inp = traj.inputs().map_err(model_err)?;
             let raw = model
-                .forward(inp.x, inp.t, inp.class, &ForwardCtx::new(inp.step))
+                .forward(inp.x, inp.t, inp.cond, &ForwardCtx::new(inp.step))
                 .map_err(model_err)?;
             let eps = traj.guide(raw, info.in_channels);
             traj.advance(eps).map_err(model_err)?;

@@ -32,6 +32,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 use dmq_calib::config::{default_act_spec, default_weight_spec, softmax_spec};
+use dmq_models::Conditioning;
 use dmq_models::layers::{LayerKind, LayerMut, LayerRef};
 use dmq_models::noise::NoiseRng;
 use dmq_models::scheduler::{BetaSchedule, NoiseSchedule};
@@ -333,7 +334,7 @@ pub fn binarize<M: Denoiser + Module + Clone>(
     model.forward(
         x,
         t,
-        class,
+        class.map(Conditioning::Class),
         &ForwardCtx::new(StepContext::single(500.0)).with_inputs(&cap),
     )?;
     let captured = cap.take();
@@ -602,7 +603,7 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
         teacher.forward(
             b0.x_t.clone(),
             b0.t.clone(),
-            class.clone(),
+            class.clone().map(Conditioning::Class),
             &ForwardCtx::new(StepContext::single(500.0)).with_taps(&taps),
         )?;
         let feats = taps.take();
@@ -676,7 +677,7 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
         let eps = student.predict_eps(
             b.x_t.clone(),
             b.t.clone(),
-            class.clone(),
+            class.clone().map(Conditioning::Class),
             &if cfg.lrm { ctx.with_taps(&taps_s) } else { ctx },
         )?;
         let eps_loss = (eps - b.noise.clone()).powi_scalar(2).mean();
@@ -689,7 +690,7 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
             teacher.forward(
                 b.x_t.clone(),
                 b.t.clone(),
-                class,
+                class.map(Conditioning::Class),
                 &ForwardCtx::new(StepContext::single(0.0)).with_taps(&taps_t),
             )?;
             if let Some(l) = lrm_loss(

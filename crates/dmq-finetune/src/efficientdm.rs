@@ -217,7 +217,7 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
         let x_t = rng.tensor([cfg.batch, c, s, s], device);
         let class = info.num_classes.map(|n| {
             let ys: Vec<usize> = (0..cfg.batch).map(|_| rng.below(n)).collect();
-            labels(&ys, device)
+            dmq_models::Conditioning::Class(labels(&ys, device))
         });
         let guidance = if class.is_some() { cfg.guidance } else { 1.0 };
         let mut traj = Trajectory::new(
@@ -233,10 +233,10 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
             let input = traj.inputs()?;
             let ctx = ForwardCtx::new(input.step);
             let eps_fp = traj.guide(
-                fp.forward(input.x.clone(), input.t.clone(), input.class.clone(), &ctx)?,
+                fp.forward(input.x.clone(), input.t.clone(), input.cond.clone(), &ctx)?,
                 c,
             );
-            let eps_q = traj.guide(student.forward(input.x, input.t, input.class, &ctx)?, c);
+            let eps_q = traj.guide(student.forward(input.x, input.t, input.cond, &ctx)?, c);
             let loss = distill_loss(eps_q, eps_fp.clone(), c);
             let v = scalar(&loss);
             if !v.is_finite() {

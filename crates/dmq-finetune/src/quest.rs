@@ -475,12 +475,12 @@ pub enum Stage {
 /// outputs of `hooks` tapped in both.
 ///
 /// # Shapes
-/// - `x`: `[B, C, H, W]`, `t`: `[B]`, `class`: `[B]`; output `[1]`
+/// - `x`: `[B, C, H, W]`, `t`: `[B]`, `cond`: labels `[B]` or states `[B, L, D]`; output `[1]`
 #[allow(clippy::too_many_arguments)]
 pub fn quest_loss<M: Denoiser + ?Sized>(
     fp: &M,
     student: &M,
-    (x, t, class): (Tensor<4>, Tensor<1>, Option<Tensor<1, burn::tensor::Int>>),
+    (x, t, class): (Tensor<4>, Tensor<1>, Option<dmq_models::Conditioning>),
     step: &dmq_models::StepContext,
     hooks: &[String],
     weighting: QuestLoss,

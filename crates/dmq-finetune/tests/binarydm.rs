@@ -127,7 +127,7 @@ fn binary_plan_and_student(device: &Device) {
         .forward(
             x,
             t,
-            c,
+            c.map(dmq_models::Conditioning::Class),
             &ForwardCtx::new(StepContext::single(500.0)).with_inputs(&cap),
         )
         .unwrap();

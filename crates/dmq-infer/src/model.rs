@@ -2,7 +2,7 @@
 //! and [`load_export`], which loads a layer export back into fake-quant form.
 
 use burn::module::Param;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use dmq_models::layers::{LayerMut, LayerRef, LowRank};
 use dmq_models::{Denoiser, DenoiserInfo, ForwardCtx, try_for_each_layer_mut};
 use dmq_quant::{
@@ -300,7 +300,7 @@ impl<M: Denoiser> Denoiser for IntegerModel<M> {
         &self,
         x: Tensor<4>,
         t: Tensor<1>,
-        class: Option<Tensor<1, Int>>,
+        class: Option<dmq_models::Conditioning>,
         ctx: &ForwardCtx<'_>,
     ) -> dmq_models::Result<Tensor<4>> {
         self.model

@@ -2,6 +2,8 @@
 
 use burn::tensor::{Device, Int, Tensor};
 
+use crate::conditioning::Conditioning;
+
 use crate::context::{ForwardCtx, LayerCall, LayerRecorder, StepContext};
 use crate::error::Result;
 use crate::layers::{LayerMut, LayerRef};
@@ -17,6 +19,9 @@ pub struct DenoiserInfo {
     /// Number of classes for class-conditional models; the null (unconditional) label is
     /// `num_classes` itself.
     pub num_classes: Option<usize>,
+    /// Width `D` of the encoder hidden states of text-conditional models
+    /// ([`Conditioning::Text`] `[B, L, D]`).
+    pub cross_attention_dim: Option<usize>,
     /// Output channels (2·C for learned-sigma models, whose first C channels are ε).
     pub out_channels: usize,
 }
@@ -24,16 +29,16 @@ pub struct DenoiserInfo {
 /// A noise-prediction network: UNet, DiT, or any user model that wants dmq's algorithms.
 pub trait Denoiser {
     /// Raw model output for `x_t` at timesteps `t` (one per batch element), with optional
-    /// class labels.
+    /// conditioning (class labels or encoder hidden states).
     ///
     /// # Shapes
-    /// - x: `[B, C, H, W]`; t: `[B]`; class: `[B]`
+    /// - x: `[B, C, H, W]`; t: `[B]`; cond: labels `[B]` or states `[B, L, D]`
     /// - output: `[B, out_channels, H, W]`
     fn forward(
         &self,
         x: Tensor<4>,
         t: Tensor<1>,
-        class: Option<Tensor<1, Int>>,
+        cond: Option<Conditioning>,
         ctx: &ForwardCtx<'_>,
     ) -> Result<Tensor<4>>;
 
@@ -56,10 +61,10 @@ pub trait Denoiser {
         &self,
         x: Tensor<4>,
         t: Tensor<1>,
-        class: Option<Tensor<1, Int>>,
+        cond: Option<Conditioning>,
         ctx: &ForwardCtx<'_>,
     ) -> Result<Tensor<4>> {
-        let out = self.forward(x, t, class, ctx)?;
+        let out = self.forward(x, t, cond, ctx)?;
         let info = self.info();
         if info.out_channels == info.in_channels {
             return Ok(out);
@@ -111,7 +116,11 @@ pub fn layer_inventory<M: Denoiser + ?Sized>(model: &M, device: &Device) -> Resu
     let t = Tensor::from_floats([500.0], device);
     let class = info
         .num_classes
-        .map(|_| Tensor::<1, Int>::from_ints([0], device));
+        .map(|_| Conditioning::Class(Tensor::<1, Int>::from_ints([0], device)));
+    let class = match (class, info.cross_attention_dim) {
+        (None, Some(d)) => Some(Conditioning::text(Tensor::zeros([1, 1, d], device))),
+        (c, _) => c,
+    };
     let recorder = LayerRecorder::default();
     let ctx = ForwardCtx::new(StepContext::single(500.0)).with_recorder(&recorder);
     model.forward(x, t, class, &ctx)?;

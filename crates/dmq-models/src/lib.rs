@@ -22,6 +22,7 @@
 //! hard-coded. Cargo features pick the compiled-in backends: `flex` (default),
 //! `ndarray`, `wgpu`.
 
+pub mod conditioning;
 pub mod context;
 pub mod defaults;
 pub mod denoiser;
@@ -38,6 +39,7 @@ pub mod structure;
 pub mod train;
 pub mod unet;
 
+pub use conditioning::Conditioning;
 pub use context::{
     ForwardCtx, HostTensor, InputCapture, LayerCall, LayerRecorder, Operand, StepContext,
     TapTensor, Taps, forward_for_taps,

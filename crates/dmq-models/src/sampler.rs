@@ -1,9 +1,11 @@
-//! Sampling loops over any [`Scheduler`]: classifier-free guidance as one batched call, a
-//! per-step callback that sees exactly what the denoiser was fed, and teacher-forced
-//! trajectories (advance with one model's ε while another model is evaluated).
+//! Sampling loops over any [`Scheduler`]: classifier-free guidance as one batched call (on
+//! class labels or on text embeddings, [`Conditioning`]), a per-step callback that sees
+//! exactly what the denoiser was fed, and teacher-forced trajectories (advance with one
+//! model's output while another model is evaluated).
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::conditioning::Conditioning;
 use crate::context::{ForwardCtx, StepContext};
 use crate::denoiser::Denoiser;
 use crate::error::{Result, shape_err};
@@ -17,8 +19,9 @@ pub struct DenoiserInput {
     pub x: Tensor<4>,
     /// `[B']` timesteps.
     pub t: Tensor<1>,
-    /// `[B']` labels (null label for the unconditional half), if conditional.
-    pub class: Option<Tensor<1, Int>>,
+    /// `[B']` labels (null label for the unconditional half) or `[B', L, D]` encoder
+    /// hidden states (the unconditional states first), if conditional.
+    pub cond: Option<Conditioning>,
     /// Step index, timestep and step count.
     pub step: StepContext,
 }
@@ -30,7 +33,7 @@ pub struct DenoiserInput {
 pub struct Trajectory<'s, S: Scheduler> {
     scheduler: &'s S,
     x: Tensor<4>,
-    class: Option<Tensor<1, Int>>,
+    cond: Option<Conditioning>,
     null_class: Option<usize>,
     guidance: f64,
     step: usize,
@@ -39,27 +42,40 @@ pub struct Trajectory<'s, S: Scheduler> {
 }
 
 impl<'s, S: Scheduler> Trajectory<'s, S> {
-    /// Starts from `x_T` with optional labels. `guidance` > 1 enables CFG, which needs labels
-    /// and the model's null label (`num_classes`); `seed` drives the stochastic steps.
+    /// Starts from `x_T` with optional conditioning. `guidance` ≠ 1 enables CFG, which needs
+    /// the unconditional half: the model's null label (`null_class`, its `num_classes`) for
+    /// labels, [`Conditioning::Text`]'s `uncond` for text; `seed` drives the stochastic steps.
     pub fn new(
         scheduler: &'s S,
         x_t: Tensor<4>,
-        class: Option<Tensor<1, Int>>,
+        cond: Option<Conditioning>,
         null_class: Option<usize>,
         guidance: f64,
         seed: u64,
     ) -> Result<Self> {
         let [b, ..] = x_t.dims();
-        if let Some(c) = &class {
-            let [n] = c.dims();
-            if n != b {
-                return Err(shape_err("Trajectory labels", format!("[{b}]"), [n]));
-            }
-        }
-        if guidance != 1.0 && (class.is_none() || null_class.is_none()) {
-            return Err(crate::ModelError::Config(
-                "classifier-free guidance needs class labels and a class-conditional model".into(),
+        if let Some(c) = &cond
+            && c.batch() != b
+        {
+            return Err(shape_err(
+                "Trajectory conditioning",
+                format!("batch {b}"),
+                [c.batch()],
             ));
+        }
+        if guidance != 1.0 {
+            match &cond {
+                None => {
+                    return Err(crate::ModelError::Config(
+                        "classifier-free guidance needs a conditional model and its conditioning"
+                            .into(),
+                    ));
+                }
+                // checks that the unconditional half exists and fits
+                Some(c) => {
+                    c.with_unconditional(null_class)?;
+                }
+            }
         }
         if !guidance.is_finite() {
             return Err(crate::ModelError::Config(format!(
@@ -69,7 +85,7 @@ impl<'s, S: Scheduler> Trajectory<'s, S> {
         Ok(Self {
             scheduler,
             x: x_t,
-            class,
+            cond,
             null_class,
             guidance,
             step: 0,
@@ -101,25 +117,21 @@ impl<'s, S: Scheduler> Trajectory<'s, S> {
     pub fn inputs(&self) -> Result<DenoiserInput> {
         let t = self.scheduler.timestep(self.step)?;
         let device = self.x.device();
-        let [b, ..] = self.x.dims();
         let step = StepContext {
             step: self.step,
             timestep: t as f64,
             num_steps: self.scheduler.num_steps(),
         };
-        let (x, class) = if self.cfg() {
-            let cond = self.class.clone().expect("checked in new");
-            let null = labels(&vec![self.null_class.expect("checked in new"); b], &device);
-            (
+        let (x, cond) = match (&self.cond, self.cfg()) {
+            (Some(c), true) => (
                 Tensor::cat(vec![self.x.clone(), self.x.clone()], 0),
-                Some(Tensor::cat(vec![null, cond], 0)),
-            )
-        } else {
-            (self.x.clone(), self.class.clone())
+                Some(c.with_unconditional(self.null_class)?),
+            ),
+            (c, _) => (self.x.clone(), c.clone()),
         };
         let [bb, ..] = x.dims();
         let t = Tensor::from_data(TensorData::new(vec![t as f32; bb], [bb]), &device);
-        Ok(DenoiserInput { x, t, class, step })
+        Ok(DenoiserInput { x, t, cond, step })
     }
 
     /// Raw model output for [`Trajectory::inputs`] → ε used for the step:
@@ -176,25 +188,25 @@ pub fn labels(values: &[usize], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(v, [values.len()]), device)
 }
 
-/// Samples from x_T to x_0 with `model`, calling `on_step(input, guided ε)` after every
+/// Samples from x_T to x_0 with `model`, calling `on_step(input, guided output)` after every
 /// denoiser call.
 pub fn sample<M: Denoiser + ?Sized, S: Scheduler>(
     model: &M,
     scheduler: &S,
     x_t: Tensor<4>,
-    class: Option<Tensor<1, Int>>,
+    cond: Option<Conditioning>,
     guidance: f64,
     seed: u64,
     on_step: &mut dyn FnMut(&DenoiserInput, &Tensor<4>),
 ) -> Result<Tensor<4>> {
     let info = model.info();
-    let mut traj = Trajectory::new(scheduler, x_t, class, info.num_classes, guidance, seed)?;
+    let mut traj = Trajectory::new(scheduler, x_t, cond, info.num_classes, guidance, seed)?;
     while !traj.done() {
         let input = traj.inputs()?;
         let out = model.forward(
             input.x.clone(),
             input.t.clone(),
-            input.class.clone(),
+            input.cond.clone(),
             &ForwardCtx::new(input.step),
         )?;
         let eps = traj.guide(out, info.in_channels);
@@ -212,22 +224,22 @@ pub fn sample_teacher_forced<T: Denoiser + ?Sized, U: Denoiser + ?Sized, S: Sche
     student: &U,
     scheduler: &S,
     x_t: Tensor<4>,
-    class: Option<Tensor<1, Int>>,
+    cond: Option<Conditioning>,
     guidance: f64,
     seed: u64,
     on_step: &mut dyn FnMut(&DenoiserInput, &Tensor<4>, &Tensor<4>),
 ) -> Result<Tensor<4>> {
     let info = teacher.info();
-    let mut traj = Trajectory::new(scheduler, x_t, class, info.num_classes, guidance, seed)?;
+    let mut traj = Trajectory::new(scheduler, x_t, cond, info.num_classes, guidance, seed)?;
     while !traj.done() {
         let input = traj.inputs()?;
         let ctx = ForwardCtx::new(input.step);
         let e_t = traj.guide(
-            teacher.forward(input.x.clone(), input.t.clone(), input.class.clone(), &ctx)?,
+            teacher.forward(input.x.clone(), input.t.clone(), input.cond.clone(), &ctx)?,
             info.in_channels,
         );
         let e_s = traj.guide(
-            student.forward(input.x.clone(), input.t.clone(), input.class.clone(), &ctx)?,
+            student.forward(input.x.clone(), input.t.clone(), input.cond.clone(), &ctx)?,
             info.in_channels,
         );
         on_step(&input, &e_t, &e_s);

@@ -11,8 +11,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use dmq_models::dit::{DiT, DiTConfig};
 use dmq_models::layers::LayerKind;
 use dmq_models::{
-    Denoiser, ForwardCtx, LayerRecorder, ModelError, StepContext, TapTensor, Taps, io,
-    layer_inventory,
+    Conditioning, Denoiser, ForwardCtx, LayerRecorder, ModelError, StepContext, TapTensor, Taps,
+    io, layer_inventory,
 };
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -127,7 +127,7 @@ fn parity_error(model: &DiT, io: &FixtureIo, suffix: &str, device: &Device) -> f
         .forward(
             io.x(&format!("x{suffix}"), device),
             io.t(&format!("t{suffix}"), device),
-            Some(io.y(&format!("y{suffix}"), device)),
+            Some(io.y(&format!("y{suffix}"), device).into()),
             &ctx(),
         )
         .unwrap();
@@ -167,7 +167,7 @@ fn learned_sigma_info(device: &Device) {
         .predict_eps(
             io.x("x", device),
             io.t("t", device),
-            Some(io.y("y", device)),
+            Some(io.y("y", device).into()),
             &ctx(),
         )
         .unwrap();
@@ -272,7 +272,7 @@ fn macs_by_hand(device: &Device) {
         .forward(
             Tensor::zeros([b, 4, 8, 8], device),
             Tensor::from_floats([1.0, 2.0, 3.0], device),
-            Some(Tensor::from_ints([0, 1, 3], device)),
+            Some(Tensor::<1, Int>::from_ints([0, 1, 3], device).into()),
             &ctx().with_recorder(&rec),
         )
         .unwrap();
@@ -292,7 +292,7 @@ fn taps(device: &Device) {
         .forward(
             io.x("x", device),
             io.t("t", device),
-            Some(io.y("y", device)),
+            Some(io.y("y", device).into()),
             &ctx().with_taps(&taps),
         )
         .unwrap();
@@ -318,15 +318,25 @@ fn input_errors(device: &Device) {
     );
     // Label beyond the null class.
     let err = model
-        .forward(x(), t(), Some(Tensor::from_ints([0, 4], device)), &ctx())
+        .forward(
+            x(),
+            t(),
+            Some(Tensor::<1, Int>::from_ints([0, 4], device).into()),
+            &ctx(),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("label 4"), "{err}");
     // Null label itself is fine.
     model
-        .forward(x(), t(), Some(Tensor::from_ints([3, 3], device)), &ctx())
+        .forward(
+            x(),
+            t(),
+            Some(Tensor::<1, Int>::from_ints([3, 3], device).into()),
+            &ctx(),
+        )
         .unwrap();
     // Wrong channels, wrong batch of t, size not a multiple of the patch.
-    let y = || Some(Tensor::<1, Int>::from_ints([0, 1], device));
+    let y = || Some(Conditioning::Class(Tensor::from_ints([0, 1], device)));
     assert!(matches!(
         model.forward(Tensor::zeros([2, 3, 8, 8], device), t(), y(), &ctx()),
         Err(ModelError::Shape { .. })
@@ -428,7 +438,7 @@ fn outputs(model: &DiT, device: &Device) -> Vec<f32> {
         .forward(
             x,
             Tensor::from_floats([10.0, 900.0], device),
-            Some(Tensor::from_ints([0, null], device)),
+            Some(Tensor::<1, Int>::from_ints([0, null], device).into()),
             &ctx(),
         )
         .unwrap();

@@ -3,13 +3,13 @@
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use dmq_models::dit::DiT;
 use dmq_models::noise::NoiseRng;
 use dmq_models::sampler::{Trajectory, labels, sample, sample_teacher_forced};
 use dmq_models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
 use dmq_models::train::{Checkpoint, Ema, LrSchedule, TrainState, diffusion_batch, eps_loss};
-use dmq_models::{Denoiser, ForwardCtx};
+use dmq_models::{Conditioning, Denoiser, ForwardCtx};
 
 fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
@@ -27,7 +27,7 @@ fn cfg_is_one_batched_call(device: &Device) {
     let model = tiny_dit(device);
     let sched = DdimScheduler::diffusers(&DdimConfig::new(), 4).unwrap();
     let x = NoiseRng::new(1).tensor([2, 1, 8, 8], device);
-    let y = labels(&[0, 2], device);
+    let y = Conditioning::from(labels(&[0, 2], device));
     let mut calls = Vec::new();
     let out = sample(
         &model,
@@ -39,7 +39,7 @@ fn cfg_is_one_batched_call(device: &Device) {
         &mut |inp, eps| {
             calls.push((
                 inp.x.dims(),
-                host(inp.class.clone().unwrap().float()),
+                host(inp.cond.as_ref().unwrap().labels().unwrap().clone().float()),
                 inp.step.step,
                 eps.dims(),
             ));
@@ -64,7 +64,12 @@ fn cfg_is_one_batched_call(device: &Device) {
     );
     let ctx = ForwardCtx::new(dmq_models::StepContext::single(0.0));
     let eu = model
-        .predict_eps(x.clone(), t.clone(), Some(labels(&[3, 3], device)), &ctx)
+        .predict_eps(
+            x.clone(),
+            t.clone(),
+            Some(labels(&[3, 3], device).into()),
+            &ctx,
+        )
         .unwrap();
     let ec = model
         .predict_eps(x.clone(), t, Some(y.clone()), &ctx)
@@ -73,7 +78,7 @@ fn cfg_is_one_batched_call(device: &Device) {
     let mut traj = Trajectory::new(&sched, x.clone(), Some(y.clone()), Some(3), 3.0, 7).unwrap();
     let inp = traj.inputs().unwrap();
     let raw = model
-        .forward(inp.x, inp.t, inp.class, &ForwardCtx::new(inp.step))
+        .forward(inp.x, inp.t, inp.cond, &ForwardCtx::new(inp.step))
         .unwrap();
     let g = traj.guide(raw, 1);
     let diff = host((g - guided).abs().max());
@@ -106,7 +111,7 @@ fn teacher_forcing_follows_the_teacher(device: &Device) {
     let student = tiny_dit(device);
     let sched = DdimScheduler::diffusers(&DdimConfig::new(), 3).unwrap();
     let x = NoiseRng::new(3).tensor([1, 1, 8, 8], device);
-    let y: Option<Tensor<1, Int>> = Some(labels(&[1], device));
+    let y: Option<Conditioning> = Some(labels(&[1], device).into());
     let alone = sample(
         &teacher,
         &sched,
@@ -251,7 +256,7 @@ fn zero_initialised_dit_trains(device: &Device) {
     let mut rng = NoiseRng::new(4);
     let x = rng.tensor([4, 1, 8, 8], &ad);
     let t = Tensor::<1>::from_floats([10.0, 200.0, 500.0, 900.0], &ad);
-    let y = labels(&[0, 1, 2, 3], &ad);
+    let y = Conditioning::from(labels(&[0, 1, 2, 3], &ad));
     let eps = rng.tensor([4, 1, 8, 8], &ad);
     let mut optim = AdamWConfig::new().init();
     let mut losses = vec![];

@@ -26,7 +26,7 @@ fn inputs(x_shape: [usize; 4], m: &impl Denoiser, device: &Device) -> InputCaptu
     let info = m.info();
     let class = info
         .num_classes
-        .map(|_| Tensor::<1, Int>::from_ints([0], device));
+        .map(|_| Tensor::<1, Int>::from_ints([0], device).into());
     m.forward(
         Tensor::zeros(x_shape, device),
         Tensor::from_floats([10.0], device),
@@ -49,7 +49,7 @@ fn assert_tapped(m: &impl Denoiser, s: &Structure, device: &Device) {
     let taps = Taps::new(names.clone());
     let class = info
         .num_classes
-        .map(|_| Tensor::<1, Int>::from_ints([0], device));
+        .map(|_| Tensor::<1, Int>::from_ints([0], device).into());
     let n = info.sample_size;
     m.forward(
         Tensor::zeros([1, info.in_channels, n, n], device),

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use dmq_models::layers::LayerKind;
 use dmq_models::unet::{UNet2DModel, UNetConfig};
 use dmq_models::{
-    Denoiser, ForwardCtx, LayerRecorder, ModelError, StepContext, TapTensor, Taps,
+    Conditioning, Denoiser, ForwardCtx, LayerRecorder, ModelError, StepContext, TapTensor, Taps,
     forward_for_taps, layer_inventory,
 };
 use safetensors::{Dtype, SafeTensors};
@@ -111,9 +111,13 @@ fn tensor1(v: &[f32], device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
 }
 
-fn labels(v: &Option<Vec<i64>>, device: &Device) -> Option<Tensor<1, Int>> {
-    v.as_ref()
-        .map(|l| Tensor::from_data(TensorData::new(l.clone(), [l.len()]), device))
+fn labels(v: &Option<Vec<i64>>, device: &Device) -> Option<Conditioning> {
+    v.as_ref().map(|l| {
+        Conditioning::Class(Tensor::from_data(
+            TensorData::new(l.clone(), [l.len()]),
+            device,
+        ))
+    })
 }
 
 fn values(t: Tensor<4>) -> Vec<f32> {
@@ -380,10 +384,10 @@ fn input_errors(device: &Device) {
     let x = Tensor::<4>::zeros([2, 1, 16, 16], device);
     let t = Tensor::<1>::from_floats([1.0, 2.0], device);
     let lab = |v: [i64; 2]| {
-        Some(Tensor::<1, Int>::from_data(
+        Some(Conditioning::Class(Tensor::<1, Int>::from_data(
             TensorData::new(v.to_vec(), [2]),
             device,
-        ))
+        )))
     };
     assert!(matches!(
         class_model.forward(x.clone(), t.clone(), None, &ctx()),
@@ -557,7 +561,7 @@ fn random_init(device: &Device) {
         .forward(
             Tensor::zeros([3, 2, 8, 8], device),
             Tensor::from_floats([7.0], device),
-            Some(Tensor::from_ints([0, 1, 2], device)),
+            Some(Tensor::<1, Int>::from_ints([0, 1, 2], device).into()),
             &ctx(),
         )
         .unwrap();
@@ -566,7 +570,7 @@ fn random_init(device: &Device) {
         .predict_eps(
             Tensor::zeros([1, 2, 8, 8], device),
             Tensor::from_floats([7.0], device),
-            Some(Tensor::from_ints([0], device)),
+            Some(Tensor::<1, Int>::from_ints([0], device).into()),
             &ctx(),
         )
         .unwrap();

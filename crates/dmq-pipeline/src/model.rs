@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Tensor};
 use dmq_models::dit::{DiT, DiTConfig};
 use dmq_models::layers::{LayerMut, LayerRef};
 use dmq_models::unet::{UNet2DModel, UNetConfig};
@@ -127,7 +127,7 @@ impl Denoiser for AnyDenoiser {
         &self,
         x: Tensor<4>,
         t: Tensor<1>,
-        class: Option<Tensor<1, Int>>,
+        class: Option<dmq_models::Conditioning>,
         ctx: &ForwardCtx<'_>,
     ) -> dmq_models::Result<Tensor<4>> {
         match self {

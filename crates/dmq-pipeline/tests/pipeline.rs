@@ -60,7 +60,7 @@ fn max_diff(a: &dyn Denoiser, b: &dyn Denoiser, sched: &DdimScheduler, device: &
     );
     let class = info
         .num_classes
-        .map(|_| dmq_models::sampler::labels(&[0, 1], device));
+        .map(|_| dmq_models::sampler::labels(&[0, 1], device).into());
     let mut worst = 0f32;
     for k in 0..sched.num_steps() {
         let t = sched.timestep(k).unwrap() as f32;

@@ -76,7 +76,10 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     let info = f.model.info();
     let (c, s) = (info.in_channels, info.sample_size);
     let class = info.num_classes.map(|nc| {
-        dmq_models::sampler::labels(&(0..a.batch).map(|i| i % nc).collect::<Vec<_>>(), &device)
+        dmq_models::Conditioning::Class(dmq_models::sampler::labels(
+            &(0..a.batch).map(|i| i % nc).collect::<Vec<_>>(),
+            &device,
+        ))
     });
     let guidance = if info.num_classes.is_some() { 1.5 } else { 1.0 };
     let time = |m: &dyn Denoiser| -> Result<f64, Error> {

@@ -122,7 +122,7 @@ fn draw<M: Denoiser, S: dmq_models::scheduler::Scheduler>(
             let v: Vec<usize> = (start..start + b)
                 .map(|i| a.class.unwrap_or(i % nc))
                 .collect();
-            dmq_models::sampler::labels(&v, device)
+            dmq_models::Conditioning::Class(dmq_models::sampler::labels(&v, device))
         });
         let guidance = if info.num_classes.is_some() {
             a.cfg

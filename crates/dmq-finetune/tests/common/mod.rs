@@ -98,7 +98,12 @@ pub fn eval_step(
         timestep: t as f64,
         num_steps: s.num_steps(),
     });
-    let class = class.map(|c| Tensor::from_data(burn::tensor::TensorData::new(c, [b]), device));
+    let class = class.map(|c| {
+        dmq_models::Conditioning::Class(Tensor::from_data(
+            burn::tensor::TensorData::new(c, [b]),
+            device,
+        ))
+    });
     host(
         &model
             .forward(

@@ -31,7 +31,7 @@
 //! // class 3 and the null class (unconditional half of classifier-free guidance)
 //! let null = info.num_classes.unwrap() as i64;
 //! let y = Tensor::<1, Int>::from_ints([3, null], &device);
-//! let eps = dit.predict_eps(x, t, Some(y), &ForwardCtx::new(StepContext::single(999.0)))?;
+//! let eps = dit.predict_eps(x, t, Some(y.into()), &ForwardCtx::new(StepContext::single(999.0)))?;
 //! # let _ = eps;
 //! # Ok(())
 //! # }

@@ -12,6 +12,7 @@ use dmq_quant::file::write_atomic;
 use super::block::{BasicTransformerBlock, BasicTransformerBlockConfig};
 use super::config::DiTConfig;
 use super::patch_embed::{PatchEmbed, PatchEmbedConfig};
+use crate::conditioning::{Conditioning, class_labels};
 use crate::context::ForwardCtx;
 use crate::denoiser::{Denoiser, DenoiserInfo};
 use crate::error::{ModelError, Result, shape_err};
@@ -203,10 +204,10 @@ impl Denoiser for DiT {
         &self,
         x: Tensor<4>,
         t: Tensor<1>,
-        class: Option<Tensor<1, Int>>,
+        cond: Option<Conditioning>,
         ctx: &ForwardCtx<'_>,
     ) -> Result<Tensor<4>> {
-        let labels = self.check_inputs(&x, &t, class)?;
+        let labels = self.check_inputs(&x, &t, class_labels(cond, "DiT")?)?;
         let [b, _, h, w] = x.dims();
         let p = self.config.patch_size;
         let co = self.config.out_channels();
@@ -241,6 +242,7 @@ impl Denoiser for DiT {
             in_channels: self.config.in_channels,
             sample_size: self.config.sample_size,
             num_classes: Some(self.config.num_classes()),
+            cross_attention_dim: None,
             out_channels: self.config.out_channels(),
         }
     }

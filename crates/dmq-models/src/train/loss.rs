@@ -56,6 +56,7 @@ pub fn eps_loss<M: Denoiser + ?Sized>(
     class: Option<Tensor<1, Int>>,
 ) -> Result<Tensor<1>> {
     let ctx = ForwardCtx::new(StepContext::single(0.0));
-    let eps = model.predict_eps(batch.x_t.clone(), batch.t.clone(), class, &ctx)?;
+    let cond = class.map(crate::Conditioning::Class);
+    let eps = model.predict_eps(batch.x_t.clone(), batch.t.clone(), cond, &ctx)?;
     Ok((eps - batch.noise.clone()).powi_scalar(2).mean())
 }

@@ -13,6 +13,7 @@ use super::blocks::{DownBlock, MidBlock, UpBlock};
 use super::checkpoint::convert_deprecated_attention_keys;
 use super::config::UNetConfig;
 use super::embedding::{ClassEmbedding, TimestepEmbedding, timestep_embedding};
+use crate::conditioning::{Conditioning, class_labels};
 use crate::context::ForwardCtx;
 use crate::denoiser::{Denoiser, DenoiserInfo};
 use crate::error::{ModelError, Result, shape_err};
@@ -198,9 +199,10 @@ impl Denoiser for UNet2DModel {
         &self,
         x: Tensor<4>,
         t: Tensor<1>,
-        class: Option<Tensor<1, Int>>,
+        cond: Option<Conditioning>,
         ctx: &ForwardCtx<'_>,
     ) -> Result<Tensor<4>> {
+        let class = class_labels(cond, "UNet2DModel")?;
         let c = &self.config;
         let [b, cin, h, w] = x.dims();
         let levels = c.block_out_channels.len();
@@ -251,6 +253,7 @@ impl Denoiser for UNet2DModel {
             in_channels: self.config.in_channels,
             sample_size: self.config.sample_size(),
             num_classes: self.config.num_class_embeds,
+            cross_attention_dim: None,
             out_channels: self.config.out_channels,
         }
     }
