@@ -37,6 +37,7 @@ pub mod scheduler;
 pub mod structure;
 pub mod train;
 pub mod unet;
+pub mod unet_cond;
 
 pub use context::{
     ForwardCtx, HostTensor, InputCapture, LayerCall, LayerRecorder, Operand, StepContext,
