@@ -38,6 +38,7 @@ pub mod scheduler;
 pub mod structure;
 pub mod train;
 pub mod unet;
+pub mod unet_cond;
 pub mod vae;
 
 pub use conditioning::Conditioning;
