@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use dmq_models::layers::LayerKind;
+use dmq_models::scheduler::{DdimConfig, DdimScheduler, Scheduler};
 use dmq_models::structure::within;
 use dmq_models::unet_cond::{UNet2DConditionConfig, UNet2DConditionModel};
 use dmq_models::{
-    ForwardCtx, InputCapture, LayerRecorder, ModelError, Operand, StageKind, StepContext,
-    TapTensor, Taps,
+    Conditioning, Denoiser, ForwardCtx, InputCapture, LayerRecorder, ModelError, Operand,
+    StageKind, StepContext, TapTensor, Taps,
 };
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
@@ -614,6 +615,93 @@ fn round_trip(device: &Device) {
     UNet2DConditionModel::load(&tmp.0, device).unwrap();
 }
 
+/// As a [`Denoiser`]: the text conditioning reaches the model (same output as the inherent
+/// forward), labels are refused, the layer inventory runs on a text-conditional model, and a
+/// CFG sampling run feeds `[uncond; cond]` states and guides as `ε_u + s (ε_c − ε_u)`.
+fn as_denoiser(device: &Device) {
+    let m = load("conv", device);
+    let io = read_io("conv");
+    let (x, t, ehs) = inputs(&io, device);
+    let direct = values(
+        m.forward(x.clone(), t.clone(), ehs.clone(), &ctx())
+            .unwrap(),
+    );
+    let via = values(
+        Denoiser::forward(
+            &m,
+            x.clone(),
+            t.clone(),
+            Some(Conditioning::text(ehs.clone())),
+            &ctx(),
+        )
+        .unwrap(),
+    );
+    assert_eq!(direct, via);
+    let labels = Conditioning::Class(Tensor::from_ints([0, 1], device));
+    assert!(matches!(
+        Denoiser::forward(&m, x.clone(), t.clone(), Some(labels), &ctx()),
+        Err(ModelError::Config(_))
+    ));
+    assert!(Denoiser::forward(&m, x.clone(), t, None, &ctx()).is_err());
+    let calls = dmq_models::layer_inventory(&m, device).unwrap();
+    let mut names = vec![];
+    m.for_each_layer(&mut |l| names.push(l.name().to_string()));
+    assert!(
+        calls.len() >= names.len(),
+        "{} calls, {} layers",
+        calls.len(),
+        names.len()
+    );
+
+    // one DDIM step with CFG against the hand-made batched call
+    let [b, ..] = x.dims();
+    let [_, l, d] = ehs.dims();
+    let uncond = Tensor::<3>::zeros([1, l, d], device);
+    let sched = DdimScheduler::diffusers(&DdimConfig::new().with_clip_sample(false), 1).unwrap();
+    let cond = Conditioning::Text {
+        states: ehs.clone(),
+        uncond: Some(uncond.clone()),
+    };
+    let mut seen = vec![];
+    let out = dmq_models::sampler::sample(
+        &m,
+        &sched,
+        x.clone(),
+        Some(cond),
+        4.0,
+        0,
+        &mut |inp, eps| {
+            seen.push((
+                inp.x.dims(),
+                inp.cond.as_ref().unwrap().states().unwrap().dims(),
+                eps.clone(),
+            ));
+        },
+    )
+    .unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, [2 * b, x.dims()[1], x.dims()[2], x.dims()[3]]);
+    assert_eq!(seen[0].1, [2 * b, l, d]);
+    let tt = Tensor::<1>::from_floats(vec![sched.timesteps()[0] as f32; b].as_slice(), device);
+    let eu = m
+        .forward(x.clone(), tt.clone(), uncond.repeat_dim(0, b), &ctx())
+        .unwrap();
+    let ec = m.forward(x.clone(), tt, ehs, &ctx()).unwrap();
+    let want = eu.clone() + (ec - eu) * 4.0;
+    assert!(max_abs_err(&values(seen[0].2.clone()), &values(want.clone())) < 1e-5);
+    let step = sched
+        .step(
+            want,
+            0,
+            x,
+            None,
+            &mut dmq_models::scheduler::SolverState::default(),
+        )
+        .unwrap()
+        .prev_sample;
+    assert!(max_abs_err(&values(out), &values(step)) < 1e-5);
+}
+
 macro_rules! backend_tests {
     ($name:ident, $device:expr) => {
         mod $name {
@@ -661,6 +749,11 @@ macro_rules! backend_tests {
             #[test]
             fn round_trip() {
                 super::round_trip(&device());
+            }
+
+            #[test]
+            fn as_denoiser() {
+                super::as_denoiser(&device());
             }
         }
     };

@@ -11,11 +11,13 @@ use dmq_quant::file::write_atomic;
 
 use super::blocks::{DownBlock, MidBlock, UpBlock};
 use super::config::UNet2DConditionConfig;
+use crate::conditioning::Conditioning;
 use crate::context::ForwardCtx;
-use crate::denoiser::DenoiserInfo;
+use crate::denoiser::{Denoiser, DenoiserInfo};
 use crate::error::{ModelError, Result, shape_err};
 use crate::io;
 use crate::layers::{GroupNorm, GroupNormConfig, LayerMut, LayerRef, QConv2d, QConv2dConfig};
+use crate::structure::Structure;
 use crate::unet::{TimestepEmbedding, timestep_embedding};
 
 /// diffusers' `UNet2DConditionModel` in the Stable Diffusion 1.x layout: every field is
@@ -231,6 +233,7 @@ impl UNet2DConditionModel {
             sample_size: self.config.sample_size(),
             num_classes: None,
             out_channels: self.config.out_channels,
+            cross_attention_dim: Some(self.config.cross_dim()),
         }
     }
 
@@ -263,5 +266,44 @@ impl UNet2DConditionModel {
             b.for_each_layer_mut(f);
         }
         f(LayerMut::Conv2d(&mut self.conv_out));
+    }
+}
+
+/// The text-conditional UNet as a [`Denoiser`]: the conditioning must be
+/// [`Conditioning::Text`] (encoder hidden states `[B, L, cross_attention_dim]`).
+impl Denoiser for UNet2DConditionModel {
+    fn forward(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        cond: Option<Conditioning>,
+        ctx: &ForwardCtx<'_>,
+    ) -> Result<Tensor<4>> {
+        match cond {
+            Some(Conditioning::Text { states, .. }) => {
+                UNet2DConditionModel::forward(self, x, t, states, ctx)
+            }
+            _ => Err(ModelError::Config(
+                "UNet2DConditionModel is text-conditional: pass Conditioning::Text with the \
+                 encoder hidden states"
+                    .into(),
+            )),
+        }
+    }
+
+    fn info(&self) -> DenoiserInfo {
+        UNet2DConditionModel::info(self)
+    }
+
+    fn for_each_layer(&self, f: &mut dyn FnMut(LayerRef<'_>)) {
+        UNet2DConditionModel::for_each_layer(self, f)
+    }
+
+    fn for_each_layer_mut(&mut self, f: &mut dyn FnMut(LayerMut<'_>)) {
+        UNet2DConditionModel::for_each_layer_mut(self, f)
+    }
+
+    fn structure(&self) -> Structure {
+        UNet2DConditionModel::structure(self)
     }
 }

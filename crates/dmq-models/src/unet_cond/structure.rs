@@ -26,7 +26,8 @@ fn attention_layers(a: &Attention) -> AttentionLayers {
 
 fn add_resnet(s: &mut Structure, r: &ResnetBlock2D) {
     s.units.push(r.name().to_string());
-    s.time_projections.push(r.time_emb_proj.name().to_string());
+    s.time_projections
+        .extend(r.time_emb_proj.iter().map(|p| p.name().to_string()));
     if let Some(sc) = &r.conv_shortcut {
         s.shortcuts.push(sc.name().to_string());
     }
