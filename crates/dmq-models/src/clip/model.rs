@@ -11,7 +11,7 @@ use super::config::ClipTextConfig;
 use super::embeddings::ClipTextEmbeddings;
 use super::encoder::{ClipEncoder, ClipEncoderLayer};
 use crate::context::ForwardCtx;
-use crate::error::{ModelError, Result, at_origin, shape_err};
+use crate::error::{ModelError, Result, shape_err};
 use crate::io;
 use crate::layers::{LayerMut, LayerNorm, LayerNormConfig, LayerRef};
 
@@ -125,8 +125,7 @@ impl ClipTextModel {
         let (layout, stripped) = prepare(&bytes, &path)?;
         let bytes = stripped.as_deref().unwrap_or(&bytes);
         match layout {
-            KeyLayout::Prefixed => io::load_weights_from_bytes(model, bytes, &path, device)
-                .map_err(|e| at_origin(e, &path)),
+            KeyLayout::Prefixed => io::load_weights_from_bytes(model, bytes, &path, device),
             KeyLayout::Bare => {
                 model.text_model =
                     io::load_weights_from_bytes(model.text_model, bytes, &path, device)?;
