@@ -198,23 +198,23 @@ const GENERIC_KEYS: [&str; 49] = [
     "begin_suppress_tokens",
 ];
 
-/// Generic keys that are harmless only with one value.
+/// Keys that are harmless only with one value: `Some(check)` for them, `None` for any
+/// other key. `model_type` must name the text model; `pruned_heads` must be empty (pruning
+/// changes the projections' shapes and the head split).
 fn check_conditional_key(key: &str, value: &Value) -> Option<Result<()>> {
-    let ok = match key {
-        "model_type" => value == CLIP_TEXT_MODEL_TYPE,
-        // Pruned heads change the projections' shapes and the head split.
-        "pruned_heads" => value.as_object().is_some_and(Map::is_empty) || value.is_null(),
+    let (ok, expected) = match key {
+        "model_type" => (value == CLIP_TEXT_MODEL_TYPE, "\"clip_text_model\""),
+        "pruned_heads" => (
+            value.is_null() || value.as_object().is_some_and(Map::is_empty),
+            "an empty map",
+        ),
         _ => return None,
     };
     Some(if ok {
         Ok(())
     } else {
         Err(config_err(format!(
-            "config key '{key}' = {value} is not supported (expected {})",
-            match key {
-                "model_type" => format!("\"{CLIP_TEXT_MODEL_TYPE}\""),
-                _ => "an empty map".to_string(),
-            }
+            "config key '{key}' = {value} is not supported (expected {expected})"
         )))
     })
 }
