@@ -22,6 +22,7 @@
 //! hard-coded. Cargo features pick the compiled-in backends: `flex` (default),
 //! `ndarray`, `wgpu`.
 
+pub mod clip;
 pub mod conditioning;
 pub mod context;
 pub mod defaults;

@@ -38,6 +38,7 @@ pub mod method;
 pub mod model;
 pub mod scheduler;
 pub mod search;
+pub mod tokenizer;
 
 pub use error::{PipelineError, Result};
 pub use images::ImageSet;
