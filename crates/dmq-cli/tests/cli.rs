@@ -336,6 +336,70 @@ fn binarydm_from_the_command_line() {
     );
 }
 
+/// `dmq sample --prompt` on a diffusers text-to-image pipeline directory (the tiny
+/// random-weight pipeline of dmq-pipeline's parity test): a grid with one row per prompt, under
+/// the pipeline's own sampler and DPM-Solver++; prompts are required there and refused elsewhere.
+#[test]
+fn text_to_image_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pipe = root().join("crates/dmq-pipeline/tests/fixtures/t2i/pipeline");
+    let pipe = pipe.to_str().unwrap();
+    let png = tmp.path().join("t2i.png");
+    let png = png.to_str().unwrap();
+    let s = ok(&[
+        "sample",
+        "--model",
+        pipe,
+        "--prompt",
+        "a photo of a sneaker",
+        "--prompt",
+        "a bag",
+        "--n",
+        "2",
+        "--steps",
+        "3",
+        "--out",
+        png,
+    ]);
+    assert!(
+        s.contains("4 images for 2 prompt(s)") && s.contains("pndm"),
+        "{s}"
+    );
+    assert!(std::fs::metadata(png).unwrap().len() > 100);
+    let s = ok(&[
+        "sample",
+        "--model",
+        pipe,
+        "--prompt",
+        "a coat",
+        "--n",
+        "1",
+        "--steps",
+        "3",
+        "--sampler",
+        "dpm++2m",
+        "--cfg",
+        "3",
+        "--out",
+        png,
+    ]);
+    assert!(s.contains("dpm++2m") && s.contains("guidance 3"), "{s}");
+    fails(&["sample", "--model", pipe, "--out", png], "--prompt");
+    let unet = root().join("assets/models/unet-fmnist");
+    fails(
+        &[
+            "sample",
+            "--model",
+            unet.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--out",
+            png,
+        ],
+        "model_index.json",
+    );
+}
+
 #[test]
 fn bad_input_is_one_line_and_nonzero() {
     let tmp = tempfile::tempdir().unwrap();

@@ -12,11 +12,15 @@
 //!   [`structure`]: the architecture as data (stages, units, time path, attention, skips);
 //! - [`io`]: strict loading/saving of the diffusers layout (`config.json` +
 //!   `diffusion_pytorch_model.safetensors`, f32/f16/bf16);
+//! - [`unet_cond`], [`vae`], [`clip`]: the text-to-image pieces (diffusers
+//!   `UNet2DConditionModel` and `AutoencoderKL`, transformers `CLIPTextModel`);
+//! - [`conditioning`]: [`Conditioning`], class labels or text states (with the
+//!   unconditional embedding for CFG), the one conditioning type of every denoiser;
 //! - [`sampler`]: sampling with batched CFG, per-step callbacks and teacher forcing;
 //!   [`noise`]: host-side seeded Gaussian noise (identical on every backend);
 //! - [`train`]: EMA, LR schedules, resumable checkpoints, the ε-prediction loss;
-//! - [`scheduler`]: DDPM and DDIM over any ascending timestep list, with numerical parity
-//!   against diffusers' `DDPMScheduler` / `DDIMScheduler`.
+//! - [`scheduler`]: DDPM and DDIM over any ascending timestep list, PNDM (PLMS) and
+//!   DPM-Solver++, ε / v / x0 prediction, with numerical parity against diffusers.
 //!
 //! Every tensor API takes or carries a runtime [`burn::tensor::Device`]; no backend is
 //! hard-coded. Cargo features pick the compiled-in backends: `flex` (default),

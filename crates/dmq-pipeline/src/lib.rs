@@ -38,6 +38,7 @@ pub mod method;
 pub mod model;
 pub mod scheduler;
 pub mod search;
+pub mod text_to_image;
 pub mod tokenizer;
 
 pub use error::{PipelineError, Result};
@@ -45,3 +46,4 @@ pub use images::ImageSet;
 pub use method::{METHOD_NAMES, Method, MethodReport, Progress, Quantized, RunOptions, quantize};
 pub use model::AnyDenoiser;
 pub use scheduler::SchedulerSpec;
+pub use text_to_image::{GenerateOptions, TextToImage};

@@ -260,10 +260,11 @@ impl SchedulerSpec {
             .with_prediction_type(prediction)
             .with_steps_offset(ddim.steps_offset);
         dpm.trained_betas = ddim.trained_betas.clone();
-        if native == SamplerKind::DpmSolver {
-            dpm.timestep_spacing = ddim.timestep_spacing;
-            if text("timestep_spacing")?.is_none() {
-                dpm.timestep_spacing = TimestepSpacing::Linspace;
+        // The DPM-Solver keys are read from any config, as diffusers' `from_config` carries a
+        // config's shared keys (betas, spacing, offset, prediction type) into another scheduler.
+        {
+            if text("timestep_spacing")?.is_some() {
+                dpm.timestep_spacing = ddim.timestep_spacing;
             }
             if let Some(a) = parsed("algorithm_type")?
                 && a != "dpmsolver++"

@@ -13,25 +13,31 @@ use super::{Error, ModelArg, device, positive};
 /// Flags of `dmq sample`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A diffusers model directory or a .dmq.safetensors file.
+    /// A diffusers model directory, a diffusers text-to-image pipeline directory
+    /// (`model_index.json`; needs `--prompt`) or a .dmq.safetensors file.
     #[arg(long, value_parser = crate::existing)]
     pub model: PathBuf,
-    /// Number of images.
+    /// Number of images (text-to-image: per prompt).
     #[arg(long, default_value_t = 16)]
     pub n: usize,
+    /// A prompt (text-to-image pipelines; repeat the flag for several: one grid row each).
+    #[arg(long)]
+    pub prompt: Vec<String>,
     /// Sampling steps (default: the file's own, 20 for a directory).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Sampler: ddim, pndm (PLMS) or dpm++2m (DPM-Solver++ 2M), over the model's own
-    /// schedule. Quantized files sample with DDIM, the sampler they were calibrated on.
-    #[arg(long, default_value = "ddim")]
-    pub sampler: dmq_pipeline::scheduler::SamplerKind,
+    /// schedule (default: DDIM; a pipeline's own scheduler for text-to-image). Quantized
+    /// files sample with DDIM, the sampler they were calibrated on.
+    #[arg(long)]
+    pub sampler: Option<dmq_pipeline::scheduler::SamplerKind>,
     /// Class label of every image (class-conditional models); default: 0, 1, 2, ... cycled.
     #[arg(long)]
     pub class: Option<usize>,
-    /// Classifier-free guidance scale (class-conditional models).
-    #[arg(long, default_value_t = 1.5)]
-    pub cfg: f64,
+    /// Classifier-free guidance scale (default 1.5 for class-conditional models, 7.5 for
+    /// text-to-image pipelines).
+    #[arg(long)]
+    pub cfg: Option<f64>,
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -49,13 +55,25 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     if let Some(s) = a.steps {
         positive("steps", s, 1000)?;
     }
-    if !(a.cfg.is_finite() && a.cfg >= 1.0) {
-        return Err(format!("--cfg {}: must be ≥ 1", a.cfg).into());
+    if let Some(cfg) = a.cfg
+        && !(cfg.is_finite() && cfg >= 1.0)
+    {
+        return Err(format!("--cfg {cfg}: must be ≥ 1").into());
     }
     if a.out.extension().and_then(|e| e.to_str()) != Some("png") {
         return Err(format!("--out {}: must end in .png", a.out.display()).into());
     }
     let device = device(backend, false)?;
+    if dmq_pipeline::text_to_image::is_pipeline_dir(&a.model) {
+        return text_to_image(&a, &device);
+    }
+    if !a.prompt.is_empty() {
+        return Err(format!(
+            "--prompt: {} is not a text-to-image pipeline directory (no model_index.json)",
+            a.model.display()
+        )
+        .into());
+    }
     let arg = ModelArg::load(&a.model, &device)?;
     let info = arg.model().info();
     if let (Some(k), Some(nc)) = (a.class, info.num_classes)
@@ -66,7 +84,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     if a.class.is_some() && info.num_classes.is_none() {
         return Err("--class: the model is not class-conditional".into());
     }
-    let sched = match (a.sampler, &arg) {
+    let sched = match (a.sampler.unwrap_or(SamplerKind::Ddim), &arg) {
         (SamplerKind::Ddim, _) => AnySampler::Ddim(arg.sampler(a.steps)?),
         (kind, ModelArg::Dir { scheduler, .. }) => scheduler.sampler(kind, arg.steps(a.steps)?)?,
         (kind, ModelArg::File(f)) => {
@@ -96,7 +114,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         "{} images in {dt:.1} s ({:.2} images/s, {steps} {} steps{}) → {}",
         a.n,
         a.n as f64 / dt,
-        a.sampler,
+        a.sampler.unwrap_or(SamplerKind::Ddim),
         if a.integer { ", integer path" } else { "" },
         a.out.display()
     );
@@ -125,7 +143,7 @@ fn draw<M: Denoiser, S: dmq_models::scheduler::Scheduler>(
             dmq_models::Conditioning::Class(dmq_models::sampler::labels(&v, device))
         });
         let guidance = if info.num_classes.is_some() {
-            a.cfg
+            a.cfg.unwrap_or(1.5)
         } else {
             1.0
         };
@@ -140,4 +158,54 @@ fn draw<M: Denoiser, S: dmq_models::scheduler::Scheduler>(
         data: out,
         shape: vec![a.n, c, s, s],
     })
+}
+
+/// `dmq sample` on a text-to-image pipeline directory: `--n` images per `--prompt`, one grid
+/// row per prompt.
+fn text_to_image(a: &Args, device: &burn::tensor::Device) -> Result<(), Error> {
+    if a.prompt.is_empty() {
+        return Err(format!(
+            "{} is a text-to-image pipeline: give at least one --prompt",
+            a.model.display()
+        )
+        .into());
+    }
+    if a.integer || a.class.is_some() {
+        return Err("--integer and --class do not apply to a text-to-image pipeline".into());
+    }
+    let pipe = dmq_pipeline::TextToImage::load(&a.model, device)?;
+    let opts = dmq_pipeline::GenerateOptions {
+        steps: a.steps.unwrap_or(20),
+        guidance: a.cfg.unwrap_or(7.5),
+        seed: a.seed,
+        sampler: a.sampler.unwrap_or(pipe.scheduler.native),
+    };
+    let t0 = Instant::now();
+    let mut rows = Vec::with_capacity(a.prompt.len());
+    let mut bar = super::bar("text-to-image", a.prompt.len() * a.n);
+    for (k, prompt) in a.prompt.iter().enumerate() {
+        let prompts = vec![prompt.as_str(); a.n];
+        let o = dmq_pipeline::GenerateOptions {
+            seed: opts.seed.wrapping_add((k * a.n) as u64),
+            ..opts.clone()
+        };
+        rows.push(HostTensor::from_tensor(
+            &pipe.generate(&pipe.unet, &prompts, &o, device)?,
+        ));
+        bar.set(((k + 1) * a.n) as u64, "");
+    }
+    bar.finish();
+    let dt = t0.elapsed().as_secs_f64();
+    let refs: Vec<&HostTensor> = rows.iter().collect();
+    dmq_pipeline::eval::grid_png(&a.out, &refs, device)?;
+    println!(
+        "{} images for {} prompt(s) in {dt:.1} s ({} {} steps, guidance {}) → {}",
+        a.n * a.prompt.len(),
+        a.prompt.len(),
+        opts.steps,
+        opts.sampler,
+        opts.guidance,
+        a.out.display()
+    );
+    Ok(())
 }

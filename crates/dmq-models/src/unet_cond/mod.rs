@@ -18,7 +18,7 @@
 //! Every quantizable layer is named by its diffusers state-dict path
 //! (`down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k`; the attention products
 //! are `<attention>.qk` and `<attention>.sv`). Numerical parity with diffusers (max abs error
-//! ≤ 1e-4) is tested by `crates/dmq-models/tests/unet_cond_parity.rs` on fixtures written by
+//! ≤ 1e-4) is tested by `crates/dmq-models/tests/t2i/unet_cond.rs` on fixtures written by
 //! `python3 scripts/fixtures/unet_cond_parity.py`; docs/unet_cond.md describes the API.
 
 pub mod attention;

@@ -16,7 +16,7 @@
 //! (`encoder.down_blocks.0.resnets.0.conv1`, `decoder.mid_block.attentions.0.to_q`,
 //! `quant_conv`; the attention products are `<attention>.qk` and `<attention>.sv`).
 //! Numerical parity with diffusers (max abs error ≤ 1e-4) is tested by
-//! `crates/dmq-models/tests/vae_parity.rs` on fixtures written by
+//! `crates/dmq-models/tests/t2i/vae.rs` on fixtures written by
 //! `python3 scripts/fixtures/vae_parity.py`; see `docs/vae.md`.
 
 pub mod blocks;

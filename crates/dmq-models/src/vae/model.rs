@@ -116,6 +116,21 @@ impl AutoencoderKL {
         self.config.scaling_factor
     }
 
+    /// Sets `scaling_factor` (after training: `1 / std(z)` of the latents, Stable Diffusion's
+    /// rule).
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] unless `s` is finite and positive.
+    pub fn set_scaling_factor(&mut self, s: f64) -> Result<()> {
+        if !(s.is_finite() && s > 0.0) {
+            return Err(ModelError::Config(format!(
+                "scaling_factor must be finite and > 0, got {s}"
+            )));
+        }
+        self.config.scaling_factor = s;
+        Ok(())
+    }
+
     /// `shift_factor` (0 when the config has `null`).
     pub fn shift_factor(&self) -> f64 {
         self.config.shift()

@@ -1,0 +1,216 @@
+//! [`TextToImage`]: the latent text-to-image pipeline of a diffusers pipeline directory
+//! (`model_index.json` with `unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`):
+//!
+//! ```text
+//! prompt ─ tokenizer ─ ids [B, 77] ─ text encoder ─ states [B, 77, D]  (and the empty prompt's)
+//! z_T ~ N(0, I) [B, C_lat, h, w] ─ sampler + UNet with CFG on [uncond; cond] ─ z_0
+//! z_0 / scaling_factor (+ shift) ─ VAE decoder ─ image [B, 3, 8h, 8w] in [-1, 1]
+//! ```
+//!
+//! The UNet is taken as any [`Denoiser`], so the FP UNet, a quantized one (fake-quant) and
+//! its integer path generate through the same code. The text encoder and the VAE run in FP.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use dmq_models::clip::ClipTextModel;
+use dmq_models::noise::NoiseRng;
+use dmq_models::unet_cond::UNet2DConditionModel;
+use dmq_models::vae::AutoencoderKL;
+use dmq_models::{Conditioning, Denoiser, ForwardCtx, StepContext};
+use serde_json::Value;
+
+use crate::error::{Result, file_err};
+use crate::scheduler::{SamplerKind, SchedulerSpec};
+use crate::tokenizer::ClipTokenizer;
+
+/// File naming the components of a diffusers pipeline directory.
+pub const MODEL_INDEX: &str = "model_index.json";
+
+/// The components a pipeline directory must name, with the classes dmq can load.
+const COMPONENTS: [(&str, &[&str]); 5] = [
+    ("unet", &["UNet2DConditionModel"]),
+    ("vae", &["AutoencoderKL"]),
+    ("text_encoder", &["CLIPTextModel"]),
+    ("tokenizer", &["CLIPTokenizer", "CLIPTokenizerFast"]),
+    (
+        "scheduler",
+        &[
+            "PNDMScheduler",
+            "DDIMScheduler",
+            "DDPMScheduler",
+            "DPMSolverMultistepScheduler",
+        ],
+    ),
+];
+
+/// How [`TextToImage::generate`] samples.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Sampling steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale (1 = conditional only; Stable Diffusion uses 7.5).
+    pub guidance: f64,
+    /// Seed of the initial latents (image `i` of a call uses `seed + i` for its own noise, so
+    /// an image does not depend on the batch it is drawn in).
+    pub seed: u64,
+    /// The sampler (the pipeline's own is [`SchedulerSpec::native`]).
+    pub sampler: SamplerKind,
+}
+
+/// A loaded text-to-image pipeline (module docs).
+#[derive(Debug)]
+pub struct TextToImage {
+    /// The pipeline directory.
+    pub dir: PathBuf,
+    /// CLIP BPE tokenizer.
+    pub tokenizer: ClipTokenizer,
+    /// CLIP text encoder (FP).
+    pub text_encoder: ClipTextModel,
+    /// The text-conditional UNet (FP; quantize it like any denoiser).
+    pub unet: UNet2DConditionModel,
+    /// The VAE (FP).
+    pub vae: AutoencoderKL,
+    /// The pipeline's scheduler config.
+    pub scheduler: SchedulerSpec,
+}
+
+/// Whether `dir` is a diffusers pipeline directory (it has a `model_index.json`).
+pub fn is_pipeline_dir(dir: &Path) -> bool {
+    dir.join(MODEL_INDEX).is_file()
+}
+
+impl TextToImage {
+    /// Loads every component of the pipeline directory `dir`, checking `model_index.json`
+    /// first: each component present with a class dmq loads (errors name the file and the
+    /// component).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let index = dir.join(MODEL_INDEX);
+        let bytes =
+            std::fs::read(&index).map_err(|e| file_err(&index, "model index", e.to_string()))?;
+        let json: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| file_err(&index, "model index", format!("invalid JSON: {e}")))?;
+        for (name, classes) in COMPONENTS {
+            let class = json
+                .get(name)
+                .and_then(Value::as_array)
+                .and_then(|a| a.get(1))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    file_err(
+                        &index,
+                        name,
+                        "missing: a text-to-image pipeline needs [library, class] for it",
+                    )
+                })?;
+            if !classes.contains(&class) {
+                return Err(file_err(
+                    &index,
+                    name,
+                    format!("class '{class}' is not supported ({})", classes.join(", ")),
+                ));
+            }
+        }
+        let unet = UNet2DConditionModel::load(&dir.join("unet"), device)?;
+        let text_encoder = ClipTextModel::load(&dir.join("text_encoder"), device)?;
+        let width = text_encoder.config().hidden_size;
+        if unet.info().cross_attention_dim != Some(width) {
+            return Err(file_err(
+                dir.join("unet").join("config.json"),
+                "cross_attention_dim",
+                format!(
+                    "{:?} does not match the text encoder's hidden_size {width}",
+                    unet.info().cross_attention_dim
+                ),
+            ));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
+            text_encoder,
+            unet,
+            vae: AutoencoderKL::load(&dir.join("vae"), device)?,
+            scheduler: SchedulerSpec::from_dir(&dir.join("scheduler"))?,
+        })
+    }
+
+    /// The text encoder's `last_hidden_state` of `prompts`, padded to the tokenizer's
+    /// maximum length as Stable Diffusion pipelines do.
+    ///
+    /// # Shapes
+    /// - output: `[P, L, D]` (`L` = 77 for CLIP)
+    pub fn encode(&self, prompts: &[&str], device: &Device) -> Result<Tensor<3>> {
+        let len = self.tokenizer.max_length();
+        let ids = self.tokenizer.encode_padded(prompts, len)?;
+        let flat: Vec<i64> = ids.iter().flatten().map(|&v| i64::from(v)).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [prompts.len(), len]), device);
+        let out = self
+            .text_encoder
+            .forward(ids, &ForwardCtx::new(StepContext::single(0.0)))?;
+        Ok(out.last_hidden_state)
+    }
+
+    /// The conditioning of `prompts`: their states, and the empty prompt's as the
+    /// unconditional embedding when `guidance` ≠ 1.
+    pub fn conditioning(
+        &self,
+        prompts: &[&str],
+        guidance: f64,
+        device: &Device,
+    ) -> Result<Conditioning> {
+        let states = self.encode(prompts, device)?;
+        let uncond = if guidance != 1.0 {
+            Some(self.encode(&[""], device)?)
+        } else {
+            None
+        };
+        Ok(Conditioning::Text { states, uncond })
+    }
+
+    /// Generates one image per prompt with `unet` (this pipeline's FP UNet or a quantized
+    /// one of the same architecture), from seeded initial latents.
+    ///
+    /// # Shapes
+    /// - output: `[P, C_img, H, W]` in `[-1, 1]`
+    pub fn generate<M: Denoiser + ?Sized>(
+        &self,
+        unet: &M,
+        prompts: &[&str],
+        opts: &GenerateOptions,
+        device: &Device,
+    ) -> Result<Tensor<4>> {
+        let info = unet.info();
+        let (c, s) = (info.in_channels, info.sample_size);
+        let latents: Vec<Tensor<4>> = (0..prompts.len())
+            .map(|i| NoiseRng::new(opts.seed.wrapping_add(i as u64)).tensor([1, c, s, s], device))
+            .collect();
+        self.generate_from(unet, prompts, Tensor::cat(latents, 0), opts, device)
+    }
+
+    /// [`TextToImage::generate`] from given initial latents `z_T` (`[P, C_lat, h, w]`, one
+    /// per prompt): the whole pipeline after the noise draw, as diffusers' `latents=`.
+    pub fn generate_from<M: Denoiser + ?Sized>(
+        &self,
+        unet: &M,
+        prompts: &[&str],
+        latents: Tensor<4>,
+        opts: &GenerateOptions,
+        device: &Device,
+    ) -> Result<Tensor<4>> {
+        let cond = self.conditioning(prompts, opts.guidance, device)?;
+        let sampler = self.scheduler.sampler(opts.sampler, opts.steps)?;
+        let z0 = dmq_models::sampler::sample(
+            unet,
+            &sampler,
+            latents,
+            Some(cond),
+            opts.guidance,
+            opts.seed,
+            &mut |_, _| {},
+        )?;
+        let img = self
+            .vae
+            .image_from_latents(z0, &ForwardCtx::new(StepContext::single(0.0)))?;
+        Ok(img.clamp(-1.0, 1.0))
+    }
+}

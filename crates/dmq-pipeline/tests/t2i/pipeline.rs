@@ -1,0 +1,195 @@
+//! The latent text-to-image pipeline against diffusers' `StableDiffusionPipeline` on a tiny
+//! random-weight pipeline directory (fixture from `scripts/fixtures/t2i_pipeline.py`): the same
+//! images from the same initial latents, with CFG, under PNDM and DPM-Solver++ 2M; and the
+//! typed errors of a malformed pipeline directory.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use dmq_models::HostTensor;
+use dmq_pipeline::scheduler::SamplerKind;
+use dmq_pipeline::text_to_image::is_pipeline_dir;
+use dmq_pipeline::{GenerateOptions, PipelineError, TextToImage};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Expected {
+    prompts: Vec<String>,
+    steps: usize,
+    guidance: f64,
+    latents: Vec<f32>,
+    latents_shape: Vec<usize>,
+    text_states_first: Vec<f32>,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    sampler: String,
+    timesteps: Vec<usize>,
+    images_bhwc: Vec<f32>,
+    shape: Vec<usize>,
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/t2i")
+}
+
+fn expected() -> Expected {
+    serde_json::from_slice(&std::fs::read(fixture().join("expected.json")).unwrap()).unwrap()
+}
+
+/// diffusers' images are `(x / 2 + 0.5).clamp(0, 1)` in `[B, H, W, C]`.
+fn to_bhwc01(img: &Tensor<4>) -> Vec<f32> {
+    let h = HostTensor::from_tensor(img);
+    let [b, c, hh, ww] = [h.shape[0], h.shape[1], h.shape[2], h.shape[3]];
+    let mut out = vec![0.0; h.data.len()];
+    for bi in 0..b {
+        for ci in 0..c {
+            for y in 0..hh {
+                for x in 0..ww {
+                    let v = h.data[((bi * c + ci) * hh + y) * ww + x];
+                    out[((bi * hh + y) * ww + x) * c + ci] = (v / 2.0 + 0.5).clamp(0.0, 1.0);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn parity(device: &Device) {
+    let dir = fixture().join("pipeline");
+    assert!(is_pipeline_dir(&dir));
+    let pipe = TextToImage::load(&dir, device).unwrap();
+    let e = expected();
+    let prompts: Vec<&str> = e.prompts.iter().map(String::as_str).collect();
+    let states = HostTensor::from_tensor(&pipe.encode(&prompts, device).unwrap());
+    let n = e.text_states_first.len();
+    assert!(max_abs(&states.data[..n], &e.text_states_first) < 1e-5);
+    let s = &e.latents_shape;
+    let latents = Tensor::<4>::from_data(
+        TensorData::new(e.latents.clone(), [s[0], s[1], s[2], s[3]]),
+        device,
+    );
+    assert_eq!(e.cases.len(), 2);
+    for case in &e.cases {
+        let opts = GenerateOptions {
+            steps: e.steps,
+            guidance: e.guidance,
+            seed: 0,
+            sampler: case.sampler.parse::<SamplerKind>().unwrap(),
+        };
+        let kind = opts.sampler;
+        let sampler = pipe.scheduler.sampler(kind, e.steps).unwrap();
+        assert_eq!(
+            dmq_models::scheduler::Scheduler::timesteps(&sampler),
+            &case.timesteps[..]
+        );
+        let img = pipe
+            .generate_from(&pipe.unet, &prompts, latents.clone(), &opts, device)
+            .unwrap();
+        let d = img.dims();
+        assert_eq!(
+            [d[0], d[2], d[3], d[1]].to_vec(),
+            case.shape,
+            "{}",
+            case.sampler
+        );
+        let err = max_abs(&to_bhwc01(&img), &case.images_bhwc);
+        assert!(err < 1e-4, "{}: max abs error {err:e}", case.sampler);
+    }
+    // seeded generation: one image per prompt, each independent of the batch it is drawn in
+    let opts = GenerateOptions {
+        steps: 2,
+        guidance: 3.0,
+        seed: 7,
+        sampler: SamplerKind::Ddim,
+    };
+    let both =
+        HostTensor::from_tensor(&pipe.generate(&pipe.unet, &prompts, &opts, device).unwrap());
+    let first = HostTensor::from_tensor(
+        &pipe
+            .generate(&pipe.unet, &prompts[..1], &opts, device)
+            .unwrap(),
+    );
+    assert_eq!(both.data[..first.data.len()], first.data[..]);
+}
+
+/// Copies the fixture pipeline to a temporary directory and applies `edit` to its index.
+fn edited(edit: &dyn Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture().join("pipeline");
+    for entry in walk(&src) {
+        let rel = entry.strip_prefix(&src).unwrap();
+        let dst = tmp.path().join(rel);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &dst).unwrap();
+    }
+    let index = tmp.path().join("model_index.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&index, json.to_string()).unwrap();
+    tmp
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn malformed_pipelines_are_typed_errors(device: &Device) {
+    let field_of = |e: PipelineError| match e {
+        PipelineError::File { path, field, .. } => (path, field),
+        other => panic!("expected a file error, got {other}"),
+    };
+    let no_vae = edited(&|j| {
+        j.as_object_mut().unwrap().remove("vae");
+    });
+    let (path, field) = field_of(TextToImage::load(no_vae.path(), device).unwrap_err());
+    assert!(path.ends_with("model_index.json") && field == "vae");
+    let other_unet = edited(&|j| j["unet"] = serde_json::json!(["diffusers", "UNet2DModel"]));
+    let (_, field) = field_of(TextToImage::load(other_unet.path(), device).unwrap_err());
+    assert_eq!(field, "unet");
+    let not_json = tempfile::tempdir().unwrap();
+    std::fs::write(not_json.path().join("model_index.json"), b"{ nope").unwrap();
+    let (_, field) = field_of(TextToImage::load(not_json.path(), device).unwrap_err());
+    assert_eq!(field, "model index");
+    // a text encoder of another width than the UNet's cross-attention
+    let wide = edited(&|_| {});
+    let cfg_path = wide.path().join("unet/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["cross_attention_dim"] = 24.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    assert!(TextToImage::load(wide.path(), device).is_err());
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    #[test]
+    fn parity() {
+        super::parity(&burn::tensor::Device::flex());
+    }
+
+    #[test]
+    fn malformed_pipelines_are_typed_errors() {
+        super::malformed_pipelines_are_typed_errors(&burn::tensor::Device::flex());
+    }
+}
