@@ -107,8 +107,14 @@ pub fn try_for_each_layer_mut<M: Denoiser + ?Sized, E>(
     err.map_or(Ok(()), Err)
 }
 
+/// Token count of the encoder states [`layer_inventory`] feeds a text-conditional model: the
+/// CLIP context length Stable Diffusion pipelines pad every prompt to.
+pub const TEXT_CONTEXT_LEN: usize = 77;
+
 /// Every quantizable-layer call of one batch-1 forward pass at the model's sample size, in
 /// call order: names, kinds, weight shapes and MACs per call (the layer inventory).
+/// Text-conditional models are run on [`TEXT_CONTEXT_LEN`] tokens of encoder states (CLIP's
+/// context: cross-attention MACs grow with the token count).
 pub fn layer_inventory<M: Denoiser + ?Sized>(model: &M, device: &Device) -> Result<Vec<LayerCall>> {
     let info = model.info();
     let s = info.sample_size;
@@ -118,7 +124,10 @@ pub fn layer_inventory<M: Denoiser + ?Sized>(model: &M, device: &Device) -> Resu
         .num_classes
         .map(|_| Conditioning::Class(Tensor::<1, Int>::from_ints([0], device)));
     let class = match (class, info.cross_attention_dim) {
-        (None, Some(d)) => Some(Conditioning::text(Tensor::zeros([1, 1, d], device))),
+        (None, Some(d)) => Some(Conditioning::text(Tensor::zeros(
+            [1, TEXT_CONTEXT_LEN, d],
+            device,
+        ))),
         (c, _) => c,
     };
     let recorder = LayerRecorder::default();
