@@ -385,6 +385,10 @@ fn text_to_image_from_the_command_line() {
     ]);
     assert!(s.contains("dpm++2m") && s.contains("guidance 3"), "{s}");
     fails(&["sample", "--model", pipe, "--out", png], "--prompt");
+    fails(
+        &["eval", "--model", pipe, "--samples", "2"],
+        "text-to-image pipeline",
+    );
     let unet = root().join("assets/models/unet-fmnist");
     fails(
         &[

@@ -41,6 +41,15 @@ pub enum ModelArg {
 impl ModelArg {
     /// Loads `path` (a directory or a file).
     pub fn load(path: &Path, device: &Device) -> Result<Self, Error> {
+        if dmq_pipeline::text_to_image::is_pipeline_dir(path) {
+            return Err(format!(
+                "{}: a text-to-image pipeline directory (model_index.json): `dmq sample \
+                 --prompt` runs it; this command takes a UNet2DModel / DiT directory or a \
+                 .dmq.safetensors file",
+                path.display()
+            )
+            .into());
+        }
         if path.is_dir() {
             Ok(Self::Dir {
                 model: AnyDenoiser::from_pretrained(path, device)?,
