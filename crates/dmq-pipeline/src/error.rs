@@ -17,7 +17,7 @@ pub enum PipelineError {
     },
     /// A model class this version of dmq cannot build.
     #[error(
-        "{path}: _class_name '{class}' is not supported (supported: UNet2DModel, DiTTransformer2DModel)"
+        "{path}: _class_name '{class}' is not supported (supported: UNet2DModel, DiTTransformer2DModel, UNet2DConditionModel)"
     )]
     UnsupportedModel {
         /// The config file.

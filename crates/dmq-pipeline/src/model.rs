@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor};
 use dmq_models::dit::{DiT, DiTConfig};
 use dmq_models::layers::{LayerMut, LayerRef};
 use dmq_models::unet::{UNet2DModel, UNetConfig};
+use dmq_models::unet_cond::{UNet2DConditionConfig, UNet2DConditionModel};
 use dmq_models::{Denoiser, DenoiserInfo, ForwardCtx};
 use serde_json::Value;
 
@@ -17,6 +18,8 @@ use crate::error::{PipelineError, Result, file_err};
 pub const UNET_CLASS: &str = "UNet2DModel";
 /// diffusers `_class_name` of the DiT.
 pub const DIT_CLASS: &str = "DiTTransformer2DModel";
+/// diffusers `_class_name` of the text-conditional UNet.
+pub const UNET_COND_CLASS: &str = "UNet2DConditionModel";
 
 /// A denoiser of any architecture dmq supports; every algorithm, sampler and metric takes
 /// it as it takes the concrete models.
@@ -29,6 +32,9 @@ pub enum AnyDenoiser {
     UNet(UNet2DModel),
     /// diffusers `DiTTransformer2DModel`.
     DiT(DiT),
+    /// diffusers `UNet2DConditionModel` (text-conditional: calibrate it on prompt
+    /// embeddings, [`dmq_calib::CalibSet::record_with`]).
+    UNetCond(UNet2DConditionModel),
 }
 
 impl AnyDenoiser {
@@ -37,6 +43,7 @@ impl AnyDenoiser {
         match self {
             Self::UNet(_) => UNET_CLASS,
             Self::DiT(_) => DIT_CLASS,
+            Self::UNetCond(_) => UNET_COND_CLASS,
         }
     }
 
@@ -46,6 +53,8 @@ impl AnyDenoiser {
             Self::UNet(m) => serde_json::from_str(&m.config().to_json_string()?)
                 .map_err(|e| dmq_models::ModelError::Config(e.to_string()))?,
             Self::DiT(m) => m.config().to_json(),
+            Self::UNetCond(m) => serde_json::from_str(&m.config().to_json_string()?)
+                .map_err(|e| dmq_models::ModelError::Config(e.to_string()))?,
         })
     }
 
@@ -71,6 +80,10 @@ impl AnyDenoiser {
                 let cfg = DiTConfig::from_json_value(config)?;
                 Ok(Self::DiT(DiT::new(&cfg, device)?))
             }
+            UNET_COND_CLASS => {
+                let cfg = UNet2DConditionConfig::from_json(config)?;
+                Ok(Self::UNetCond(cfg.init(device)?))
+            }
             other => Err(PipelineError::UnsupportedModel {
                 path: origin.to_path_buf(),
                 class: other.to_string(),
@@ -89,6 +102,7 @@ impl AnyDenoiser {
         match config.get("_class_name").and_then(Value::as_str) {
             Some(UNET_CLASS) => Ok(Self::UNet(UNet2DModel::from_pretrained(dir, device)?)),
             Some(DIT_CLASS) => Ok(Self::DiT(DiT::from_pretrained(dir, device)?)),
+            Some(UNET_COND_CLASS) => Ok(Self::UNetCond(UNet2DConditionModel::load(dir, device)?)),
             _ => Self::from_config_json(&config, &origin, device),
         }
     }
@@ -99,6 +113,7 @@ impl AnyDenoiser {
         Ok(match self {
             Self::UNet(m) => dmq_models::io::weights_to_bytes(m, Default::default())?,
             Self::DiT(m) => dmq_models::io::weights_to_bytes(m, Default::default())?,
+            Self::UNetCond(m) => dmq_models::io::weights_to_bytes(m, Default::default())?,
         })
     }
 
@@ -109,6 +124,7 @@ impl AnyDenoiser {
         Ok(match self {
             Self::UNet(m) => Self::UNet(load(m, bytes, origin, device)?),
             Self::DiT(m) => Self::DiT(load(m, bytes, origin, device)?),
+            Self::UNetCond(m) => Self::UNetCond(load(m, bytes, origin, device)?),
         })
     }
 
@@ -117,6 +133,7 @@ impl AnyDenoiser {
         match self {
             Self::UNet(m) => m.save_pretrained(dir)?,
             Self::DiT(m) => m.save_pretrained(dir)?,
+            Self::UNetCond(m) => m.save_pretrained(dir)?,
         }
         Ok(())
     }
@@ -133,6 +150,7 @@ impl Denoiser for AnyDenoiser {
         match self {
             Self::UNet(m) => m.forward(x, t, class, ctx),
             Self::DiT(m) => m.forward(x, t, class, ctx),
+            Self::UNetCond(m) => Denoiser::forward(m, x, t, class, ctx),
         }
     }
 
@@ -140,6 +158,7 @@ impl Denoiser for AnyDenoiser {
         match self {
             Self::UNet(m) => m.info(),
             Self::DiT(m) => m.info(),
+            Self::UNetCond(m) => m.info(),
         }
     }
 
@@ -147,6 +166,7 @@ impl Denoiser for AnyDenoiser {
         match self {
             Self::UNet(m) => m.for_each_layer(f),
             Self::DiT(m) => m.for_each_layer(f),
+            Self::UNetCond(m) => m.for_each_layer(f),
         }
     }
 
@@ -154,6 +174,7 @@ impl Denoiser for AnyDenoiser {
         match self {
             Self::UNet(m) => m.for_each_layer_mut(f),
             Self::DiT(m) => m.for_each_layer_mut(f),
+            Self::UNetCond(m) => m.for_each_layer_mut(f),
         }
     }
 
@@ -161,6 +182,7 @@ impl Denoiser for AnyDenoiser {
         match self {
             Self::UNet(m) => m.structure(),
             Self::DiT(m) => m.structure(),
+            Self::UNetCond(m) => m.structure(),
         }
     }
 }

@@ -187,11 +187,11 @@ fn load_dispatches_and_reads_the_schedule(device: &Device) {
     assert!(e.contains("beta_schedule") && e.contains("sigmoid"), "{e}");
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
-    cfg["_class_name"] = "UNet2DConditionModel".into();
+    cfg["_class_name"] = "UNet3DConditionModel".into();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let e = AnyDenoiser::from_pretrained(&dir, device).unwrap_err();
     assert!(
-        matches!(e, PipelineError::UnsupportedModel { ref class, .. } if class == "UNet2DConditionModel"),
+        matches!(e, PipelineError::UnsupportedModel { ref class, .. } if class == "UNet3DConditionModel"),
         "{e}"
     );
     // no scheduler file: diffusers' DDPMScheduler defaults (clip_sample on)
@@ -273,6 +273,84 @@ fn methods_round_trip(device: &Device, methods: &[&str]) {
         );
         // and it is quantized: it differs from FP
         assert!(max_diff(&fp, &back.model, &sampler, &ad) > 1e-6, "{name}");
+    }
+}
+
+/// A text-conditional UNet (`UNet2DConditionModel`, dmq-models' parity fixture) through the
+/// one entry point on a text calibration set, for the methods that calibrate on recorded
+/// inputs (naive PTQ, Q-Diffusion, QuEST), written to a file and read back: the loaded model
+/// computes what the quantized one computed, on the recorded text conditioning, and differs
+/// from FP.
+fn text_unet_round_trips_through_the_file(device: &Device) {
+    let ad = device.clone().autodiff();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../dmq-models/tests/fixtures/unet_cond/conv");
+    let fp = AnyDenoiser::from_pretrained(&dir, &ad).unwrap();
+    assert_eq!(fp.class_name(), "UNet2DConditionModel");
+    let d = fp.info().cross_attention_dim.unwrap();
+    let sched = SchedulerSpec::default();
+    let sampler = sched.ddim(STEPS).unwrap();
+    let timesteps: Vec<f64> = sampler.timesteps().iter().map(|&t| t as f64).collect();
+    // text models are not calibrated on labels
+    assert!(CalibSet::record(&fp, &sampler, &RecordOptions::default(), &ad).is_err());
+    let prompts: Vec<Tensor<3>> = (0..2)
+        .map(|k| dmq_models::noise::NoiseRng::new(40 + k).tensor([1, 5, d], &ad))
+        .collect();
+    let opts = RecordOptions {
+        trajectories: 4,
+        steps_kept: STEPS,
+        guidance: 2.0,
+        batch: 2,
+        seed: 1,
+    };
+    let calib = CalibSet::record_with(&fp, &sampler, &opts, &ad, &mut |rng, b| {
+        let rows: Vec<Tensor<3>> = (0..b).map(|_| prompts[rng.below(2)].clone()).collect();
+        Ok(Some(dmq_models::Conditioning::Text {
+            states: Tensor::cat(rows, 0),
+            uncond: Some(Tensor::zeros([1, 5, d], &ad)),
+        }))
+    })
+    .unwrap();
+    let idx: Vec<usize> = calib.indices_at_step(0);
+    let out = |m: &AnyDenoiser, dev: &Device| {
+        let (x, t, c) = calib.batch(&idx, dev).unwrap();
+        HostTensor::from_tensor(
+            &m.forward(x, t, c, &ForwardCtx::new(calib.step_context(0)))
+                .unwrap(),
+        )
+        .data
+    };
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max)
+    };
+    let reference = out(&fp, &ad);
+    for name in ["naive", "qdiffusion", "quest"] {
+        let config = QuantConfig::preset("W8A8").unwrap();
+        let method = quick(name);
+        let run = RunOptions::new(sampler.clone()).with_work_dir(tmp.path().join(name));
+        let q = quantize(&fp, &config, &calib, &method, &run, &ad, &mut |_| {}).unwrap();
+        let path = tmp.path().join(format!("{name}.dmq.safetensors"));
+        dmq_file::save(
+            &path,
+            &q.model,
+            &sched,
+            &timesteps,
+            &Provenance::new(&method, &config),
+        )
+        .unwrap();
+        let back = dmq_file::load(&path, device).unwrap();
+        assert_eq!(back.model.class_name(), "UNet2DConditionModel");
+        let (yq, yb) = (out(&q.model, &ad), out(&back.model, device));
+        assert!(
+            diff(&yq, &yb) <= 1e-4,
+            "{name}: file differs by {}",
+            diff(&yq, &yb)
+        );
+        assert!(diff(&yq, &reference) > 1e-6, "{name}: not quantized");
     }
 }
 
@@ -775,6 +853,12 @@ per_backend!(
     naive_round_trips_through_the_file,
     file_refuses_what_does_not_fit
 );
+
+#[cfg(feature = "flex")]
+#[test]
+fn flex_text_unet_round_trips_through_the_file() {
+    text_unet_round_trips_through_the_file(&Device::flex())
+}
 
 #[cfg(feature = "flex")]
 #[test]
