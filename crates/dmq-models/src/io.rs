@@ -50,6 +50,47 @@ pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
     serde_json::from_slice(&bytes).map_err(|e| ckpt_err(&path, format!("invalid JSON: {e}")))
 }
 
+/// Parses a diffusers `config.json` value into `T` strictly: a key outside `accepted` (metadata
+/// keys starting with `_` aside) is refused as an option the model does not implement, and a
+/// value `T` cannot take is an error naming its option. `_class_name` and
+/// `_diffusers_version` are kept; other `_` keys are dropped. `class` names the model in errors.
+///
+/// # Errors
+/// [`ModelError::Config`].
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+    class: &str,
+    accepted: &[&str],
+) -> Result<T> {
+    let cfg_err = |m: String| ModelError::Config(m);
+    let map = value
+        .as_object()
+        .ok_or_else(|| cfg_err("config.json must be a JSON object".into()))?;
+    if let Some(key) = map
+        .keys()
+        .find(|k| !k.starts_with('_') && !accepted.contains(&k.as_str()))
+    {
+        return Err(cfg_err(format!(
+            "unknown option '{key}' for {class} (not supported; it may change the model)"
+        )));
+    }
+    let filtered: serde_json::Map<String, serde_json::Value> = map
+        .iter()
+        .filter(|(k, _)| !k.starts_with('_') || *k == "_class_name" || *k == "_diffusers_version")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(filtered.clone())).map_err(|e| {
+        // Name the offending option: parse each key on its own.
+        for (k, v) in &filtered {
+            let one = serde_json::json!({ k.clone(): v.clone() });
+            if let Err(e1) = serde_json::from_value::<T>(one) {
+                return cfg_err(format!("option '{k}' = {v}: {e1}"));
+            }
+        }
+        cfg_err(format!("config.json: {e}"))
+    })
+}
+
 /// Converts a safetensors tensor to f32 (F32, F16 and BF16 are accepted).
 fn to_f32(view: &TensorView<'_>, key: &str, path: &Path) -> Result<Vec<f32>> {
     let b = view.data();

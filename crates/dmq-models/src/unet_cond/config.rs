@@ -451,41 +451,8 @@ impl UNet2DConditionConfig {
 
     /// Parses and validates a `config.json` value (see the module docs for what is refused).
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
-        let map = value
-            .as_object()
-            .ok_or_else(|| cfg_err("config.json must be a JSON object"))?;
-        for key in map.keys() {
-            if !key.starts_with('_')
-                && !KNOWN_KEYS.contains(&key.as_str())
-                && !HARMLESS_KEYS.contains(&key.as_str())
-            {
-                return Err(cfg_err(format!(
-                    "unknown option '{key}' for {CLASS_NAME} (not supported; it may change the model)"
-                )));
-            }
-        }
-        // Only the metadata keys we keep; other '_' keys are dropped.
-        let filtered: serde_json::Map<String, serde_json::Value> = map
-            .iter()
-            .filter(|(k, _)| {
-                !k.starts_with('_') || *k == "_class_name" || *k == "_diffusers_version"
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let config: Self = match serde_json::from_value(serde_json::Value::Object(filtered.clone()))
-        {
-            Ok(c) => c,
-            Err(e) => {
-                // Name the offending option: parse each key on its own.
-                for (k, v) in &filtered {
-                    let one = serde_json::json!({ k.clone(): v.clone() });
-                    if let Err(e1) = serde_json::from_value::<Self>(one) {
-                        return Err(cfg_err(format!("option '{k}' = {v}: {e1}")));
-                    }
-                }
-                return Err(cfg_err(format!("config.json: {e}")));
-            }
-        };
+        let accepted = [KNOWN_KEYS, &HARMLESS_KEYS[..]].concat();
+        let config: Self = io::parse_config(value, CLASS_NAME, &accepted)?;
         config.validate()?;
         Ok(config)
     }

@@ -188,33 +188,7 @@ impl AutoencoderKlConfig {
 
     /// Parses and validates a `config.json` value (see the module docs for what is rejected).
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
-        let map = value
-            .as_object()
-            .ok_or_else(|| cfg_err("config.json must be a JSON object"))?;
-        if let Some(key) = map
-            .keys()
-            .find(|k| !k.starts_with('_') && !KNOWN_KEYS.contains(&k.as_str()))
-        {
-            return Err(cfg_err(format!(
-                "unknown option '{key}' for {VAE_CLASS_NAME} (not supported; it may change the model)"
-            )));
-        }
-        let filtered: serde_json::Map<String, serde_json::Value> = map
-            .iter()
-            .filter(|(k, _)| {
-                !k.starts_with('_') || *k == "_class_name" || *k == "_diffusers_version"
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        // Parse each key on its own first, so that a bad value names its option.
-        for (k, v) in &filtered {
-            let one = serde_json::json!({ k.clone(): v.clone() });
-            if let Err(e) = serde_json::from_value::<Self>(one) {
-                return Err(cfg_err(format!("option '{k}' = {v}: {e}")));
-            }
-        }
-        let config: Self = serde_json::from_value(serde_json::Value::Object(filtered))
-            .map_err(|e| cfg_err(format!("config.json: {e}")))?;
+        let config: Self = io::parse_config(value, VAE_CLASS_NAME, &KNOWN_KEYS)?;
         config.validate()?;
         Ok(config)
     }
