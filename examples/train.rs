@@ -15,22 +15,23 @@
 //! written in the diffusers layout to `--out`, with the loss curve as PNG.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use dmq::eval::cli::{FlagError, Flags};
 use dmq::eval::data::fashion_mnist::{FashionMnist, Padding};
-use dmq::eval::progress::Progress;
 use dmq::models::defaults;
 use dmq::models::dit::DiT;
 use dmq::models::noise::NoiseRng;
 use dmq::models::sampler::labels;
 use dmq::models::scheduler::{BetaSchedule, NoiseSchedule};
-use dmq::models::train::{Checkpoint, Ema, LrSchedule, TrainState, diffusion_batch, eps_loss};
+use dmq::models::train::{diffusion_batch, eps_loss};
 use dmq::models::unet::UNet2DModel;
-use dmq::models::{Denoiser, ModelError};
+use dmq::models::{Conditioning, Denoiser, ModelError};
+
+#[path = "common/fit.rs"]
+mod fit;
+use fit::{Fit, cosine_lr, fit, loss_curve};
 
 struct Args {
     model: String,
@@ -82,99 +83,65 @@ impl Trainable for DiT {
 }
 
 fn run<M: Trainable>(
-    mut model: M,
+    model: M,
     args: &Args,
     data: &FashionMnist,
     device: &Device,
 ) -> Result<(), ModelError> {
     let schedule = NoiseSchedule::new(BetaSchedule::Linear, 1000, 1e-4, 0.02)?;
-    let lr = LrSchedule {
-        peak: args.lr,
-        final_lr: args.lr * 0.05,
-        warmup: args.warmup.unwrap_or(500.min(args.steps / 10)),
-        total: args.steps,
-        cosine: true,
-    };
-    let mut optim = dmq::models::train::adamw(0.0).init();
-    let mut ema = Ema::new(&model, 0.999);
-    let mut state = TrainState {
-        notes: serde_json::json!({"model": args.model, "batch": args.batch, "lr": args.lr, "steps": args.steps,
-            "init": args.init.as_ref().map(|p| p.display().to_string())}),
-        ..TrainState::default()
-    };
-    let ckpt = Checkpoint::new(&args.ckpt);
-    if let Some((m, e, o, s)) = ckpt.load(model.clone(), ema.shadow().clone(), optim.clone())? {
-        eprintln!(
-            "resuming {} at step {} ({:.0} s trained so far)",
-            args.ckpt.display(),
-            s.step,
-            s.wall_s
-        );
-        model = m;
-        ema = Ema::resume(e, 0.999, s.ema_updates);
-        optim = o;
-        state = s;
-    }
     let num_classes = model.info().num_classes;
-    let mut bar = Progress::new(&args.model, args.steps as u64, state.step as u64);
-    let session = Instant::now();
-    let wall0 = state.wall_s;
-    let mut smooth = None::<f64>;
-    while state.step < args.steps && !args.export_only {
-        let step = state.step;
-        // Per-step seeds make a resumed run draw exactly the batches it would have drawn.
-        let mut rng = NoiseRng::new(0xD1F_F000 ^ (step as u64).wrapping_mul(0x9E37_79B9));
-        let idx: Vec<usize> = (0..args.batch)
-            .map(|_| rng.below(data.train.len()))
-            .collect();
-        let x0 = data
-            .train
-            .images_tensor(&idx, Padding::None, device)
-            .expect("indices in range");
-        let class = num_classes.map(|n| {
-            // 10% label dropout to the null class trains the unconditional branch for CFG.
-            let ys: Vec<usize> = idx
-                .iter()
-                .map(|&i| {
-                    if rng.uniform() < 0.1 {
-                        n
-                    } else {
-                        data.train.label(i).expect("label") as usize
-                    }
-                })
+    let notes = if args.export_only {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({"model": args.model, "batch": args.batch, "lr": args.lr, "steps": args.steps,
+            "init": args.init.as_ref().map(|p| p.display().to_string())})
+    };
+    let run = Fit {
+        label: &args.model,
+        steps: if args.export_only { 0 } else { args.steps },
+        every: args.every,
+        lr: cosine_lr(
+            args.lr,
+            args.steps,
+            args.warmup.unwrap_or(500.min(args.steps / 10)),
+        ),
+        ckpt: &args.ckpt,
+        notes,
+    };
+    let (ema, state) = fit(
+        model,
+        dmq::models::train::adamw(0.0).init(),
+        &run,
+        &mut |model: &M, step| {
+            // Per-step seeds make a resumed run draw exactly the batches it would have drawn.
+            let mut rng = NoiseRng::new(0xD1F_F000 ^ (step as u64).wrapping_mul(0x9E37_79B9));
+            let idx: Vec<usize> = (0..args.batch)
+                .map(|_| rng.below(data.train.len()))
                 .collect();
-            labels(&ys, device)
-        });
-        let batch = diffusion_batch(x0, &schedule, &mut rng)?;
-        let loss = eps_loss(&model, &batch, class)?;
-        let l = loss.clone().into_scalar::<f64>();
-        if !l.is_finite() {
-            return Err(ModelError::Config(format!(
-                "loss became {l} at step {step}; lower --lr"
-            )));
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(lr.at(step), model, grads);
-        ema.update(&model);
-        state.step += 1;
-        state.ema_updates = ema.updates();
-        let s = smooth.map_or(l, |s| 0.98 * s + 0.02 * l);
-        smooth = Some(s);
-        if state.step.is_multiple_of(10) {
-            state.losses.push((state.step, s as f32));
-        }
-        bar.set(
-            state.step as u64,
-            format!("loss {s:.4} lr {:.2e}", lr.at(step)),
-        );
-        if state.step.is_multiple_of(args.every) || state.step == args.steps {
-            state.wall_s = wall0 + session.elapsed().as_secs_f64();
-            ckpt.save(&model, ema.shadow(), &optim, &state)?;
-        }
-    }
-    bar.finish();
-    state.wall_s = wall0 + session.elapsed().as_secs_f64();
-    let shadow = ema.shadow().valid();
+            let x0 = data
+                .train
+                .images_tensor(&idx, Padding::None, device)
+                .expect("indices in range");
+            let class = num_classes.map(|n| {
+                // 10% label dropout to the null class trains the unconditional branch for CFG.
+                let ys: Vec<usize> = idx
+                    .iter()
+                    .map(|&i| {
+                        if rng.uniform() < 0.1 {
+                            n
+                        } else {
+                            data.train.label(i).expect("label") as usize
+                        }
+                    })
+                    .collect();
+                labels(&ys, device)
+            });
+            let batch = diffusion_batch(x0, &schedule, &mut rng)?;
+            let loss = eps_loss(model, &batch, class.map(Conditioning::Class))?;
+            Ok((loss, String::new()))
+        },
+    )?;
+    let shadow = ema.valid();
     std::fs::create_dir_all(&args.out).map_err(|source| ModelError::Io {
         path: args.out.clone(),
         source,
@@ -191,16 +158,11 @@ fn run<M: Trainable>(
     let log = serde_json::to_vec_pretty(&state).expect("json");
     dmq::quant::file::write_atomic(&args.out.join("train_log.json"), &log)
         .map_err(|e| ModelError::Config(e.to_string()))?;
-    let curve: Vec<(f64, f64)> = state
-        .losses
-        .iter()
-        .map(|&(s, l)| (s as f64, l as f64))
-        .collect();
     dmq::eval::plot::line_chart_png(
         &args.out.join("loss.png"),
         "training loss (EMA)",
         "step",
-        &[("loss", &curve)],
+        &[("loss", &loss_curve(&state))],
     )
     .map_err(|e| ModelError::Config(e.to_string()))?;
     eprintln!(
@@ -208,7 +170,7 @@ fn run<M: Trainable>(
         args.model,
         state.step,
         state.wall_s,
-        smooth.unwrap_or(f64::NAN),
+        state.losses.last().map_or(f64::NAN, |&(_, l)| f64::from(l)),
         args.out.display()
     );
     Ok(())

@@ -1,6 +1,8 @@
-//! The `dmq` binary end to end: every subcommand on a tiny model, on both embedded models and
-//! on a diffusers directory in the CIFAR-10 DDPM shape that the repository does not ship; bad
-//! input gives one line on stderr and a non-zero status, never a panic.
+//! The `dmq` binary end to end: every subcommand on a tiny model; quantize, integer sampling
+//! and a scored eval row on the embedded DiT; quantize and integer sampling on a diffusers
+//! directory in the CIFAR-10 DDPM shape that the repository does not ship; search → quantize;
+//! BinaryDM; text-to-image sampling; bad input gives one line on stderr and a non-zero
+//! status, never a panic.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -59,8 +61,8 @@ fn write_unet_dir(dir: &Path, config: serde_json::Value) {
     .unwrap();
 }
 
-/// quantize → inspect → sample (fake-quant and integer) → bench → eval on `model`.
-fn every_subcommand(model: &str, tmp: &Path, tag: &str, quick: &[&str]) {
+/// quantize (naive W8A8) → inspect on `model`; returns the file.
+fn quantize_and_inspect(model: &str, tmp: &Path, tag: &str, quick: &[&str]) -> PathBuf {
     let file = tmp.join(format!("{tag}.dmq.safetensors"));
     let f = file.to_str().unwrap();
     let mut q = vec![
@@ -75,32 +77,53 @@ fn every_subcommand(model: &str, tmp: &Path, tag: &str, quick: &[&str]) {
     );
     let ins = ok(&["inspect", f]);
     assert!(ins.contains("total:") && ins.contains("naive"), "{ins}");
-    let png = tmp.join(format!("{tag}.png"));
-    let p = png.to_str().unwrap();
-    ok(&["sample", "--model", f, "--n", "2", "--out", p]);
+    file
+}
+
+/// `dmq sample` of a quantized file on the integer path: a PNG.
+fn sample_integer(file: &Path, tmp: &Path, tag: &str) {
+    let png = tmp.join(format!("{tag}-int.png"));
+    let (f, p) = (file.to_str().unwrap(), png.to_str().unwrap());
+    ok(&["sample", "--model", f, "--n", "1", "--out", p, "--integer"]);
     assert!(std::fs::metadata(&png).unwrap().len() > 100);
-    ok(&["sample", "--model", f, "--n", "2", "--out", p, "--integer"]);
-    let b = ok(&["bench", "--model", f, "--batch", "1", "--repeats", "1"]);
-    assert!(b.contains("integer kernels"), "{b}");
-    let e = ok(&["eval", "--model", f, "--fp", model, "--samples", "2"]);
-    let row: serde_json::Value = serde_json::from_str(e.lines().last().unwrap()).unwrap();
-    assert!(row["psnr_fp"].as_f64().unwrap() > 10.0, "{row}");
-    assert!(row["gbitops_per_image"].as_f64().unwrap() > 0.0, "{row}");
-    assert_eq!(row["path"], "fake-quant");
-    // the integer path's samples: a row of their own, close to the fake-quant ones
-    let e = ok(&[
+}
+
+/// `dmq eval` of a quantized file against its FP model on `path` (fake-quant or integer).
+fn eval_row(file: &Path, model: &str, integer: bool) -> serde_json::Value {
+    let mut args = vec![
         "eval",
         "--model",
-        f,
+        file.to_str().unwrap(),
         "--fp",
         model,
         "--samples",
         "2",
-        "--integer",
-    ]);
-    let int: serde_json::Value = serde_json::from_str(e.lines().last().unwrap()).unwrap();
-    assert_eq!(int["path"], "integer");
-    assert!(int["psnr_fp"].as_f64().unwrap() > 10.0, "{int}");
+    ];
+    if integer {
+        args.push("--integer");
+    }
+    let e = ok(&args);
+    let row: serde_json::Value = serde_json::from_str(e.lines().last().unwrap()).unwrap();
+    assert!(row["psnr_fp"].as_f64().unwrap() > 10.0, "{row}");
+    assert!(row["gbitops_per_image"].as_f64().unwrap() > 0.0, "{row}");
+    assert_eq!(row["path"], if integer { "integer" } else { "fake-quant" });
+    row
+}
+
+/// quantize → inspect → sample (fake-quant and integer) → bench → eval on `model`.
+fn every_subcommand(model: &str, tmp: &Path, tag: &str, quick: &[&str]) {
+    let file = quantize_and_inspect(model, tmp, tag, quick);
+    let f = file.to_str().unwrap();
+    let png = tmp.join(format!("{tag}.png"));
+    let p = png.to_str().unwrap();
+    ok(&["sample", "--model", f, "--n", "2", "--out", p]);
+    assert!(std::fs::metadata(&png).unwrap().len() > 100);
+    sample_integer(&file, tmp, tag);
+    let b = ok(&["bench", "--model", f, "--batch", "1", "--repeats", "1"]);
+    assert!(b.contains("integer kernels"), "{b}");
+    let row = eval_row(&file, model, false);
+    // the integer path's samples: a row of their own, at the same cost
+    let int = eval_row(&file, model, true);
     assert_eq!(int["gbitops_per_image"], row["gbitops_per_image"]);
     let b = ok(&[
         "bench",
@@ -128,17 +151,24 @@ fn tiny_unet_every_subcommand() {
     every_subcommand(dir.to_str().unwrap(), tmp.path(), "tiny", &QUICK);
 }
 
+/// The embedded DiT (the tiny model covers the UNet's chain; the embedded UNet is loaded by
+/// the BinaryDM and bad-input tests): quantize, inspect, integer sampling, and an integer
+/// eval row scored with the metric classifier (a 1×28×28 model: FD and class accuracy).
 #[test]
-fn embedded_models_every_subcommand() {
+fn embedded_dit_quantize_sample_eval() {
     let tmp = tempfile::tempdir().unwrap();
-    for m in ["unet-fmnist", "dit-fmnist"] {
-        every_subcommand(&format!("assets/models/{m}"), tmp.path(), m, &QUICK);
-    }
+    let model = "assets/models/dit-fmnist";
+    let file = quantize_and_inspect(model, tmp.path(), "dit", &QUICK);
+    sample_integer(&file, tmp.path(), "dit");
+    let row = eval_row(&file, model, true);
+    assert!(row["fd_test"].as_f64().unwrap() > 0.0, "{row}");
+    assert!(row["class_acc"].is_number(), "{row}");
 }
 
-/// The CIFAR-10 DDPM shape (35.7M parameters), random weights: a model dmq does not ship.
+/// The CIFAR-10 DDPM shape (35.7M parameters), random weights: a model dmq does not ship
+/// quantizes, inspects and samples on the integer path.
 #[test]
-fn cifar10_ddpm_shape_every_subcommand() {
+fn cifar10_ddpm_shape_quantize_and_sample() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ddpm-cifar10");
     write_unet_dir(
@@ -153,12 +183,13 @@ fn cifar10_ddpm_shape_every_subcommand() {
             "resnet_time_scale_shift": "default", "add_attention": true, "act_fn": "silu"
         }),
     );
-    every_subcommand(
+    let file = quantize_and_inspect(
         dir.to_str().unwrap(),
         tmp.path(),
         "cifar",
         &["--steps", "1", "--calib-n", "1", "--calib-steps", "1"],
     );
+    sample_integer(&file, tmp.path(), "cifar");
 }
 
 /// `dmq search` writes a config; `dmq quantize --config` applies its per-layer bits and its
@@ -338,7 +369,9 @@ fn binarydm_from_the_command_line() {
 
 /// `dmq sample --prompt` on a diffusers text-to-image pipeline directory (the tiny
 /// random-weight pipeline of dmq-pipeline's parity test): a grid with one row per prompt, under
-/// the pipeline's own sampler and DPM-Solver++; prompts are required there and refused elsewhere.
+/// the pipeline's own sampler and DPM-Solver++; prompts are required there and refused
+/// elsewhere. Then `dmq quantize` of the pipeline on calibration prompts into one file that
+/// samples (fake-quant and integer) and evaluates on its own.
 #[test]
 fn text_to_image_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
@@ -385,9 +418,107 @@ fn text_to_image_from_the_command_line() {
     ]);
     assert!(s.contains("dpm++2m") && s.contains("guidance 3"), "{s}");
     fails(&["sample", "--model", pipe, "--out", png], "--prompt");
+    // quantize the pipeline's UNet on calibration prompts: one self-contained file
+    let file = tmp.path().join("t2i.dmq.safetensors");
+    let f = file.to_str().unwrap();
+    let prompts = tmp.path().join("prompts.txt");
+    std::fs::write(&prompts, "a photo of a sneaker\n\na bag\n").unwrap();
+    let out = ok(&[
+        "quantize",
+        "--model",
+        pipe,
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--prompt",
+        "a coat",
+        "--steps",
+        "3",
+        "--calib-n",
+        "2",
+        "--calib-steps",
+        "1",
+        "--cfg",
+        "3",
+        "--out",
+        f,
+    ]);
+    assert!(out.contains("× smaller"), "{out}");
+    let ins = ok(&["inspect", f, "--json"]);
+    let info: serde_json::Value = serde_json::from_str(&ins).unwrap();
+    assert_eq!(info["info"]["class_name"], "UNet2DConditionModel");
+    // the file alone generates from prompts, fake-quant and on the integer path
+    for extra in [&[][..], &["--integer"][..]] {
+        let mut args = vec![
+            "sample", "--model", f, "--prompt", "a coat", "--n", "1", "--out", png,
+        ];
+        args.extend_from_slice(extra);
+        let s = ok(&args);
+        assert!(
+            s.contains("1 images for 1 prompt(s)") && s.contains("3 ddim steps"),
+            "{s}"
+        );
+    }
     fails(
-        &["eval", "--model", pipe, "--samples", "2"],
-        "text-to-image pipeline",
+        &[
+            "sample",
+            "--model",
+            f,
+            "--prompt",
+            "a coat",
+            "--sampler",
+            "pndm",
+            "--out",
+            png,
+        ],
+        "--sampler pndm",
+    );
+    // scored against the FP pipeline from the same noise and prompts (images too small
+    // for the Fashion-MNIST classifier: fidelity, BitOPs and bytes)
+    let e = ok(&[
+        "eval",
+        "--model",
+        f,
+        "--fp",
+        pipe,
+        "--samples",
+        "2",
+        "--cfg",
+        "3",
+    ]);
+    let row: serde_json::Value = serde_json::from_str(e.lines().last().unwrap()).unwrap();
+    assert!(row["psnr_fp"].as_f64().unwrap() > 10.0, "{row}");
+    assert!(row["fd_test"].is_null(), "{row}");
+    assert!(row["gbitops_per_image"].as_f64().unwrap() > 0.0, "{row}");
+    assert_eq!(row["steps"], 3);
+    fails(
+        &["quantize", "--model", pipe, "--out", f],
+        "calibration prompts",
+    );
+    fails(
+        &[
+            "quantize",
+            "--model",
+            pipe,
+            "--prompt",
+            "x",
+            "--method",
+            "efficientdm",
+            "--out",
+            f,
+        ],
+        "not yet available",
+    );
+    fails(
+        &[
+            "quantize",
+            "--model",
+            "assets/models/unet-fmnist",
+            "--prompt",
+            "x",
+            "--out",
+            f,
+        ],
+        "not a text-to-image pipeline",
     );
     let unet = root().join("assets/models/unet-fmnist");
     fails(

@@ -116,6 +116,16 @@ pub const TEXT_CONTEXT_LEN: usize = 77;
 /// Text-conditional models are run on [`TEXT_CONTEXT_LEN`] tokens of encoder states (CLIP's
 /// context: cross-attention MACs grow with the token count).
 pub fn layer_inventory<M: Denoiser + ?Sized>(model: &M, device: &Device) -> Result<Vec<LayerCall>> {
+    layer_inventory_with_context(model, TEXT_CONTEXT_LEN, device)
+}
+
+/// [`layer_inventory`] with a text-conditional model run on `context_len` tokens (a
+/// pipeline's tokenizer length; ignored by the other models).
+pub fn layer_inventory_with_context<M: Denoiser + ?Sized>(
+    model: &M,
+    context_len: usize,
+    device: &Device,
+) -> Result<Vec<LayerCall>> {
     let info = model.info();
     let s = info.sample_size;
     let x = Tensor::zeros([1, info.in_channels, s, s], device);
@@ -125,7 +135,7 @@ pub fn layer_inventory<M: Denoiser + ?Sized>(model: &M, device: &Device) -> Resu
         .map(|_| Conditioning::Class(Tensor::<1, Int>::from_ints([0], device)));
     let class = match (class, info.cross_attention_dim) {
         (None, Some(d)) => Some(Conditioning::text(Tensor::zeros(
-            [1, TEXT_CONTEXT_LEN, d],
+            [1, context_len, d],
             device,
         ))),
         (c, _) => c,

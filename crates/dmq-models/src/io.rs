@@ -289,6 +289,28 @@ pub fn save_weights<M: Module>(
         .map_err(|e| ckpt_err(path, e.to_string()))
 }
 
+/// Writes a model directory (created if needed): `dir/config.json` (`config`, pretty JSON)
+/// and `dir/weights_file` (the f32 weights, `format: pt` metadata), each atomically.
+pub fn save_model_dir<M: Module>(
+    model: &M,
+    dir: &Path,
+    config: &serde_json::Value,
+    weights_file: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let config_path = dir.join(CONFIG_FILE);
+    let mut json = serde_json::to_string_pretty(config)
+        .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+    json.push('\n');
+    write_atomic(&config_path, json.as_bytes())
+        .map_err(|e| ckpt_err(&config_path, e.to_string()))?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    save_weights(model, &dir.join(weights_file), metadata)
+}
+
 /// Paths of a diffusers directory: (config, weights).
 pub fn dir_files(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join(CONFIG_FILE), dir.join(WEIGHTS_FILE))

@@ -52,7 +52,8 @@ pub use context::{
     TapTensor, Taps, forward_for_taps,
 };
 pub use denoiser::{
-    Denoiser, DenoiserInfo, layer_inventory, try_for_each_layer, try_for_each_layer_mut,
+    Denoiser, DenoiserInfo, layer_inventory, layer_inventory_with_context, try_for_each_layer,
+    try_for_each_layer_mut,
 };
 pub use error::{ModelError, Result};
 pub use executor::{ConvGeometry, ExecutorError, LayerExecutor};

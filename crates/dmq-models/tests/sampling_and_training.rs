@@ -164,7 +164,7 @@ fn ema_and_checkpoint_resume(device: &Device) {
         let mut rng = NoiseRng::new(k as u64);
         let x0 = rng.tensor([2, 1, 8, 8], &ad);
         let b = diffusion_batch(x0, &schedule, &mut rng).unwrap();
-        let loss = eps_loss(&m, &b, Some(labels(&[0, 1], &ad))).unwrap();
+        let loss = eps_loss(&m, &b, Some(labels(&[0, 1], &ad).into())).unwrap();
         let g = GradientsParams::from_grads(loss.backward(), &m);
         opt.step(1e-3, m, g)
     };

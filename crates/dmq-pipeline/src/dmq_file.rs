@@ -20,16 +20,20 @@ use dmq_models::Denoiser;
 use dmq_models::layers::LayerRef;
 use dmq_models::scheduler::DdimScheduler;
 use dmq_quant::QuantizedFile;
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Result, file_err};
 use crate::model::AnyDenoiser;
+use crate::pipeline_file::{float_bytes, float_entries};
 use crate::scheduler::SchedulerSpec;
+use crate::text_to_image::TextToImage;
 
 /// `dmq.format` of the files this version writes and reads.
 pub const FORMAT_VERSION: &str = "dmq.model.v1";
+/// `dmq.format` of a text-to-image file: a [`FORMAT_VERSION`] model plus the pipeline's FP
+/// components ([`crate::pipeline_file`]).
+pub const PIPELINE_FORMAT_VERSION: &str = "dmq.pipeline.v1";
 /// The file name suffix of quantized model files.
 pub const FILE_SUFFIX: &str = ".dmq.safetensors";
 
@@ -93,6 +97,9 @@ pub struct LoadedFile {
     pub file: QuantizedFile,
     /// Where it was read from.
     pub path: PathBuf,
+    /// A text-to-image file's whole pipeline (tokenizer, text encoder and VAE from the file,
+    /// its UNet = [`Self::model`]); `None` for a plain denoiser.
+    pub pipeline: Option<TextToImage>,
 }
 
 impl LoadedFile {
@@ -162,19 +169,12 @@ pub fn to_file(
 ) -> Result<QuantizedFile> {
     let mut f = export_layers(model, timesteps.len())?;
     let fp = model.weights_to_bytes()?;
-    let st = SafeTensors::deserialize(&fp)
-        .map_err(|e| file_err("<memory>", "model weights", e.to_string()))?;
-    for (key, view) in st.tensors() {
+    for (key, shape, data) in float_entries(&fp, Path::new("<memory>"))? {
         if f.quantized.contains_key(&key) || f.float.contains_key(&key) || f.half.contains_key(&key)
         {
             continue; // a layer's weight, bias or branch, already exported
         }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        f.float.insert(key, (view.shape().to_vec(), data));
+        f.float.insert(key, (shape, data));
     }
     let mut layers = Vec::new();
     model.for_each_layer(&mut |l| {
@@ -212,7 +212,25 @@ pub fn save(
     timesteps: &[f64],
     provenance: &Provenance,
 ) -> Result<u64> {
-    let f = to_file(model, scheduler, timesteps, provenance)?;
+    write(path, &to_file(model, scheduler, timesteps, provenance)?)
+}
+
+/// Writes `model` (the quantized UNet of `pipe`) to `path` atomically with `pipe`'s
+/// tokenizer, text encoder, VAE and scheduler ([`crate::pipeline_file`]), so the file alone
+/// generates from prompts; returns the file size in bytes.
+pub fn save_pipeline(
+    path: &Path,
+    model: &AnyDenoiser,
+    pipe: &TextToImage,
+    timesteps: &[f64],
+    provenance: &Provenance,
+) -> Result<u64> {
+    let mut f = to_file(model, &pipe.scheduler, timesteps, provenance)?;
+    crate::pipeline_file::add_components(&mut f, pipe)?;
+    write(path, &f)
+}
+
+fn write(path: &Path, f: &QuantizedFile) -> Result<u64> {
     if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d).map_err(|e| file_err(d, "output directory", e.to_string()))?;
     }
@@ -235,11 +253,26 @@ fn meta_json(f: &QuantizedFile, path: &Path, key: &str) -> Result<Value> {
 /// The metadata of a file, checked for the format version.
 pub fn info(f: &QuantizedFile, path: &Path) -> Result<FileInfo> {
     let version = meta(f, path, keys::FORMAT)?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != PIPELINE_FORMAT_VERSION {
         return Err(file_err(
             path,
             keys::FORMAT,
-            format!("version '{version}' is not supported (this dmq reads {FORMAT_VERSION})"),
+            format!(
+                "version '{version}' is not supported (this dmq reads {FORMAT_VERSION} and \
+                 {PIPELINE_FORMAT_VERSION})"
+            ),
+        ));
+    }
+    let components = crate::pipeline_file::has_components(f);
+    if components != (version == PIPELINE_FORMAT_VERSION) {
+        return Err(file_err(
+            path,
+            keys::FORMAT,
+            format!(
+                "{version} {} text-to-image components ({})",
+                if components { "has" } else { "lacks" },
+                crate::pipeline_file::keys::MODEL_INDEX
+            ),
         ));
     }
     let num_steps: usize = meta(f, path, keys::NUM_STEPS)?
@@ -337,16 +370,14 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
 
     // 1. every model parameter, from a float entry or a dequantized weight
     let fresh = model.weights_to_bytes()?;
-    let st = SafeTensors::deserialize(&fresh)
-        .map_err(|e| file_err(path, "model weights", e.to_string()))?;
-    let mut params: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut params = Vec::new();
     let mut used: BTreeSet<String> = BTreeSet::new();
-    for (key, view) in st.tensors() {
+    for (key, want, _) in float_entries(&fresh, path)? {
         let data = if let Some((shape, data)) = file.float.get(&key).or(file.half.get(&key)) {
-            check_shape(path, &key, shape, view.shape())?;
+            check_shape(path, &key, shape, &want)?;
             data.clone()
         } else if let Some(q) = file.quantized.get(&key) {
-            check_shape(path, &key, &q.shape, view.shape())?;
+            check_shape(path, &key, &q.shape, &want)?;
             q.dequantize()?
         } else {
             return Err(file_err(
@@ -356,20 +387,9 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
             ));
         };
         used.insert(key.clone());
-        params.push((
-            key,
-            view.shape().to_vec(),
-            data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ));
+        params.push((key, want, data));
     }
-    let views = params
-        .iter()
-        .map(|(k, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v)))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| file_err(path, "model weights", e.to_string()))?;
-    let bytes = safetensors::serialize(views, None)
-        .map_err(|e| file_err(path, "model weights", e.to_string()))?;
-    model = model.load_weights_bytes(&bytes, path, device)?;
+    model = model.load_weights_bytes(&float_bytes(&params, path)?, path, device)?;
 
     // 2. the quantizers of the layers
     dmq_infer::load_export(&mut model, &file, device)
@@ -389,8 +409,10 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
             && parts[0].parse::<usize>().is_ok()
             && layer_names.contains(parts[3])
     };
+    let components = crate::pipeline_file::read_components(&file, path, device)?;
     for key in file.float.keys().chain(file.quantized.keys()) {
-        if !used.contains(key) && !owner(key) {
+        let component = components.is_some() && crate::pipeline_file::is_component_key(key);
+        if !used.contains(key) && !owner(key) && !component {
             return Err(file_err(
                 path,
                 key,
@@ -449,12 +471,40 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
             ));
         }
     }
+    let model = burn::module::Module::no_grad(model);
+    let pipeline = match (components, &model) {
+        (None, _) => None,
+        (Some(c), AnyDenoiser::UNetCond(unet)) => {
+            crate::text_to_image::check_widths(unet, &c.text_encoder, path)?;
+            Some(TextToImage {
+                dir: path.to_path_buf(),
+                model_index: c.model_index,
+                tokenizer: c.tokenizer,
+                tokenizer_files: c.tokenizer_files,
+                text_encoder: c.text_encoder,
+                unet: unet.clone(),
+                vae: c.vae,
+                scheduler: scheduler.clone(),
+            })
+        }
+        (Some(_), other) => {
+            return Err(file_err(
+                path,
+                crate::pipeline_file::keys::MODEL_INDEX,
+                format!(
+                    "text-to-image components beside a {}: only a UNet2DConditionModel takes them",
+                    other.class_name()
+                ),
+            ));
+        }
+    };
     Ok(LoadedFile {
-        model: burn::module::Module::no_grad(model),
+        model,
         scheduler,
         info,
         file,
         path: path.to_path_buf(),
+        pipeline,
     })
 }
 

@@ -182,7 +182,24 @@ pub fn cost<M: Denoiser + Module>(
     cfg: bool,
     device: &Device,
 ) -> Result<Cost> {
-    let calls = dmq_models::layer_inventory(model, device)?;
+    cost_with_context(
+        model,
+        steps,
+        cfg,
+        dmq_models::denoiser::TEXT_CONTEXT_LEN,
+        device,
+    )
+}
+
+/// [`cost`] of a text-conditional model whose prompts are `context_len` tokens long.
+pub fn cost_with_context<M: Denoiser + Module>(
+    model: &M,
+    steps: usize,
+    cfg: bool,
+    context_len: usize,
+    device: &Device,
+) -> Result<Cost> {
+    let calls = dmq_models::layer_inventory_with_context(model, context_len, device)?;
     let bits = dmq_calib::layer_bits(model);
     // SVDQuant's 16-bit branches, beside their layers' own calls
     let ratio = dmq_calib::branch_macs_ratio(model);

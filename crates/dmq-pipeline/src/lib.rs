@@ -36,8 +36,10 @@ pub mod eval;
 pub mod images;
 pub mod method;
 pub mod model;
+pub mod pipeline_file;
 pub mod scheduler;
 pub mod search;
+pub mod t2i_eval;
 pub mod text_to_image;
 pub mod tokenizer;
 

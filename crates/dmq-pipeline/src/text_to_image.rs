@@ -10,11 +10,13 @@
 //! The UNet is taken as any [`Denoiser`], so the FP UNet, a quantized one (fake-quant) and
 //! its integer path generate through the same code. The text encoder and the VAE run in FP.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use dmq_models::clip::ClipTextModel;
 use dmq_models::noise::NoiseRng;
+use dmq_models::scheduler::Scheduler;
 use dmq_models::unet_cond::UNet2DConditionModel;
 use dmq_models::vae::AutoencoderKL;
 use dmq_models::{Conditioning, Denoiser, ForwardCtx, StepContext};
@@ -61,13 +63,18 @@ pub struct GenerateOptions {
 /// A loaded text-to-image pipeline (module docs).
 #[derive(Debug)]
 pub struct TextToImage {
-    /// The pipeline directory.
+    /// The pipeline directory, or the `.dmq.safetensors` file it was read from.
     pub dir: PathBuf,
+    /// The pipeline's `model_index.json`.
+    pub model_index: Value,
     /// CLIP BPE tokenizer.
     pub tokenizer: ClipTokenizer,
+    /// The tokenizer's files (name → contents), as a quantized model file carries them.
+    pub tokenizer_files: BTreeMap<String, Vec<u8>>,
     /// CLIP text encoder (FP).
     pub text_encoder: ClipTextModel,
-    /// The text-conditional UNet (FP; quantize it like any denoiser).
+    /// The text-conditional UNet: FP from a directory, fake-quant from a quantized file
+    /// (any UNet of the same architecture generates through [`Self::generate`]).
     pub unet: UNet2DConditionModel,
     /// The VAE (FP).
     pub vae: AutoencoderKL,
@@ -80,6 +87,53 @@ pub fn is_pipeline_dir(dir: &Path) -> bool {
     dir.join(MODEL_INDEX).is_file()
 }
 
+/// Checks that `model_index.json` (`json`, read from `index`) names every component with a
+/// class dmq loads.
+pub fn check_model_index(json: &Value, index: &Path) -> Result<()> {
+    for (name, classes) in COMPONENTS {
+        let class = json
+            .get(name)
+            .and_then(Value::as_array)
+            .and_then(|a| a.get(1))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                file_err(
+                    index,
+                    name,
+                    "missing: a text-to-image pipeline needs [library, class] for it",
+                )
+            })?;
+        if !classes.contains(&class) {
+            return Err(file_err(
+                index,
+                name,
+                format!("class '{class}' is not supported ({})", classes.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the text encoder's width is the UNet's `cross_attention_dim`.
+pub fn check_widths(
+    unet: &UNet2DConditionModel,
+    text_encoder: &ClipTextModel,
+    origin: &Path,
+) -> Result<()> {
+    let width = text_encoder.config().hidden_size;
+    if unet.info().cross_attention_dim != Some(width) {
+        return Err(file_err(
+            origin,
+            "cross_attention_dim",
+            format!(
+                "{:?} does not match the text encoder's hidden_size {width}",
+                unet.info().cross_attention_dim
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl TextToImage {
     /// Loads every component of the pipeline directory `dir`, checking `model_index.json`
     /// first: each component present with a class dmq loads (errors name the file and the
@@ -90,43 +144,16 @@ impl TextToImage {
             std::fs::read(&index).map_err(|e| file_err(&index, "model index", e.to_string()))?;
         let json: Value = serde_json::from_slice(&bytes)
             .map_err(|e| file_err(&index, "model index", format!("invalid JSON: {e}")))?;
-        for (name, classes) in COMPONENTS {
-            let class = json
-                .get(name)
-                .and_then(Value::as_array)
-                .and_then(|a| a.get(1))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    file_err(
-                        &index,
-                        name,
-                        "missing: a text-to-image pipeline needs [library, class] for it",
-                    )
-                })?;
-            if !classes.contains(&class) {
-                return Err(file_err(
-                    &index,
-                    name,
-                    format!("class '{class}' is not supported ({})", classes.join(", ")),
-                ));
-            }
-        }
+        check_model_index(&json, &index)?;
         let unet = UNet2DConditionModel::load(&dir.join("unet"), device)?;
         let text_encoder = ClipTextModel::load(&dir.join("text_encoder"), device)?;
-        let width = text_encoder.config().hidden_size;
-        if unet.info().cross_attention_dim != Some(width) {
-            return Err(file_err(
-                dir.join("unet").join("config.json"),
-                "cross_attention_dim",
-                format!(
-                    "{:?} does not match the text encoder's hidden_size {width}",
-                    unet.info().cross_attention_dim
-                ),
-            ));
-        }
+        check_widths(&unet, &text_encoder, &dir.join("unet").join("config.json"))?;
+        let tokenizer_dir = dir.join("tokenizer");
         Ok(Self {
             dir: dir.to_path_buf(),
-            tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
+            model_index: json,
+            tokenizer: ClipTokenizer::from_dir(&tokenizer_dir)?,
+            tokenizer_files: ClipTokenizer::read_files(&tokenizer_dir)?,
             text_encoder,
             unet,
             vae: AutoencoderKL::load(&dir.join("vae"), device)?,
@@ -179,12 +206,8 @@ impl TextToImage {
         opts: &GenerateOptions,
         device: &Device,
     ) -> Result<Tensor<4>> {
-        let info = unet.info();
-        let (c, s) = (info.in_channels, info.sample_size);
-        let latents: Vec<Tensor<4>> = (0..prompts.len())
-            .map(|i| NoiseRng::new(opts.seed.wrapping_add(i as u64)).tensor([1, c, s, s], device))
-            .collect();
-        self.generate_from(unet, prompts, Tensor::cat(latents, 0), opts, device)
+        let latents = self.initial_latents(unet, prompts.len(), opts.seed, device);
+        self.generate_from(unet, prompts, latents, opts, device)
     }
 
     /// [`TextToImage::generate`] from given initial latents `z_T` (`[P, C_lat, h, w]`, one
@@ -197,11 +220,54 @@ impl TextToImage {
         opts: &GenerateOptions,
         device: &Device,
     ) -> Result<Tensor<4>> {
-        let cond = self.conditioning(prompts, opts.guidance, device)?;
         let sampler = self.scheduler.sampler(opts.sampler, opts.steps)?;
+        self.generate_with(unet, prompts, latents, &sampler, opts, device)
+    }
+
+    /// [`TextToImage::generate`] under a given sampler (`opts.sampler` and `opts.steps` are
+    /// not read): a quantized file samples over the timesteps it was calibrated on
+    /// ([`crate::dmq_file::LoadedFile::sampler`]).
+    pub fn generate_with_sampler<M: Denoiser + ?Sized, S: Scheduler>(
+        &self,
+        unet: &M,
+        prompts: &[&str],
+        sampler: &S,
+        opts: &GenerateOptions,
+        device: &Device,
+    ) -> Result<Tensor<4>> {
+        let latents = self.initial_latents(unet, prompts.len(), opts.seed, device);
+        self.generate_with(unet, prompts, latents, sampler, opts, device)
+    }
+
+    /// Seeded `z_T`, `[n, C, h, w]`: image `i` from `seed + i`.
+    fn initial_latents<M: Denoiser + ?Sized>(
+        &self,
+        unet: &M,
+        n: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Tensor<4> {
+        let info = unet.info();
+        let (c, s) = (info.in_channels, info.sample_size);
+        let latents: Vec<Tensor<4>> = (0..n)
+            .map(|i| NoiseRng::new(seed.wrapping_add(i as u64)).tensor([1, c, s, s], device))
+            .collect();
+        Tensor::cat(latents, 0)
+    }
+
+    fn generate_with<M: Denoiser + ?Sized, S: Scheduler>(
+        &self,
+        unet: &M,
+        prompts: &[&str],
+        latents: Tensor<4>,
+        sampler: &S,
+        opts: &GenerateOptions,
+        device: &Device,
+    ) -> Result<Tensor<4>> {
+        let cond = self.conditioning(prompts, opts.guidance, device)?;
         let z0 = dmq_models::sampler::sample(
             unet,
-            &sampler,
+            sampler,
             latents,
             Some(cond),
             opts.guidance,

@@ -25,7 +25,7 @@
 //! key. Unknown `tokenizer_config.json` keys are ignored: they configure transformers'
 //! Python object (`is_local`, `clean_up_tokenization_spaces`, ...), not the ids.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -103,11 +103,61 @@ const SETTING_KEYS: [&str; 10] = [
     "truncation_side",
 ];
 
-fn read_json_object(path: &Path) -> Result<Option<Map<String, Value>>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(file_err(path, "read", e.to_string())),
+/// The files a tokenizer is read from, in the order they are looked for.
+pub const TOKENIZER_FILES: [&str; 5] = [
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
+    SPECIAL_TOKENS_MAP_FILE,
+    VOCAB_FILE,
+    MERGES_FILE,
+];
+
+/// Where a tokenizer's files come from: a directory, or their contents (a quantized model
+/// file carries them), each under the name errors show for it.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Dir(&'a Path),
+    Files {
+        origin: &'a Path,
+        files: &'a BTreeMap<String, Vec<u8>>,
+    },
+}
+
+impl Source<'_> {
+    /// The path errors name for file `name`.
+    fn path(&self, name: &str) -> PathBuf {
+        match self {
+            Self::Dir(d) => d.join(name),
+            Self::Files { origin, .. } => {
+                PathBuf::from(format!("{}:tokenizer/{name}", origin.display()))
+            }
+        }
+    }
+
+    /// The bytes of file `name`, `None` when there is no such file.
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Self::Dir(d) => match std::fs::read(d.join(name)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(file_err(self.path(name), "read", e.to_string())),
+            },
+            Self::Files { files, .. } => Ok(files.get(name).cloned()),
+        }
+    }
+
+    /// The bytes of file `name`, which must exist.
+    fn require(&self, name: &str) -> Result<Vec<u8>> {
+        self.read(name)?
+            .ok_or_else(|| file_err(self.path(name), "read", "no such file"))
+    }
+}
+
+fn read_json_object(src: Source<'_>, name: &str) -> Result<Option<Map<String, Value>>> {
+    let path = src.path(name);
+    let path = path.as_path();
+    let Some(bytes) = src.read(name)? else {
+        return Ok(None);
     };
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(m)) => Ok(Some(m)),
@@ -121,11 +171,11 @@ fn read_json_object(path: &Path) -> Result<Option<Map<String, Value>>> {
 }
 
 impl Settings {
-    fn read(dir: &Path) -> Result<Self> {
+    fn read(src: Source<'_>) -> Result<Self> {
         let mut values = HashMap::new();
         for name in [TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE] {
-            let path = dir.join(name);
-            let Some(map) = read_json_object(&path)? else {
+            let path = src.path(name);
+            let Some(map) = read_json_object(src, name)? else {
                 continue;
             };
             for key in SETTING_KEYS {
@@ -286,11 +336,10 @@ fn from_tokenizer_json(path: &Path, bytes: &[u8]) -> Result<Tokenizer> {
 }
 
 /// transformers' `CLIPTokenizer` pipeline over `vocab.json` + `merges.txt`.
-fn from_vocab_and_merges(dir: &Path, settings: &Settings) -> Result<Tokenizer> {
-    let vocab_path = dir.join(VOCAB_FILE);
-    let merges_path = dir.join(MERGES_FILE);
-    let vocab_bytes =
-        std::fs::read(&vocab_path).map_err(|e| file_err(&vocab_path, "read", e.to_string()))?;
+fn from_vocab_and_merges(src: Source<'_>, settings: &Settings) -> Result<Tokenizer> {
+    let vocab_path = src.path(VOCAB_FILE);
+    let merges_path = src.path(MERGES_FILE);
+    let vocab_bytes = src.require(VOCAB_FILE)?;
     let vocab: HashMap<String, u32> = serde_json::from_slice(&vocab_bytes).map_err(|e| {
         file_err(
             &vocab_path,
@@ -298,7 +347,7 @@ fn from_vocab_and_merges(dir: &Path, settings: &Settings) -> Result<Tokenizer> {
             format!("expected a map of token → id: {e}"),
         )
     })?;
-    let text = std::fs::read_to_string(&merges_path)
+    let text = String::from_utf8(src.require(MERGES_FILE)?)
         .map_err(|e| file_err(&merges_path, "read", e.to_string()))?;
     let mut merges = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -380,26 +429,46 @@ impl ClipTokenizer {
     /// `vocab.json` + `merges.txt` without it; `tokenizer_config.json` and
     /// `special_tokens_map.json` when present. Errors name the file and the key.
     pub fn from_dir(tokenizer_dir: &Path) -> Result<Self> {
-        let settings = Settings::read(tokenizer_dir)?;
+        Self::from_source(Source::Dir(tokenizer_dir))
+    }
+
+    /// The tokenizer of the files `files` (name → contents, names from
+    /// [`TOKENIZER_FILES`]), read as [`Self::from_dir`] reads a directory; errors name
+    /// `origin:tokenizer/<file>`.
+    pub fn from_files(origin: &Path, files: &BTreeMap<String, Vec<u8>>) -> Result<Self> {
+        Self::from_source(Source::Files { origin, files })
+    }
+
+    /// The files of a tokenizer directory that [`Self::from_dir`] reads (name → contents),
+    /// for carrying the tokenizer elsewhere ([`Self::from_files`]).
+    pub fn read_files(tokenizer_dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+        let src = Source::Dir(tokenizer_dir);
+        let mut files = BTreeMap::new();
+        for name in TOKENIZER_FILES {
+            if let Some(bytes) = src.read(name)? {
+                files.insert(name.to_string(), bytes);
+            }
+        }
+        Ok(files)
+    }
+
+    fn from_source(src: Source<'_>) -> Result<Self> {
+        let settings = Settings::read(src)?;
         settings.check_sides()?;
         let model_max_length = settings.model_max_length()?;
-        let json_path = tokenizer_dir.join(TOKENIZER_FILE);
-        let (mut tokenizer, source) = match std::fs::read(&json_path) {
-            Ok(bytes) => (from_tokenizer_json(&json_path, &bytes)?, json_path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if !tokenizer_dir.join(VOCAB_FILE).exists() {
+        let json_path = src.path(TOKENIZER_FILE);
+        let (mut tokenizer, source) = match src.read(TOKENIZER_FILE)? {
+            Some(bytes) => (from_tokenizer_json(&json_path, &bytes)?, json_path),
+            None => {
+                if src.read(VOCAB_FILE)?.is_none() {
                     return Err(file_err(
                         &json_path,
                         TOKENIZER_FILE,
                         format!("not found, and no {VOCAB_FILE} + {MERGES_FILE} beside it either"),
                     ));
                 }
-                (
-                    from_vocab_and_merges(tokenizer_dir, &settings)?,
-                    tokenizer_dir.join(VOCAB_FILE),
-                )
+                (from_vocab_and_merges(src, &settings)?, src.path(VOCAB_FILE))
             }
-            Err(e) => return Err(file_err(&json_path, "read", e.to_string())),
         };
         // transformers overrides the file's own truncation/padding on every call.
         tokenizer

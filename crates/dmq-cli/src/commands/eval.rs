@@ -6,13 +6,16 @@ use std::time::Instant;
 use dmq_eval::harness::SampleSpec;
 use dmq_models::Denoiser;
 use dmq_pipeline::eval::{Evaluator, cost, sample};
+use dmq_pipeline::scheduler::SamplerKind;
+use dmq_pipeline::{GenerateOptions, TextToImage, t2i_eval};
 
 use super::{Error, ModelArg, device, positive};
 
 /// Flags of `dmq eval`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A .dmq.safetensors file (or a diffusers directory: scores the FP model).
+    /// A .dmq.safetensors file (or a diffusers directory: scores the FP model). A
+    /// text-to-image pipeline (directory or file) is scored on Fashion-MNIST class prompts.
     #[arg(long, value_parser = crate::existing)]
     pub model: PathBuf,
     /// The FP model directory it was quantized from: FD/PSNR/SSIM against its samples from
@@ -25,7 +28,8 @@ pub struct Args {
     /// DDIM steps (default: the file's own).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Classifier-free guidance scale (class-conditional models).
+    /// Classifier-free guidance scale (class-conditional models and text-to-image
+    /// pipelines).
     #[arg(long, default_value_t = 1.5)]
     pub cfg: f64,
     /// Seed of the noise (the result tables use 2024).
@@ -56,7 +60,27 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         return Err(format!("--cfg {}: must be ≥ 1", a.cfg).into());
     }
     let device = device(backend, false)?;
+    if dmq_pipeline::text_to_image::is_pipeline_dir(&a.model) {
+        if a.integer {
+            return Err("--integer needs a quantized .dmq.safetensors file".into());
+        }
+        let pipe = TextToImage::load(&a.model, &device)?;
+        let sampler = pipe.scheduler.ddim(a.steps.unwrap_or(20))?;
+        let fp = dmq_pipeline::AnyDenoiser::UNetCond(pipe.unet.clone());
+        return text_to_image(&a, &pipe, &pipe.unet, &fp, &sampler, &device);
+    }
     let arg = ModelArg::load(&a.model, &device)?;
+    if let ModelArg::File(f) = &arg
+        && let Some(pipe) = &f.pipeline
+    {
+        let sampler = arg.sampler(a.steps)?;
+        return if a.integer {
+            let m = dmq_infer::IntegerModel::from_export(f.model.clone(), &f.file, &device)?;
+            text_to_image(&a, pipe, &m, &f.model, &sampler, &device)
+        } else {
+            text_to_image(&a, pipe, &f.model, &f.model, &sampler, &device)
+        };
+    }
     let model = arg.model();
     let info = model.info();
     let sched = arg.sampler(a.steps)?;
@@ -131,19 +155,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         );
         (None, None, None)
     };
-    let fidelity = match &fp_images {
-        Some(fp) => Some(dmq_eval::metrics::fidelity::fidelity(
-            &images.data,
-            &fp.data,
-            [
-                images.shape[0],
-                images.shape[1],
-                images.shape[2],
-                images.shape[3],
-            ],
-        )?),
-        None => None,
-    };
+    let fidelity = fidelity_to(&images, fp_images.as_ref())?;
     let c = cost(model, steps, spec.guidance != 1.0, &device)?;
     let fd_fp = fd_fp.filter(|_| fp_images.is_some());
     let row = serde_json::json!({
@@ -158,26 +170,142 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         "model_bytes": c.model_bytes,
         "sample_s": sample_s,
     });
-    let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
+    print_row(&a, &row)
+}
+
+/// Prints the row as a table line and JSON, and writes it to `--json`.
+fn print_row(a: &Args, row: &serde_json::Value) -> Result<(), Error> {
+    let opt = |key: &str, p: usize, scale: f64| {
+        row[key]
+            .as_f64()
+            .map_or("-".to_string(), |x| format!("{:.p$}", x * scale))
+    };
     println!(
         "| samples | steps | FD test | FD vs FP | PSNR vs FP dB | SSIM | class acc | GBitOPs/img | model KiB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {steps} | {} | {} | {} | {} | {} | {:.1} | {:.0} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         a.samples,
-        opt(fd_test, 2),
-        opt(fd_fp, 2),
-        opt(fidelity.as_ref().map(|f| f.psnr), 2),
-        opt(fidelity.as_ref().map(|f| f.ssim), 4),
-        opt(class_acc.map(|x| 100.0 * x), 1),
-        c.bitops / 1e9,
-        c.model_bytes as f64 / 1024.0
+        row["steps"],
+        opt("fd_test", 2, 1.0),
+        opt("fd_fp", 2, 1.0),
+        opt("psnr_fp", 2, 1.0),
+        opt("ssim_fp", 4, 1.0),
+        opt("class_acc", 1, 100.0),
+        opt("gbitops_per_image", 1, 1.0),
+        opt("model_bytes", 0, 1.0 / 1024.0),
     );
     println!("{row}");
     if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&row)? + "\n")
+        std::fs::write(p, serde_json::to_string_pretty(row)? + "\n")
             .map_err(|e| format!("{}: {e}", p.display()))?;
     }
     Ok(())
+}
+
+/// `dmq eval` of a text-to-image pipeline (a directory, or a quantized file with its
+/// components): image `i` is prompted with Fashion-MNIST class `i mod 10`
+/// (`dmq_pipeline::t2i_eval`), so the class accuracy is the prompt accuracy; FD and class
+/// accuracy need 1-channel images of at least 28×28 (cropped to the central 28×28); the
+/// FP reference is `--fp`'s pipeline from the same noise, prompts and timesteps. `unet`
+/// samples (fake-quant or integer path), `model` is its fake-quant form (for the cost).
+fn text_to_image<M: Denoiser + ?Sized>(
+    a: &Args,
+    pipe: &TextToImage,
+    unet: &M,
+    model: &dmq_pipeline::AnyDenoiser,
+    sampler: &dmq_models::scheduler::DdimScheduler,
+    device: &burn::tensor::Device,
+) -> Result<(), Error> {
+    let steps = dmq_models::scheduler::Scheduler::timesteps(sampler).len();
+    let prompts = t2i_eval::eval_prompts(a.samples)?;
+    let opts = GenerateOptions {
+        steps,
+        guidance: a.cfg,
+        seed: a.seed,
+        sampler: SamplerKind::Ddim,
+    };
+    // Fashion-MNIST-like pipelines are scored by the metric classifier on 28×28 crops;
+    // others get fidelity to FP, BitOPs and bytes
+    let fmnist = t2i_eval::fmnist_scorable(pipe, unet);
+    let crop = fmnist.then_some(t2i_eval::FMNIST_SIZE);
+    let t0 = Instant::now();
+    let mut b = super::bar("samples", a.samples);
+    let images = t2i_eval::generate_images(
+        pipe,
+        unet,
+        &prompts,
+        sampler,
+        &opts,
+        100,
+        crop,
+        device,
+        &mut |d, _| b.set(d as u64, ""),
+    )?;
+    b.finish();
+    let sample_s = t0.elapsed().as_secs_f64();
+    let fp_images = match &a.fp {
+        Some(dir) => {
+            let fp = TextToImage::load(dir, device)?;
+            let mut b = super::bar("FP samples", a.samples);
+            let im = t2i_eval::generate_images(
+                &fp,
+                &fp.unet,
+                &prompts,
+                sampler,
+                &opts,
+                100,
+                crop,
+                device,
+                &mut |d, _| b.set(d as u64, ""),
+            )?;
+            b.finish();
+            Some(im)
+        }
+        None => None,
+    };
+    let (mut fd_test, mut fd_fp, mut class_acc) = (None, None, None);
+    if fmnist {
+        let ev = Evaluator::new(
+            &a.classifier,
+            &a.data,
+            fp_images.clone().unwrap_or_else(|| images.clone()),
+            device,
+        )?;
+        let s = ev.score(&images, Some(10), device)?;
+        fd_test = Some(s.fd_test);
+        fd_fp = fp_images.as_ref().map(|_| s.fd_fp);
+        class_acc = s.class_acc;
+    }
+    let fidelity = fidelity_to(&images, fp_images.as_ref())?;
+    let c = t2i_eval::pipeline_cost(pipe, model, steps, a.cfg != 1.0, device)?;
+    let row = serde_json::json!({
+        "model": a.model, "samples": a.samples, "steps": steps, "cfg": a.cfg, "seed": a.seed,
+        "path": if a.integer { "integer" } else { "fake-quant" },
+        "prompts": "a photo of a {class}, class = i mod 10",
+        "fd_test": fd_test,
+        "fd_fp": fd_fp,
+        "psnr_fp": fidelity.as_ref().map(|f| f.psnr),
+        "ssim_fp": fidelity.as_ref().map(|f| f.ssim),
+        "class_acc": class_acc,
+        "gbitops_per_image": c.bitops / 1e9,
+        "model_bytes": c.model_bytes,
+        "sample_s": sample_s,
+    });
+    print_row(a, &row)
+}
+
+/// PSNR/SSIM of `images` against the FP samples from the same noise, when there are some.
+fn fidelity_to(
+    images: &dmq_models::HostTensor,
+    fp: Option<&dmq_models::HostTensor>,
+) -> Result<Option<dmq_eval::metrics::fidelity::Fidelity>, Error> {
+    let Some(fp) = fp else { return Ok(None) };
+    let s = &images.shape;
+    Ok(Some(dmq_eval::metrics::fidelity::fidelity(
+        &images.data,
+        &fp.data,
+        [s[0], s[1], s[2], s[3]],
+    )?))
 }

@@ -6,16 +6,26 @@ use std::time::Instant;
 use dmq_calib::{QuantConfig, RecordOptions};
 use dmq_pipeline::dmq_file::{self, Provenance};
 use dmq_pipeline::search::SearchedConfig;
-use dmq_pipeline::{AnyDenoiser, ImageSet, Method, RunOptions, SchedulerSpec, quantize};
+use dmq_pipeline::{
+    AnyDenoiser, ImageSet, Method, RunOptions, SchedulerSpec, TextToImage, quantize,
+};
 
 use super::{Error, StageBars, calibration_set, device, positive};
 
 /// Flags of `dmq quantize`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// diffusers model directory (config.json + diffusion_pytorch_model.safetensors).
+    /// diffusers model directory (config.json + diffusion_pytorch_model.safetensors), or a
+    /// text-to-image pipeline directory (model_index.json; needs calibration prompts): its
+    /// UNet is quantized, and the file carries the FP text encoder, tokenizer and VAE.
     #[arg(long, value_parser = crate::existing)]
     pub model: PathBuf,
+    /// A calibration prompt (text-to-image pipelines; repeat the flag for several).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// A file of calibration prompts, one per line (text-to-image pipelines).
+    #[arg(long, value_parser = crate::existing)]
+    pub prompts: Option<PathBuf>,
     /// Method.
     #[arg(long, default_value = "naive", value_parser = ["naive", "qdiffusion", "smoothquant", "svdquant", "efficientdm", "quest", "binarydm"])]
     pub method: String,
@@ -112,32 +122,44 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         )
         .into());
     }
+    let is_pipeline = dmq_pipeline::text_to_image::is_pipeline_dir(&a.model);
+    let prompts = calibration_prompts(&a, is_pipeline, &method)?;
     let train = !matches!(method, Method::Naive(_));
     let device = device(backend, train)?;
     let t0 = Instant::now();
-    let fp = AnyDenoiser::from_pretrained(&a.model, &device)?;
-    let sched = SchedulerSpec::from_dir(&a.model)?;
+    let pipe = if is_pipeline {
+        Some(TextToImage::load(&a.model, &device)?)
+    } else {
+        None
+    };
+    let (fp, sched) = match &pipe {
+        Some(p) => (AnyDenoiser::UNetCond(p.unet.clone()), p.scheduler.clone()),
+        None => (
+            AnyDenoiser::from_pretrained(&a.model, &device)?,
+            SchedulerSpec::from_dir(&a.model)?,
+        ),
+    };
     let sampler = match &searched {
         Some(s) => s.sampler(&sched)?,
         None => sched.ddim(steps)?,
     };
-    let guidance = if dmq_models::Denoiser::info(&fp).num_classes.is_some() {
+    let info = dmq_models::Denoiser::info(&fp);
+    let guidance = if info.num_classes.is_some() || pipe.is_some() {
         a.cfg
     } else {
         1.0
     };
-    let calib = calibration_set(
-        &fp,
-        &sampler,
-        &RecordOptions {
-            trajectories: a.calib_n,
-            steps_kept: a.calib_steps,
-            guidance,
-            batch: a.calib_n.min(64),
-            seed: 7,
-        },
-        &device,
-    )?;
+    let record = RecordOptions {
+        trajectories: a.calib_n,
+        steps_kept: a.calib_steps,
+        guidance,
+        batch: a.calib_n.min(64),
+        seed: 7,
+    };
+    let calib = match &pipe {
+        Some(p) => text_calibration_set(&fp, p, &prompts, &sampler, &record, &device)?,
+        None => calibration_set(&fp, &sampler, &record, &device)?,
+    };
     let work = a.work.clone().unwrap_or_else(|| {
         let mut w = a.out.clone().into_os_string();
         w.push(".work");
@@ -155,19 +177,25 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     })?;
     bars.finish();
     let timesteps = dmq_pipeline::scheduler::timesteps(&sampler);
-    let bytes = dmq_file::save(
-        &a.out,
-        &q.model,
-        &sched,
-        &timesteps,
-        &Provenance::new(&method, &config),
-    )?;
+    let provenance = Provenance::new(&method, &config);
+    let bytes = match &pipe {
+        Some(p) => dmq_file::save_pipeline(&a.out, &q.model, p, &timesteps, &provenance)?,
+        None => dmq_file::save(&a.out, &q.model, &sched, &timesteps, &provenance)?,
+    };
     if a.work.is_none() {
         let _ = std::fs::remove_dir_all(&work);
     }
-    let f32_total = std::fs::metadata(a.model.join("diffusion_pytorch_model.safetensors"))
-        .map(|m| m.len())
-        .unwrap_or(0);
+    // the FP weights the file replaces: the model's, or every component of a pipeline
+    let weights = |dir: &std::path::Path, name: &str| {
+        std::fs::metadata(dir.join(name)).map_or(0, |m| m.len())
+    };
+    let f32_total = if pipe.is_some() {
+        weights(&a.model.join("unet"), "diffusion_pytorch_model.safetensors")
+            + weights(&a.model.join("vae"), "diffusion_pytorch_model.safetensors")
+            + weights(&a.model.join("text_encoder"), "model.safetensors")
+    } else {
+        weights(&a.model, "diffusion_pytorch_model.safetensors")
+    };
     println!(
         "{} {} → {} ({} bytes; FP weights {} bytes, {:.2}× smaller) in {:.1} s",
         method.name(),
@@ -181,4 +209,72 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The calibration prompts of a text-to-image pipeline: `--prompt` flags, then the lines of
+/// `--prompts`. Required for a pipeline, refused for other models; the methods that draw
+/// their own trajectories or train on images do not take text models yet.
+fn calibration_prompts(a: &Args, is_pipeline: bool, method: &Method) -> Result<Vec<String>, Error> {
+    let mut prompts = a.prompt.clone();
+    if let Some(p) = &a.prompts {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        prompts.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+    }
+    match (is_pipeline, prompts.is_empty()) {
+        (true, true) => Err(format!(
+            "{} is a text-to-image pipeline: give calibration prompts (--prompt or --prompts FILE)",
+            a.model.display()
+        )
+        .into()),
+        (false, false) => Err(format!(
+            "--prompt/--prompts: {} is not a text-to-image pipeline directory (no model_index.json)",
+            a.model.display()
+        )
+        .into()),
+        (true, false) if matches!(method, Method::Efficientdm { .. } | Method::Binarydm(_)) => {
+            Err(format!(
+                "--method {}: not yet available for text-to-image pipelines (naive, qdiffusion, \
+                 smoothquant, svdquant and quest are)",
+                method.name()
+            )
+            .into())
+        }
+        _ => Ok(prompts),
+    }
+}
+
+/// The calibration set of a text-to-image pipeline's UNet: trajectories under prompts drawn
+/// from `prompts` (the set's seeded stream picks them), with the empty prompt's states as
+/// the unconditional embedding when the guidance is not 1.
+fn text_calibration_set(
+    fp: &AnyDenoiser,
+    pipe: &TextToImage,
+    prompts: &[String],
+    sampler: &dmq_models::scheduler::DdimScheduler,
+    opts: &RecordOptions,
+    device: &burn::tensor::Device,
+) -> Result<dmq_calib::CalibSet, Error> {
+    let mut b = super::bar("calibration set", opts.trajectories);
+    let calib = dmq_calib::CalibSet::record_with(
+        &burn::module::Module::no_grad(fp.clone()),
+        sampler,
+        opts,
+        device,
+        &mut |rng, n| {
+            let drawn: Vec<&str> = (0..n)
+                .map(|_| prompts[rng.below(prompts.len())].as_str())
+                .collect();
+            pipe.conditioning(&drawn, opts.guidance, device)
+                .map(Some)
+                .map_err(|e| dmq_calib::CalibError::Option(e.to_string()))
+        },
+    )?;
+    b.set(opts.trajectories as u64, "");
+    b.finish();
+    Ok(calib)
 }

@@ -65,16 +65,37 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     }
     let device = device(backend, false)?;
     if dmq_pipeline::text_to_image::is_pipeline_dir(&a.model) {
-        return text_to_image(&a, &device);
+        if a.integer {
+            return Err("--integer needs a quantized .dmq.safetensors file".into());
+        }
+        let pipe = dmq_pipeline::TextToImage::load(&a.model, &device)?;
+        let kind = a.sampler.unwrap_or(pipe.scheduler.native);
+        let sampler = pipe.scheduler.sampler(kind, a.steps.unwrap_or(20))?;
+        return text_to_image(&a, &pipe, &pipe.unet, &sampler, kind, &device);
+    }
+    let arg = ModelArg::load(&a.model, &device)?;
+    if let ModelArg::File(f) = &arg
+        && let Some(pipe) = &f.pipeline
+    {
+        if let Some(kind) = a.sampler.filter(|k| *k != SamplerKind::Ddim) {
+            return Err(ddim_only(kind, &f.path));
+        }
+        let sampler = arg.sampler(a.steps)?;
+        return if a.integer {
+            let m = dmq_infer::IntegerModel::from_export(f.model.clone(), &f.file, &device)?;
+            text_to_image(&a, pipe, &m, &sampler, SamplerKind::Ddim, &device)
+        } else {
+            text_to_image(&a, pipe, &f.model, &sampler, SamplerKind::Ddim, &device)
+        };
     }
     if !a.prompt.is_empty() {
         return Err(format!(
-            "--prompt: {} is not a text-to-image pipeline directory (no model_index.json)",
+            "--prompt: {} is not a text-to-image pipeline (a directory with model_index.json, \
+             or a file quantized from one)",
             a.model.display()
         )
         .into());
     }
-    let arg = ModelArg::load(&a.model, &device)?;
     let info = arg.model().info();
     if let (Some(k), Some(nc)) = (a.class, info.num_classes)
         && k >= nc
@@ -87,14 +108,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     let sched = match (a.sampler.unwrap_or(SamplerKind::Ddim), &arg) {
         (SamplerKind::Ddim, _) => AnySampler::Ddim(arg.sampler(a.steps)?),
         (kind, ModelArg::Dir { scheduler, .. }) => scheduler.sampler(kind, arg.steps(a.steps)?)?,
-        (kind, ModelArg::File(f)) => {
-            return Err(format!(
-                "--sampler {kind}: {} holds activation parameters calibrated on DDIM's \
-                 timesteps; sample it with --sampler ddim (or sample the FP directory)",
-                f.path.display()
-            )
-            .into());
-        }
+        (kind, ModelArg::File(f)) => return Err(ddim_only(kind, &f.path)),
     };
     let steps = dmq_models::scheduler::Scheduler::timesteps(&sched).len();
     let t0 = Instant::now();
@@ -160,9 +174,27 @@ fn draw<M: Denoiser, S: dmq_models::scheduler::Scheduler>(
     })
 }
 
-/// `dmq sample` on a text-to-image pipeline directory: `--n` images per `--prompt`, one grid
-/// row per prompt.
-fn text_to_image(a: &Args, device: &burn::tensor::Device) -> Result<(), Error> {
+/// The error for a non-DDIM `--sampler` on a quantized file.
+fn ddim_only(kind: SamplerKind, path: &std::path::Path) -> Error {
+    format!(
+        "--sampler {kind}: {} holds activation parameters calibrated on DDIM's timesteps; \
+         sample it with --sampler ddim (or sample the FP directory)",
+        path.display()
+    )
+    .into()
+}
+
+/// `dmq sample` on a text-to-image pipeline (a directory, or a quantized file with its
+/// components): `--n` images per `--prompt` from `unet` under `sampler`, one grid row per
+/// prompt.
+fn text_to_image<M: Denoiser + ?Sized, S: dmq_models::scheduler::Scheduler>(
+    a: &Args,
+    pipe: &dmq_pipeline::TextToImage,
+    unet: &M,
+    sampler: &S,
+    kind: SamplerKind,
+    device: &burn::tensor::Device,
+) -> Result<(), Error> {
     if a.prompt.is_empty() {
         return Err(format!(
             "{} is a text-to-image pipeline: give at least one --prompt",
@@ -170,15 +202,15 @@ fn text_to_image(a: &Args, device: &burn::tensor::Device) -> Result<(), Error> {
         )
         .into());
     }
-    if a.integer || a.class.is_some() {
-        return Err("--integer and --class do not apply to a text-to-image pipeline".into());
+    if a.class.is_some() {
+        return Err("--class does not apply to a text-to-image pipeline".into());
     }
-    let pipe = dmq_pipeline::TextToImage::load(&a.model, device)?;
+    let steps = sampler.timesteps().len();
     let opts = dmq_pipeline::GenerateOptions {
-        steps: a.steps.unwrap_or(20),
+        steps,
         guidance: a.cfg.unwrap_or(7.5),
         seed: a.seed,
-        sampler: a.sampler.unwrap_or(pipe.scheduler.native),
+        sampler: kind,
     };
     let t0 = Instant::now();
     let mut rows = Vec::with_capacity(a.prompt.len());
@@ -190,7 +222,7 @@ fn text_to_image(a: &Args, device: &burn::tensor::Device) -> Result<(), Error> {
             ..opts.clone()
         };
         rows.push(HostTensor::from_tensor(
-            &pipe.generate(&pipe.unet, &prompts, &o, device)?,
+            &pipe.generate_with_sampler(unet, &prompts, sampler, &o, device)?,
         ));
         bar.set(((k + 1) * a.n) as u64, "");
     }
@@ -199,12 +231,13 @@ fn text_to_image(a: &Args, device: &burn::tensor::Device) -> Result<(), Error> {
     let refs: Vec<&HostTensor> = rows.iter().collect();
     dmq_pipeline::eval::grid_png(&a.out, &refs, device)?;
     println!(
-        "{} images for {} prompt(s) in {dt:.1} s ({} {} steps, guidance {}) → {}",
+        "{} images for {} prompt(s) in {dt:.1} s ({} {} steps, guidance {}{}) → {}",
         a.n * a.prompt.len(),
         a.prompt.len(),
         opts.steps,
         opts.sampler,
         opts.guidance,
+        if a.integer { ", integer path" } else { "" },
         a.out.display()
     );
     Ok(())

@@ -306,6 +306,28 @@ impl ClipTextConfig {
         Ok(cfg)
     }
 
+    /// The transformers `config.json` object of this config: the `CLIPTextConfig` keys
+    /// [`Self::from_json_value`] reads, plus `architectures` and `model_type` so that
+    /// `CLIPTextModel.from_pretrained` accepts the directory.
+    pub fn to_json_value(&self) -> Value {
+        serde_json::json!({
+            "architectures": ["CLIPTextModel"],
+            "model_type": "clip_text_model",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "max_position_embeddings": self.max_position_embeddings,
+            "hidden_act": self.hidden_act.name(),
+            "layer_norm_eps": self.layer_norm_eps,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": "float32",
+        })
+    }
+
     /// Parses `config.json` text.
     pub fn from_json_str(text: &str) -> Result<Self> {
         let v: Value =

@@ -134,6 +134,14 @@ impl ClipTextModel {
         }
     }
 
+    /// Writes a transformers model directory (created if needed): `config.json`
+    /// ([`ClipTextConfig::to_json_value`]) and `model.safetensors` with f32 weights under
+    /// the `text_model.` keys, each written atomically; [`Self::load`] and transformers'
+    /// `CLIPTextModel.from_pretrained` read it back. Quantizer state is not written.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        io::save_model_dir(self, dir, &self.config.to_json_value(), WEIGHTS_FILE)
+    }
+
     /// The model's config.
     pub fn config(&self) -> &ClipTextConfig {
         &self.config

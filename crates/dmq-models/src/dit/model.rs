@@ -1,13 +1,11 @@
 //! [`DiT`]: diffusers' `DiTTransformer2DModel` (patchify → adaLN-Zero transformer blocks →
 //! modulated output projection → unpatchify).
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor};
-use dmq_quant::file::write_atomic;
 
 use super::block::{BasicTransformerBlock, BasicTransformerBlockConfig};
 use super::config::DiTConfig;
@@ -106,19 +104,7 @@ impl DiT {
     /// `DiTTransformer2DModel.from_pretrained(dir)`. Quantizer state is not written.
     pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let (config_path, weights) = io::dir_files(dir);
-        let text = serde_json::to_string_pretty(&self.config.to_json())
-            .map_err(|e| ModelError::Config(e.to_string()))?;
-        write_atomic(&config_path, text.as_bytes()).map_err(|e| ModelError::Checkpoint {
-            path: config_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        io::save_weights(self, &weights, metadata)
+        io::save_model_dir(self, dir, &self.config.to_json(), io::WEIGHTS_FILE)
     }
 
     /// The model's config.

@@ -1,7 +1,8 @@
 //! The ε-prediction objective `L = E‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖²`.
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
+use crate::conditioning::Conditioning;
 use crate::context::{ForwardCtx, StepContext};
 use crate::denoiser::Denoiser;
 use crate::error::Result;
@@ -49,14 +50,14 @@ pub fn diffusion_batch(
     })
 }
 
-/// Mean squared error between ε and the model's ε prediction on `batch`.
+/// Mean squared error between ε and the model's ε prediction on `batch` under `cond`
+/// (class labels or text states, one per row).
 pub fn eps_loss<M: Denoiser + ?Sized>(
     model: &M,
     batch: &DiffusionBatch,
-    class: Option<Tensor<1, Int>>,
+    cond: Option<Conditioning>,
 ) -> Result<Tensor<1>> {
     let ctx = ForwardCtx::new(StepContext::single(0.0));
-    let cond = class.map(crate::Conditioning::Class);
     let eps = model.predict_eps(batch.x_t.clone(), batch.t.clone(), cond, &ctx)?;
     Ok((eps - batch.noise.clone()).powi_scalar(2).mean())
 }

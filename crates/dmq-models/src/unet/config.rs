@@ -282,6 +282,11 @@ impl UNetConfig {
         serde_json::to_string_pretty(self).map_err(|e| cfg_err(e.to_string()))
     }
 
+    /// The config as a JSON value (what [`Self::to_json_string`] writes).
+    pub fn to_json_value(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(self).map_err(|e| cfg_err(e.to_string()))
+    }
+
     /// Width of the time embedding.
     pub fn time_embed_dim(&self) -> usize {
         self.time_embedding_dim.unwrap_or_else(|| {

@@ -1,13 +1,11 @@
 //! [`UNet2DModel`]: the full network, its diffusers-format loading/saving and its
 //! [`Denoiser`] implementation.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor};
-use dmq_quant::file::write_atomic;
 
 use super::blocks::{DownBlock, MidBlock, UpBlock};
 use super::checkpoint::convert_deprecated_attention_keys;
@@ -123,19 +121,7 @@ impl UNet2DModel {
     /// Writes a diffusers model directory (created if needed): `config.json` and the f32
     /// weights, each written atomically.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let (config_path, weights_path) = io::dir_files(dir);
-        let mut json = self.config.to_json_string()?;
-        json.push('\n');
-        write_atomic(&config_path, json.as_bytes()).map_err(|e| ModelError::Checkpoint {
-            path: config_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        io::save_weights(self, &weights_path, metadata)
+        io::save_model_dir(self, dir, &self.config.to_json_value()?, io::WEIGHTS_FILE)
     }
 
     /// Timesteps as `[B]`: a length-1 `t` is broadcast over the batch (as diffusers).

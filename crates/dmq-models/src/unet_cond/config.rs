@@ -468,6 +468,11 @@ impl UNet2DConditionConfig {
         serde_json::to_string_pretty(self).map_err(|e| cfg_err(e.to_string()))
     }
 
+    /// The config as a JSON value (what [`Self::to_json_string`] writes).
+    pub fn to_json_value(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(self).map_err(|e| cfg_err(e.to_string()))
+    }
+
     /// Number of levels (`block_out_channels.len()`).
     pub fn levels(&self) -> usize {
         self.block_out_channels.len()

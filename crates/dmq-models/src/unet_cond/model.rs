@@ -1,13 +1,11 @@
 //! [`UNet2DConditionModel`]: the full text-conditional network, its diffusers-format
 //! loading/saving, forward pass and layer inventory.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
-use dmq_quant::file::write_atomic;
 
 use super::blocks::{DownBlock, MidBlock, UpBlock};
 use super::config::UNet2DConditionConfig;
@@ -120,19 +118,7 @@ impl UNet2DConditionModel {
     /// Writes a diffusers model directory (created if needed): `config.json` and the f32
     /// weights, each written atomically. Quantizer state is not written.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let (config_path, weights_path) = io::dir_files(dir);
-        let mut json = self.config.to_json_string()?;
-        json.push('\n');
-        write_atomic(&config_path, json.as_bytes()).map_err(|e| ModelError::Checkpoint {
-            path: config_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        io::save_weights(self, &weights_path, metadata)
+        io::save_model_dir(self, dir, &self.config.to_json_value()?, io::WEIGHTS_FILE)
     }
 
     /// The time embedding `time_embedding(sinusoid(t))`.

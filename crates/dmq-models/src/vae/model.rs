@@ -1,12 +1,10 @@
 //! [`AutoencoderKL`]: the full VAE, its diffusers-format loading/saving, encoding to a
 //! [`LatentDist`], decoding, and the latent scaling the diffusion pipelines apply.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use dmq_quant::file::write_atomic;
 
 use super::config::AutoencoderKlConfig;
 use super::decoder::Decoder;
@@ -91,19 +89,7 @@ impl AutoencoderKL {
     /// Writes a diffusers VAE directory (created if needed): `config.json` and the f32
     /// weights, each written atomically.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let (config_path, weights_path) = io::dir_files(dir);
-        let mut json = self.config.to_json_string()?;
-        json.push('\n');
-        write_atomic(&config_path, json.as_bytes()).map_err(|e| ModelError::Checkpoint {
-            path: config_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        io::save_weights(self, &weights_path, metadata)
+        io::save_model_dir(self, dir, &self.config.to_json_value()?, io::WEIGHTS_FILE)
     }
 
     /// The model's config.

@@ -522,6 +522,30 @@ fn random_init(device: &Device) {
     assert_eq!(n, 2 * 8);
 }
 
+/// `save_pretrained` → `load` gives the same config and the same outputs, bit for bit; the
+/// file has the transformers keys (`text_model.` prefix, no `position_ids` buffer).
+fn save_round_trip(device: &Device) {
+    let model = ClipTextModel::load(&fixture_dir("gelu_f16"), device).unwrap();
+    let tmp = TempDir::new("save");
+    model.save_pretrained(&tmp.0).unwrap();
+    let back = ClipTextModel::load(&tmp.0, device).unwrap();
+    assert_eq!(back.config(), model.config());
+    let bytes = std::fs::read(tmp.0.join(WEIGHTS_FILE)).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let names = st.names();
+    assert!(
+        names.iter().all(|k| k.starts_with("text_model.")),
+        "{names:?}"
+    );
+    assert!(names.contains(&"text_model.final_layer_norm.weight"));
+    assert!(!names.iter().any(|k| k.contains("position_ids")));
+    let ids = ClipTextModel::input_ids(&[vec![1, 5, 7, 3, 3]], device).unwrap();
+    let a = model.forward(ids.clone(), &ctx()).unwrap();
+    let b = back.forward(ids, &ctx()).unwrap();
+    assert_eq!(to_vec(a.last_hidden_state).0, to_vec(b.last_hidden_state).0);
+    assert_eq!(to_vec(a.pooled).0, to_vec(b.pooled).0);
+}
+
 macro_rules! backend_tests {
     ($name:ident, $device:expr) => {
         mod $name {
@@ -584,6 +608,11 @@ macro_rules! backend_tests {
             #[test]
             fn random_init() {
                 super::random_init(&device());
+            }
+
+            #[test]
+            fn save_round_trip() {
+                super::save_round_trip(&device());
             }
         }
     };

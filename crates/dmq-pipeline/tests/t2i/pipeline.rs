@@ -181,8 +181,119 @@ fn malformed_pipelines_are_typed_errors(device: &Device) {
     assert!(TextToImage::load(wide.path(), device).is_err());
 }
 
+/// The pipeline's UNet quantized (naive W8A8, calibrated on prompts) and written with
+/// `save_pipeline` is one file that generates on its own: read back, its tokenizer, text
+/// encoder, VAE and quantized UNet generate what the in-memory pipeline with the quantized
+/// UNet generates; a damaged file is refused, naming the entry.
+fn quantized_pipeline_file_generates_alone(device: &Device) {
+    use dmq_calib::{CalibSet, QuantConfig, RecordOptions};
+    use dmq_pipeline::dmq_file::{self, PIPELINE_FORMAT_VERSION, Provenance};
+    use dmq_pipeline::{AnyDenoiser, Method, RunOptions, quantize};
+
+    let pipe = TextToImage::load(&fixture().join("pipeline"), device).unwrap();
+    let fp = AnyDenoiser::UNetCond(pipe.unet.clone());
+    let sampler = pipe.scheduler.ddim(3).unwrap();
+    let record = RecordOptions {
+        trajectories: 2,
+        steps_kept: 2,
+        guidance: 3.0,
+        batch: 2,
+        seed: 7,
+    };
+    let calib = CalibSet::record_with(&fp, &sampler, &record, device, &mut |_, n| {
+        Ok(Some(
+            pipe.conditioning(&vec!["a bag"; n], 3.0, device).unwrap(),
+        ))
+    })
+    .unwrap();
+    let (config, method) = (
+        QuantConfig::preset("W8A8").unwrap(),
+        Method::from_name("naive").unwrap(),
+    );
+    let q = quantize(
+        &fp,
+        &config,
+        &calib,
+        &method,
+        &RunOptions::new(sampler.clone()),
+        device,
+        &mut |_| {},
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("pipe.dmq.safetensors");
+    let ts = dmq_pipeline::scheduler::timesteps(&sampler);
+    dmq_file::save_pipeline(
+        &path,
+        &q.model,
+        &pipe,
+        &ts,
+        &Provenance::new(&method, &config),
+    )
+    .unwrap();
+    let loaded = dmq_file::load(&path, device).unwrap();
+    assert_eq!(loaded.file.metadata["dmq.format"], PIPELINE_FORMAT_VERSION);
+    let alone = loaded.pipeline.as_ref().expect("the file's pipeline");
+    let text = ["a photo of a sneaker", "a bag"];
+    assert_eq!(
+        alone.tokenizer.encode_padded(&text, 77).unwrap(),
+        pipe.tokenizer.encode_padded(&text, 77).unwrap()
+    );
+    let opts = GenerateOptions {
+        steps: 3,
+        guidance: 3.0,
+        seed: 5,
+        sampler: SamplerKind::Ddim,
+    };
+    let generate = |p: &TextToImage, unet: &dyn dmq_models::Denoiser| {
+        HostTensor::from_tensor(
+            &p.generate_with_sampler(unet, &text, &sampler, &opts, device)
+                .unwrap(),
+        )
+    };
+    let from_file = generate(alone, &loaded.model);
+    let in_memory = generate(&pipe, &q.model);
+    let fp_images = generate(&pipe, &pipe.unet);
+    let err = max_abs(&from_file.data, &in_memory.data);
+    assert!(err < 1e-5, "file vs in-memory quantized pipeline: {err}");
+    assert!(max_abs(&from_file.data, &fp_images.data) > 1e-4);
+
+    // a component tensor missing, the plain-model format claimed: refused, named
+    let broken = |edit: &dyn Fn(&mut dmq_quant::QuantizedFile)| {
+        let mut f = dmq_quant::QuantizedFile::load(&path).unwrap();
+        edit(&mut f);
+        let p = tmp.path().join("broken.dmq.safetensors");
+        f.save(&p).unwrap();
+        dmq_file::load(&p, device).unwrap_err().to_string()
+    };
+    let msg = broken(&|f| {
+        f.float.remove("vae.decoder.conv_out.bias").unwrap();
+    });
+    assert!(
+        msg.contains("dmq.pipeline.vae") && msg.contains("conv_out"),
+        "{msg}"
+    );
+    let msg = broken(&|f| {
+        f.metadata
+            .insert("dmq.format".into(), dmq_file::FORMAT_VERSION.into());
+    });
+    assert!(
+        msg.contains("dmq.format") && msg.contains("components"),
+        "{msg}"
+    );
+    let msg = broken(&|f| {
+        f.float.insert("vae.extra".into(), (vec![1], vec![0.0]));
+    });
+    assert!(msg.contains("vae") && msg.contains("extra"), "{msg}");
+}
+
 #[cfg(feature = "flex")]
 mod flex {
+    #[test]
+    fn quantized_pipeline_file_generates_alone() {
+        super::quantized_pipeline_file_generates_alone(&burn::tensor::Device::flex());
+    }
+
     #[test]
     fn parity() {
         super::parity(&burn::tensor::Device::flex());
