@@ -2,10 +2,10 @@
 //! resumable (re-running the same command resumes from the last checkpoint):
 //!
 //! ```text
-//! cargo run --release --example train_t2i -- --stage vae [--steps 4000] [--batch 32]
-//!     [--lr 1e-3] [--kl 1e-4] [--ckpt runs/t2i-vae] [--out assets/models/t2i-fmnist] [--every 250]
-//! cargo run --release --example train_t2i -- --stage unet [--steps 30000] [--batch 64]
-//!     [--lr 5e-4] [--ckpt runs/t2i-unet] [--out assets/models/t2i-fmnist]
+//! cargo run --release --example train_t2i -- --stage vae [--steps 3000] [--batch 32]
+//!     [--lr 1e-3] [--kl 1e-4] [--ckpt runs/t2i-vae/ckpt] [--out assets/models/t2i-fmnist] [--every 250]
+//! cargo run --release --example train_t2i -- --stage unet [--steps 20000] [--batch 64]
+//!     [--lr 5e-4] [--ckpt runs/t2i-unet/ckpt] [--out assets/models/t2i-fmnist]
 //!     [--tokenizer crates/dmq-models/tests/fixtures/clip/tokenizer] [--cfg 4] [--eval-n 500]
 //! ```
 //! **Stage `vae`.** An `AutoencoderKL` (1 → 4 latent channels, block_out_channels 32/64/64:
@@ -19,7 +19,7 @@
 //!
 //! **Stage `unet`** (needs `--out/vae`). A CLIP text encoder (width 64, 2 layers, 16 token
 //! positions, the tokenizer's vocabulary) and a `UNet2DConditionModel` on the 4×8×8 latents
-//! (block_out_channels 64/128/128, cross-attention at 8×8 and 4×4 and in the mid block), both
+//! (block_out_channels 32/64/64, cross-attention at 8×8 and 4×4 and in the mid block), both
 //! trained from scratch, jointly, with the ε-objective under Stable Diffusion's noise schedule
 //! (`scaled_linear`, β 0.00085 → 0.012, 1000 steps). Jointly, because no pretrained text
 //! encoder is at hand offline: a frozen random encoder would still separate the prompts, but
@@ -27,7 +27,8 @@
 //! Each image's prompt is a random template of the class name ("a photo of a {name}", "a
 //! {name}", ...); 10% of the prompts are empty (the unconditional branch of classifier-free
 //! guidance). The training latents are the VAE posterior's draws `(mean + std·ε)·s`, the
-//! posterior of the whole training split computed once. At the end the EMA weights are
+//! posterior of the whole training split computed once (cached beside the checkpoint, keyed
+//! by the VAE weights). At the end the EMA weights are
 //! written as a diffusers pipeline directory (`model_index.json`, `unet/`, `text_encoder/`,
 //! `tokenizer/` with `model_max_length` 16, `scheduler/` PNDM as Stable Diffusion 1.x, `vae/`
 //! from stage 1, and `calibration_prompts.txt`: every training prompt, for
@@ -79,7 +80,7 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
     let stage: String = f.get("stage", "vae".into())?;
     let unet = stage == "unet";
     Ok(Args {
-        steps: f.get("steps", if unet { 30_000 } else { 4_000 })?,
+        steps: f.get("steps", if unet { 20_000 } else { 3_000 })?,
         batch: f.get("batch", if unet { 64 } else { 32 })?,
         lr: f.get("lr", if unet { 5e-4 } else { 1e-3 })?,
         kl: f.get("kl", 1e-4)?,
@@ -159,8 +160,8 @@ fn unet_config() -> Result<UNet2DConditionConfig, ModelError> {
         "sample_size": 8, "in_channels": 4, "out_channels": 4,
         "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
         "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [64, 128, 128], "layers_per_block": 1,
-        "attention_head_dim": 4, "cross_attention_dim": 64, "norm_num_groups": 16,
+        "block_out_channels": [32, 64, 64], "layers_per_block": 1,
+        "attention_head_dim": 4, "cross_attention_dim": 64, "norm_num_groups": 8,
         "flip_sin_to_cos": true, "freq_shift": 0
     }))
 }
@@ -289,14 +290,36 @@ fn train_vae(args: &Args, data: &FashionMnist, plain: &Device) -> Result<(), Mod
     )
 }
 
+/// FNV-1a of `bytes`, as hex (identifies the VAE weights a latent cache was made with).
+fn fingerprint(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
 /// Posterior means and standard deviations of the VAE over the whole training split,
-/// `[N, 4·8·8]` each, row-major (computed once per run: 60000 images through the encoder).
+/// `[N, 4·8·8]` each, row-major: 60000 images through the encoder, cached in `cache` under
+/// the fingerprint of the VAE's weights (a resumed run reads them back; another VAE
+/// recomputes).
 fn training_latents(
     vae: &AutoencoderKL,
+    vae_dir: &Path,
     data: &FashionMnist,
+    cache: &Path,
     device: &Device,
 ) -> Result<(Vec<f32>, Vec<f32>, usize), ModelError> {
+    use dmq::quant::QuantizedFile;
+    let weights = vae_dir.join("diffusion_pytorch_model.safetensors");
+    let fp = fingerprint(&std::fs::read(&weights).map_err(config_err)?);
     let n = data.train.len();
+    if let Ok(f) = QuantizedFile::load(cache)
+        && f.metadata.get("vae") == Some(&fp)
+        && let (Some((ms, mean)), Some((_, std))) = (f.float.get("mean"), f.float.get("std"))
+        && ms.first() == Some(&n)
+    {
+        return Ok((mean.clone(), std.clone(), mean.len() / n));
+    }
     let (mut mean, mut std) = (Vec::new(), Vec::new());
     let mut bar = Progress::new("encode", n as u64, 0);
     for start in (0..n).step_by(500) {
@@ -312,6 +335,11 @@ fn training_latents(
     }
     bar.finish();
     let per = mean.len() / n;
+    let mut f = QuantizedFile::default();
+    f.float.insert("mean".into(), (vec![n, per], mean.clone()));
+    f.float.insert("std".into(), (vec![n, per], std.clone()));
+    f.metadata.insert("vae".into(), fp);
+    f.save(cache).map_err(config_err)?;
     Ok((mean, std, per))
 }
 
@@ -320,7 +348,8 @@ fn train_unet(args: &Args, data: &FashionMnist, plain: &Device) -> Result<(), Mo
     let vae = AutoencoderKL::load(&args.out.join("vae"), plain)?;
     let scale = vae.scaling_factor() as f32;
     let tok = ClipTokenizer::from_dir(&args.tokenizer).map_err(config_err)?;
-    let (mean, std, per) = training_latents(&vae, data, plain)?;
+    let cache = PathBuf::from(format!("{}.latents.safetensors", args.ckpt.display()));
+    let (mean, std, per) = training_latents(&vae, &args.out.join("vae"), data, &cache, plain)?;
     let lat = [4usize, 8, 8];
     if lat.iter().product::<usize>() != per {
         return Err(config_err(format!(

@@ -10,5 +10,4 @@ export RUSTFLAGS="-Zsanitizer=address" RUSTDOCFLAGS="-Zsanitizer=address"
 export ASAN_OPTIONS="detect_leaks=0"
 cargo +nightly test -p dmq-kernels --target x86_64-unknown-linux-gnu \
   --target-dir "${ASAN_TARGET_DIR:-target/asan}" \
-  --lib --test act_quant --test binary --test conv --test errors --test f32_path \
-  --test int8 --test w4 --test xnor
+  --lib --test suite -- --skip gpu::

@@ -16,6 +16,9 @@ use dmq::eval::progress::Progress;
 use dmq::models::ModelError;
 use dmq::models::train::{Checkpoint, Ema, LrSchedule, TrainState};
 
+/// One step's loss and a status text for the progress bar.
+pub type StepLoss = Result<(Tensor<1>, String), ModelError>;
+
 /// EMA decay of every training example.
 pub const EMA_DECAY: f64 = 0.999;
 
@@ -45,7 +48,7 @@ pub fn fit<M: Module + Clone>(
     model: M,
     optim: ModuleOptimizer,
     fit: &Fit<'_>,
-    loss_of: &mut dyn FnMut(&M, usize) -> Result<(Tensor<1>, String), ModelError>,
+    loss_of: &mut dyn FnMut(&M, usize) -> StepLoss,
 ) -> Result<(M, TrainState), ModelError> {
     let (mut model, mut optim) = (model, optim);
     let mut ema = Ema::new(&model, EMA_DECAY);

@@ -14,8 +14,7 @@ use dmq_models::noise::NoiseRng;
 use dmq_models::{Denoiser, ForwardCtx, HostTensor, InputCapture, Operand, StepContext};
 use dmq_quant::{ActQuantizer, Quantizer, WeightQuantizer};
 
-#[macro_use]
-mod common;
+use crate::common;
 use common::*;
 
 /// Deterministic "images" in [−1, 1] for step `k` (a smooth pattern plus noise).

@@ -18,8 +18,7 @@ use dmq_quant::{
     init_params,
 };
 
-#[macro_use]
-mod common;
+use crate::common;
 use common::*;
 
 // ---------------------------------------------------------------- QALoRA algebra

@@ -18,8 +18,7 @@ use dmq_models::noise::NoiseRng;
 use dmq_models::{Denoiser, layer_inventory};
 use dmq_quant::{ActQuantizer, Quantizer, WeightQuantizer};
 
-#[macro_use]
-mod common;
+use crate::common;
 use common::*;
 
 /// QuEST's sets on the tiny models' real inventories (shared test file: the same fixtures).

@@ -2,7 +2,7 @@
 //! (including half-way ties and values far outside the grid); codes stay in range; the
 //! error is within one step inside the dynamic range; padding is zero.
 
-mod common;
+use crate::common;
 
 use common::Rng;
 use dmq_kernels::ActQuant;

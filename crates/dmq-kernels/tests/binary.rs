@@ -1,7 +1,7 @@
 //! W1A8 / W1A4 by sign application: (a) every path == the literal ±a reference exactly;
 //! (c) GEMM == per-row GEMV == dot products with ±1.
 
-mod common;
+use crate::common;
 
 use common::{Rng, gemm_options};
 use dmq_kernels::{GemmOptions, Isa, binary};

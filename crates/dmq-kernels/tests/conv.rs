@@ -2,7 +2,7 @@
 //! reference against a direct f64 convolution of the dequantized operands within the
 //! rounding budget; XNOR conv against its reference.
 
-mod common;
+use crate::common;
 
 use common::{Rng, gemm_options};
 use dmq_kernels::conv::{self, Conv2dParams};

@@ -10,7 +10,7 @@
 //!     `E2` below (uniform grids without clipping);
 //! (c) the GEMM against row-by-row GEMV calls (bitwise, for per-row and static grids).
 
-mod common;
+use crate::common;
 
 use common::{Rng, gemm_options};
 use dmq_kernels::act_quant::quantize_ref;

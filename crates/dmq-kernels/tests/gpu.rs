@@ -6,7 +6,7 @@
 //! the dequantized weight; (d) typed errors.
 #![cfg(feature = "wgpu")]
 
-mod common;
+use crate::common;
 
 use common::Rng;
 use dmq_kernels::gpu::WgpuGemm;

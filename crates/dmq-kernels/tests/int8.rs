@@ -2,7 +2,7 @@
 //! shapes with K, M, N off the tile sizes; (c) GEMM == per-row GEMV == i64 dot products.
 //! (The f32 error budget of W8A8 is in `f32_path.rs`.)
 
-mod common;
+use crate::common;
 
 use common::{Rng, gemm_options, report_paths};
 use dmq_kernels::{GemmOptions, Isa, int8};

@@ -1,7 +1,7 @@
 //! W4 GEMM from packed nibbles (also 2- and 3-bit codes): (a) every path == reference
 //! exactly; repacking to int8 gives the same integers; (c) GEMM == per-row GEMV == dots.
 
-mod common;
+use crate::common;
 
 use common::{Rng, gemm_options};
 use dmq_kernels::{GemmOptions, Isa, PackedWeights, w4};

@@ -2,7 +2,7 @@
 //! f32 output == reference bitwise; (b) against the f64 matmul of the binarized operands
 //! (β·sign(x) and σ·s) within `E = 4ε·K·β·σ`; (c) GEMM == per-row calls == dot products.
 
-mod common;
+use crate::common;
 
 use common::{Rng, xnor_options};
 use dmq_kernels::PopcntIsa;

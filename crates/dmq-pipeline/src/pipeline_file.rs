@@ -54,12 +54,11 @@ pub fn has_components(f: &QuantizedFile) -> bool {
     f.metadata.contains_key(keys::MODEL_INDEX)
 }
 
-/// Every f32 parameter of safetensors `bytes` (written by `dmq_models::io`) as
-/// `(key, shape, values)`.
-pub(crate) fn float_entries(
-    bytes: &[u8],
-    origin: &Path,
-) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+/// One f32 tensor: `(key, shape, row-major values)`.
+pub(crate) type FloatEntry = (String, Vec<usize>, Vec<f32>);
+
+/// Every f32 parameter of safetensors `bytes` (written by `dmq_models::io`).
+pub(crate) fn float_entries(bytes: &[u8], origin: &Path) -> Result<Vec<FloatEntry>> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| file_err(origin, "model weights", e.to_string()))?;
     Ok(st
@@ -77,10 +76,7 @@ pub(crate) fn float_entries(
 }
 
 /// Safetensors bytes (f32) of `(key, shape, values)` entries.
-pub(crate) fn float_bytes(
-    entries: &[(String, Vec<usize>, Vec<f32>)],
-    origin: &Path,
-) -> Result<Vec<u8>> {
+pub(crate) fn float_bytes(entries: &[FloatEntry], origin: &Path) -> Result<Vec<u8>> {
     let raw: Vec<(&str, &[usize], Vec<u8>)> = entries
         .iter()
         .map(|(k, s, d)| {
@@ -156,7 +152,7 @@ fn meta_json(f: &QuantizedFile, path: &Path, key: &str) -> Result<Value> {
 
 /// The parameters of `f` under `prefix`, prefix stripped, as safetensors bytes.
 fn component_bytes(f: &QuantizedFile, path: &Path, prefix: &str) -> Result<Vec<u8>> {
-    let entries: Vec<(String, Vec<usize>, Vec<f32>)> = f
+    let entries: Vec<FloatEntry> = f
         .float
         .iter()
         .filter_map(|(k, (s, d))| {

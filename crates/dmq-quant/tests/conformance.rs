@@ -4,7 +4,7 @@
 //! gradients, and PyTorch's `fake_quantize_per_{tensor,channel}_affine` fixtures
 //! (`scripts/fixtures/quant_fixtures.py`).
 
-mod common;
+use crate::common;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};

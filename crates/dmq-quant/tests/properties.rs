@@ -1,6 +1,6 @@
 //! Property tests of the quantizer invariants (host reference and default device).
 
-mod common;
+use crate::common;
 
 use common::{host, tn};
 use dmq_quant::pack::{pack_codes, unpack_codes};

@@ -12,7 +12,7 @@
 //! - [`model`] — [`ClipTextModel`]: loading, forward pass with EOS pooling, layer inventory.
 //!
 //! Numerics follow transformers 5.25 (`models/clip/modeling_clip.py`): the parity test
-//! `cargo test -p dmq-models --test t2i_models clip::` compares with random-weight transformers
+//! `cargo test -p dmq-models --test suite t2i::clip::` compares with random-weight transformers
 //! models made by `scripts/fixtures/clip_parity.py` (max abs error ≤ 1e-4).
 //!
 //! ```no_run

@@ -13,7 +13,7 @@
 //!
 //! Numerics follow diffusers 0.42 (`models/transformers/dit_transformer_2d.py`,
 //! `models/attention.py`, `models/normalization.py`, `models/embeddings.py`): the parity
-//! test `cargo test -p dmq-models --test dit_parity` compares with random-weight diffusers
+//! test `cargo test -p dmq-models --test suite dit_parity::` compares with random-weight diffusers
 //! models made by `scripts/fixtures/dit_parity.py` (max abs error ≤ 1e-4).
 //!
 //! ```no_run

@@ -18,7 +18,7 @@
 //! `<attention>.sv`). Numerical parity with diffusers (max abs error ≤ 1e-4) is tested by
 //! `crates/dmq-models/tests/unet_parity.rs` on fixtures written by
 //! `python3 scripts/fixtures/unet_parity.py`; run it with
-//! `cargo test -p dmq-models --test unet_parity`.
+//! `cargo test -p dmq-models --test suite unet_parity::`.
 
 pub mod attention;
 pub mod blocks;
