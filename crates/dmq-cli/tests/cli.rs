@@ -496,15 +496,7 @@ fn text_to_image_from_the_command_line() {
     );
     fails(
         &[
-            "quantize",
-            "--model",
-            pipe,
-            "--prompt",
-            "x",
-            "--method",
-            "efficientdm",
-            "--out",
-            f,
+            "quantize", "--model", pipe, "--prompt", "x", "--method", "binarydm", "--out", f,
         ],
         "not yet available",
     );

@@ -28,7 +28,7 @@ use dmq_models::noise::NoiseRng;
 use dmq_models::sampler::{Trajectory, labels};
 use dmq_models::scheduler::Scheduler;
 use dmq_models::train::{Checkpoint, TrainState};
-use dmq_models::{Denoiser, ForwardCtx};
+use dmq_models::{Denoiser, ForwardCtx, PromptStates};
 use serde::{Deserialize, Serialize};
 
 use crate::delta_floor::{keep_act_deltas_positive, keep_weight_deltas_positive};
@@ -50,7 +50,8 @@ pub struct EfficientDmConfig {
     pub epochs: usize,
     /// Trajectories per batch (reference 2).
     pub batch: usize,
-    /// CFG scale of the fine-tuning trajectories for class-conditional models (reference 1.5).
+    /// CFG scale of the fine-tuning trajectories for class- and text-conditional models
+    /// (reference 1.5 on class-conditional LDM-4).
     pub guidance: f64,
     /// Seed of x_T, labels and the stochastic DDIM noise; epoch `e` uses a seed derived from it.
     pub seed: u64,
@@ -137,19 +138,32 @@ fn scalar(t: &Tensor<1>) -> f64 {
 /// atomically every `checkpoint_every` epochs and a rerun resumes from the last save; a
 /// checkpoint of another run (other preset, config or schedule) is an error.
 ///
+/// The trajectories are conditioned like the model: random labels for a class-conditional
+/// model, prompts drawn from `prompts` for a text-conditional one (required there), with
+/// classifier-free guidance `cfg.guidance` in both cases.
+///
 /// Returns the trained student (TALSQ still per fine-tuning step, z continuous: call
 /// [`crate::finalize`] before sampling with another schedule or exporting).
+#[allow(clippy::too_many_arguments)]
 pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
     fp: &M,
     preset: &QuantConfig,
     calib: &CalibSet,
     scheduler: &S,
     cfg: &EfficientDmConfig,
+    prompts: Option<&PromptStates>,
     checkpoint: Option<&Path>,
     device: &Device,
     progress: &mut dyn FnMut(&FinetuneProgress),
 ) -> Result<(M, FinetuneReport)> {
     dmq_models::train::require_autodiff(device, "EfficientDM")?;
+    let info = fp.info();
+    if info.cross_attention_dim.is_some() && info.num_classes.is_none() && prompts.is_none() {
+        return Err(FinetuneError::Option(
+            "a text-conditional model distils on prompted trajectories: give the prompt states"
+                .into(),
+        ));
+    }
     if cfg.epochs == 0
         || cfg.batch == 0
         || cfg.checkpoint_every == 0
@@ -207,7 +221,6 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
         sched.step();
     }
     let init_s = t0.elapsed().as_secs_f64();
-    let info = fp.info();
     let (c, s) = (info.in_channels, info.sample_size);
     for epoch in state.step / per_epoch..cfg.epochs {
         let te = Instant::now();
@@ -215,10 +228,16 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
         let seed = cfg.seed ^ (draw as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut rng = NoiseRng::new(seed);
         let x_t = rng.tensor([cfg.batch, c, s, s], device);
-        let class = info.num_classes.map(|n| {
-            let ys: Vec<usize> = (0..cfg.batch).map(|_| rng.below(n)).collect();
-            dmq_models::Conditioning::Class(labels(&ys, device))
-        });
+        let class = match (info.num_classes, prompts) {
+            (Some(n), _) => {
+                let ys: Vec<usize> = (0..cfg.batch).map(|_| rng.below(n)).collect();
+                Some(dmq_models::Conditioning::Class(labels(&ys, device)))
+            }
+            (None, Some(p)) if info.cross_attention_dim.is_some() => {
+                Some(p.draw(&mut rng, cfg.batch))
+            }
+            _ => None,
+        };
         let guidance = if class.is_some() { cfg.guidance } else { 1.0 };
         let mut traj = Trajectory::new(
             scheduler,

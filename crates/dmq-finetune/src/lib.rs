@@ -29,7 +29,7 @@
 //! let train = DdimScheduler::diffusers(&DdimConfig::new().with_eta(1.0), 100)?;
 //! let (student, report) = efficientdm(
 //!     &fp, &QuantConfig::preset("W4A4")?, &calib, &train,
-//!     &EfficientDmConfig::default(), Some("runs/edm".as_ref()), &device, &mut |_| {},
+//!     &EfficientDmConfig::default(), None, Some("runs/edm".as_ref()), &device, &mut |_| {},
 //! )?;
 //! let infer = DdimScheduler::diffusers(&DdimConfig::new(), 20)?;
 //! let ts: Vec<f64> = infer.timesteps().iter().map(|&t| t as f64).collect();

@@ -109,6 +109,54 @@ impl Conditioning {
     }
 }
 
+/// The prompts a method draws the conditioning of its own trajectories from (EfficientDM's
+/// distillation runs the FP model on fresh trajectories): the text states of `P` prompts
+/// and the empty prompt's, detached from any graph.
+#[derive(Clone, Debug)]
+pub struct PromptStates {
+    states: Tensor<3>,
+    uncond: Tensor<3>,
+}
+
+impl PromptStates {
+    /// `states` `[P, L, D]` (P ≥ 1) and `uncond` `[1, L, D]`.
+    pub fn new(states: Tensor<3>, uncond: Tensor<3>) -> Result<Self> {
+        let [p, l, d] = states.dims();
+        if p == 0 || uncond.dims() != [1, l, d] {
+            return Err(shape_err(
+                "prompt states and the unconditional states",
+                format!("[P ≥ 1, L, D] and [1, {l}, {d}]"),
+                format!("{:?} and {:?}", states.dims(), uncond.dims()),
+            ));
+        }
+        Ok(Self {
+            states: states.detach(),
+            uncond: uncond.detach(),
+        })
+    }
+
+    /// Number of prompts `P`.
+    pub fn len(&self) -> usize {
+        self.states.dims()[0]
+    }
+
+    /// Always false (a set holds at least one prompt).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The conditioning of `b` trajectories: a prompt per trajectory drawn uniformly with
+    /// `rng`, with the unconditional states for classifier-free guidance.
+    pub fn draw(&self, rng: &mut crate::noise::NoiseRng, b: usize) -> Conditioning {
+        let rows: Vec<i64> = (0..b).map(|_| rng.below(self.len()) as i64).collect();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(rows, [b]), &self.states.device());
+        Conditioning::Text {
+            states: self.states.clone().select(0, index),
+            uncond: Some(self.uncond.clone()),
+        }
+    }
+}
+
 /// The labels of an optional conditioning, for a class-conditional (or unconditional) model
 /// named `model`.
 ///

@@ -46,7 +46,7 @@ pub mod unet;
 pub mod unet_cond;
 pub mod vae;
 
-pub use conditioning::Conditioning;
+pub use conditioning::{Conditioning, PromptStates};
 pub use context::{
     ForwardCtx, HostTensor, InputCapture, LayerCall, LayerRecorder, Operand, StepContext,
     TapTensor, Taps, forward_for_taps,

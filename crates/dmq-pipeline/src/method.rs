@@ -15,7 +15,7 @@ use dmq_calib::{
 };
 use dmq_finetune::{BinaryDmConfig, EfficientDmConfig, QuestConfig};
 use dmq_models::scheduler::{DdimConfig, DdimScheduler};
-use dmq_models::{Denoiser, ForwardCtx, HostTensor};
+use dmq_models::{Denoiser, ForwardCtx, HostTensor, PromptStates};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PipelineError, Result};
@@ -163,6 +163,9 @@ pub struct RunOptions {
     pub images: Option<ImageSet>,
     /// The model's noise schedule (EfficientDM's fine-tuning trajectories follow it).
     pub schedule: DdimConfig,
+    /// Prompts for the trajectories a method draws itself (EfficientDM on a text-conditional
+    /// model: required there).
+    pub prompts: Option<PromptStates>,
 }
 
 impl RunOptions {
@@ -173,7 +176,15 @@ impl RunOptions {
             sampler,
             images: None,
             schedule: DdimConfig::new(),
+            prompts: None,
         }
+    }
+
+    /// Prompts for the trajectories EfficientDM draws on a text-conditional model
+    /// (`TextToImage::prompt_states` gives them).
+    pub fn with_prompts(mut self, prompts: PromptStates) -> Self {
+        self.prompts = Some(prompts);
+        self
     }
 
     /// The model's noise schedule (default: diffusers' DDIM defaults); set it from the
@@ -324,6 +335,7 @@ pub fn quantize(
                 calib,
                 &train,
                 c,
+                opts.prompts.as_ref(),
                 ck.as_deref(),
                 device,
                 &mut |p| {

@@ -19,7 +19,7 @@ use dmq_models::noise::NoiseRng;
 use dmq_models::scheduler::Scheduler;
 use dmq_models::unet_cond::UNet2DConditionModel;
 use dmq_models::vae::AutoencoderKL;
-use dmq_models::{Conditioning, Denoiser, ForwardCtx, StepContext};
+use dmq_models::{Conditioning, Denoiser, ForwardCtx, PromptStates, StepContext};
 use serde_json::Value;
 
 use crate::error::{Result, file_err};
@@ -175,6 +175,15 @@ impl TextToImage {
             .text_encoder
             .forward(ids, &ForwardCtx::new(StepContext::single(0.0)))?;
         Ok(out.last_hidden_state)
+    }
+
+    /// The states of `prompts` and of the empty prompt, for the trajectories a method draws
+    /// itself ([`crate::RunOptions::with_prompts`]).
+    pub fn prompt_states(&self, prompts: &[&str], device: &Device) -> Result<PromptStates> {
+        Ok(PromptStates::new(
+            self.encode(prompts, device)?,
+            self.encode(&[""], device)?,
+        )?)
     }
 
     /// The conditioning of `prompts`: their states, and the empty prompt's as the

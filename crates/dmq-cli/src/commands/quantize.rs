@@ -124,6 +124,20 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     }
     let is_pipeline = dmq_pipeline::text_to_image::is_pipeline_dir(&a.model);
     let prompts = calibration_prompts(&a, is_pipeline, &method)?;
+    // a pipeline's trajectories (calibration and EfficientDM's) run at the --cfg guidance
+    let method = match method {
+        Method::Efficientdm {
+            mut config,
+            train_steps,
+        } if is_pipeline => {
+            config.guidance = a.cfg;
+            Method::Efficientdm {
+                config,
+                train_steps,
+            }
+        }
+        m => m,
+    };
     let train = !matches!(method, Method::Naive(_));
     let device = device(backend, train)?;
     let t0 = Instant::now();
@@ -170,6 +184,11 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         .with_work_dir(&work);
     if matches!(method, Method::Binarydm(_)) {
         opts = opts.with_images(ImageSet::fashion_mnist_train(&a.data)?);
+    }
+    if let Some(p) = &pipe {
+        // EfficientDM's own trajectories: prompts drawn from the calibration prompts
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        opts = opts.with_prompts(p.prompt_states(&refs, &device)?);
     }
     let mut bars = StageBars::new(method.name());
     let q = quantize(&fp, &config, &calib, &method, &opts, &device, &mut |p| {
@@ -236,14 +255,13 @@ fn calibration_prompts(a: &Args, is_pipeline: bool, method: &Method) -> Result<V
             a.model.display()
         )
         .into()),
-        (true, false) if matches!(method, Method::Efficientdm { .. } | Method::Binarydm(_)) => {
-            Err(format!(
-                "--method {}: not yet available for text-to-image pipelines (naive, qdiffusion, \
-                 smoothquant, svdquant and quest are)",
-                method.name()
-            )
-            .into())
-        }
+        (true, false) if matches!(method, Method::Binarydm(_)) => Err(format!(
+            "--method {}: not yet available for text-to-image pipelines (it trains on images \
+             and their labels; naive, qdiffusion, smoothquant, svdquant, efficientdm and quest \
+             are)",
+            method.name()
+        )
+        .into()),
         _ => Ok(prompts),
     }
 }

@@ -287,8 +287,63 @@ fn quantized_pipeline_file_generates_alone(device: &Device) {
     assert!(msg.contains("vae") && msg.contains("extra"), "{msg}");
 }
 
+/// EfficientDM distils a text-conditional UNet on trajectories prompted from
+/// `RunOptions::with_prompts` (refused without prompts): the loss falls over the epochs on a
+/// fixed trajectory pool, and the student differs from the FP UNet.
+fn efficientdm_on_prompted_trajectories(device: &Device) {
+    use dmq_calib::{CalibSet, QuantConfig, RecordOptions};
+    use dmq_pipeline::{AnyDenoiser, Method, MethodReport, RunOptions, quantize};
+
+    let ad = device.clone().autodiff();
+    let pipe = TextToImage::load(&fixture().join("pipeline"), &ad).unwrap();
+    let fp = AnyDenoiser::UNetCond(pipe.unet.clone());
+    let sampler = pipe.scheduler.ddim(3).unwrap();
+    let record = RecordOptions {
+        trajectories: 2,
+        steps_kept: 2,
+        guidance: 3.0,
+        batch: 2,
+        seed: 7,
+    };
+    let calib = CalibSet::record_with(&fp, &sampler, &record, &ad, &mut |_, n| {
+        Ok(Some(
+            pipe.conditioning(&vec!["a bag"; n], 3.0, &ad).unwrap(),
+        ))
+    })
+    .unwrap();
+    let method = Method::Efficientdm {
+        config: dmq_finetune::EfficientDmConfig {
+            epochs: 6,
+            guidance: 3.0,
+            trajectory_pool: Some(1),
+            ..Default::default()
+        },
+        train_steps: 3,
+    };
+    let config = QuantConfig::preset("W4A8").unwrap();
+    let opts = RunOptions::new(sampler.clone());
+    let err = quantize(&fp, &config, &calib, &method, &opts, &ad, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("prompt"), "{err}");
+    let opts = opts.with_prompts(
+        pipe.prompt_states(&["a photo of a sneaker", "a bag"], &ad)
+            .unwrap(),
+    );
+    let q = quantize(&fp, &config, &calib, &method, &opts, &ad, &mut |_| {}).unwrap();
+    let MethodReport::Efficientdm(rep) = &q.report else {
+        panic!("an EfficientDM report")
+    };
+    assert_eq!(rep.steps, 6 * 3);
+    let (first, last) = (rep.epoch_losses[0].1, rep.epoch_losses.last().unwrap().1);
+    assert!(last.is_finite() && last < first, "loss {first} → {last}");
+}
+
 #[cfg(feature = "flex")]
 mod flex {
+    #[test]
+    fn efficientdm_on_prompted_trajectories() {
+        super::efficientdm_on_prompted_trajectories(&burn::tensor::Device::flex());
+    }
+
     #[test]
     fn quantized_pipeline_file_generates_alone() {
         super::quantized_pipeline_file_generates_alone(&burn::tensor::Device::flex());
