@@ -50,6 +50,20 @@ fn fails(args: &[&str], needle: &str) {
     );
 }
 
+/// Copies directory `from` (recursively) to `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dst = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dst);
+        } else {
+            std::fs::copy(&p, &dst).unwrap();
+        }
+    }
+}
+
 fn write_unet_dir(dir: &Path, config: serde_json::Value) {
     let cfg = dmq_models::unet::UNetConfig::from_json(&config).unwrap();
     let m = dmq_models::unet::UNet2DModel::new(&cfg, &Device::flex()).unwrap();
@@ -446,6 +460,8 @@ fn text_to_image_from_the_command_line() {
     let ins = ok(&["inspect", f, "--json"]);
     let info: serde_json::Value = serde_json::from_str(&ins).unwrap();
     assert_eq!(info["info"]["class_name"], "UNet2DConditionModel");
+    let te = info["component_params"]["text_encoder"].as_u64().unwrap();
+    assert!(te > 0 && info["component_params"]["vae"].as_u64().unwrap() > 0);
     // the file alone generates from prompts, fake-quant and on the integer path
     for extra in [&[][..], &["--integer"][..]] {
         let mut args = vec![
@@ -494,6 +510,23 @@ fn text_to_image_from_the_command_line() {
         &["quantize", "--model", pipe, "--out", f],
         "calibration prompts",
     );
+    // a pipeline's own calibration_prompts.txt is the default list
+    let own = tmp.path().join("own-prompts");
+    copy_dir(Path::new(pipe), &own);
+    std::fs::write(own.join("calibration_prompts.txt"), "a bag\n").unwrap();
+    ok(&[
+        "quantize",
+        "--model",
+        own.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--calib-n",
+        "1",
+        "--calib-steps",
+        "1",
+        "--out",
+        f,
+    ]);
     fails(
         &[
             "quantize", "--model", pipe, "--prompt", "x", "--method", "binarydm", "--out", f,

@@ -31,10 +31,19 @@ pub fn run(a: Args) -> Result<(), Error> {
     let q_params: usize = f.quantized.values().map(|q| q.numel()).sum();
     let q_bytes: usize = f.quantized.values().map(|q| q.storage_bytes()).sum();
     let fp32_bytes = 4 * (float_params + q_params);
+    // a text-to-image file's FP components (text encoder, VAE): parameters per component
+    let mut components = std::collections::BTreeMap::<&str, usize>::new();
+    for (k, (s, _)) in &f.float {
+        if dmq_pipeline::pipeline_file::is_component_key(k) {
+            let name = k.split('.').next().unwrap_or("");
+            *components.entry(name).or_default() += s.iter().product::<usize>();
+        }
+    }
     if a.json {
         let v = serde_json::json!({
             "file": a.file, "info": info, "layers": rows, "file_bytes": file_bytes,
             "fp32_bytes": fp32_bytes, "quantized_params": q_params, "float_params": float_params,
+            "component_params": components,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -62,6 +71,9 @@ pub fn run(a: Args) -> Result<(), Error> {
             r.bytes,
             act.join(" ")
         );
+    }
+    for (name, n) in &components {
+        println!("component {name}: {n} parameters at f32 (text-to-image pipeline, not quantized)");
     }
     println!(
         "total: {q_params} quantized weights in {q_bytes} bytes, {float_params} other parameters at f32; \

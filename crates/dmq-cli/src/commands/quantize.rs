@@ -23,7 +23,8 @@ pub struct Args {
     /// A calibration prompt (text-to-image pipelines; repeat the flag for several).
     #[arg(long)]
     pub prompt: Vec<String>,
-    /// A file of calibration prompts, one per line (text-to-image pipelines).
+    /// A file of calibration prompts, one per line (text-to-image pipelines; default: the
+    /// pipeline's own `calibration_prompts.txt` when it has one).
     #[arg(long, value_parser = crate::existing)]
     pub prompts: Option<PathBuf>,
     /// Method.
@@ -230,23 +231,37 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The calibration prompts of a pipeline directory's own list (one per line), used when no
+/// prompt is given.
+pub const DEFAULT_PROMPTS: &str = "calibration_prompts.txt";
+
 /// The calibration prompts of a text-to-image pipeline: `--prompt` flags, then the lines of
-/// `--prompts`. Required for a pipeline, refused for other models; the methods that draw
-/// their own trajectories or train on images do not take text models yet.
+/// `--prompts`, else the pipeline's own [`DEFAULT_PROMPTS`]. Required for a pipeline, refused
+/// for other models; BinaryDM, which trains on images and labels, does not take text models
+/// yet.
 fn calibration_prompts(a: &Args, is_pipeline: bool, method: &Method) -> Result<Vec<String>, Error> {
+    let lines = |p: &std::path::Path| -> Result<Vec<String>, Error> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect())
+    };
     let mut prompts = a.prompt.clone();
     if let Some(p) = &a.prompts {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        prompts.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from),
-        );
+        prompts.extend(lines(p)?);
+    }
+    // a pipeline may ship its own list (the embedded t2i-fmnist: its training prompts)
+    let shipped = a.model.join(DEFAULT_PROMPTS);
+    if is_pipeline && prompts.is_empty() && shipped.is_file() {
+        prompts = lines(&shipped)?;
     }
     match (is_pipeline, prompts.is_empty()) {
         (true, true) => Err(format!(
-            "{} is a text-to-image pipeline: give calibration prompts (--prompt or --prompts FILE)",
+            "{} is a text-to-image pipeline: give calibration prompts (--prompt or --prompts \
+             FILE; or a {DEFAULT_PROMPTS} in the pipeline directory)",
             a.model.display()
         )
         .into()),
