@@ -6,7 +6,11 @@
 //!     [--samples 500] [--steps 20] [--ft-steps 20] [--epochs 200] [--rank 32] [--train-cfg 1.5]
 //!     [--cfg 1.5] [--calib-n 64] [--calib-steps 10] [--batch 100] [--out docs/results]
 //!     [--work runs/ptq] [--models-dir assets/models] [--policy reference|everything]
+//!     [--target eps|ddim-mean]
 //! ```
+//!
+//! `--target ddim-mean` distils towards the teacher's DDIM step mean (the paper's Eq. 7)
+//! instead of its ε (the reference code): rows `efficientdm-mean` (`efficientdm-all-mean`).
 //!
 //! `--policy everything` runs EfficientDM on the baselines' layer set (every layer at the
 //! preset, attention matmuls quantized: the same BitOPs as naive PTQ; rows `efficientdm-all`).
@@ -30,7 +34,9 @@ use dmq::eval::cli::{FlagError, Flags};
 use dmq::eval::plot::line_chart_png;
 use dmq::eval::progress::StageBars;
 use dmq::eval::report::{read_rows, upsert_row, write_markdown};
-use dmq::finetune::{EfficientDmConfig, LayerPolicy, StudentOptions, build_student, finalize};
+use dmq::finetune::{
+    DistillTarget, EfficientDmConfig, LayerPolicy, StudentOptions, build_student, finalize,
+};
 use dmq::models::scheduler::Scheduler;
 use dmq::pipeline::{AnyDenoiser, Method, MethodReport, RunOptions, SchedulerSpec, quantize};
 
@@ -56,6 +62,7 @@ struct Args {
     models_dir: PathBuf,
     score_init: bool,
     policy: String,
+    target: DistillTarget,
 }
 
 fn parse_args(f: &Flags) -> Result<Args, FlagError> {
@@ -78,7 +85,23 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
         models_dir: f.get("models-dir", PathBuf::from("assets/models"))?,
         score_init: !f.switch("skip-init"),
         policy: f.get("policy", "reference".into())?,
+        target: match f.get::<String>("target", "eps".into())?.as_str() {
+            "eps" => DistillTarget::Eps,
+            "ddim-mean" => DistillTarget::DdimMean,
+            other => {
+                eprintln!("--target {other}: use eps or ddim-mean");
+                std::process::exit(2)
+            }
+        },
     })
+}
+
+/// `-mean` for the DDIM-mean target (row names, run directories), nothing for ε.
+fn mean_suffix(t: DistillTarget) -> &'static str {
+    match t {
+        DistillTarget::Eps => "",
+        DistillTarget::DdimMean => "-mean",
+    }
 }
 
 fn command() -> String {
@@ -143,6 +166,7 @@ fn run_model(
             },
             epochs: args.epochs,
             guidance: args.train_cfg,
+            target: args.target,
             ..EfficientDmConfig::default()
         };
         if args.score_init {
@@ -173,8 +197,9 @@ fn run_model(
         let opts = RunOptions::new(sched.clone())
             .with_schedule(schedule.ddim.clone())
             .with_work_dir(args.work.join(format!(
-                "{name}-{preset_name}-efficientdm-{}-run",
-                args.policy
+                "{name}-{preset_name}-efficientdm-{}{}-run",
+                args.policy,
+                mean_suffix(args.target)
             )));
         let mut bars = StageBars::new(&format!("{name} {preset_name} EfficientDM"));
         let q = quantize(&fp, &preset, &calib, &method, &opts, device, &mut |p| {
@@ -184,11 +209,16 @@ fn run_model(
         let MethodReport::Efficientdm(rep) = q.report else {
             return Err("quantize returned another method's report".into());
         };
-        let row_method = if args.policy == "everything" {
-            "efficientdm-all"
-        } else {
-            "efficientdm"
-        };
+        let row_method = format!(
+            "{}{}",
+            if args.policy == "everything" {
+                "efficientdm-all"
+            } else {
+                "efficientdm"
+            },
+            mean_suffix(args.target)
+        );
+        let row_method = row_method.as_str();
         let ev = deploy_and_score(
             &ctx,
             q.model,

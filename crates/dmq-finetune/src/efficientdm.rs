@@ -26,7 +26,7 @@ use burn::tensor::{Device, Tensor};
 use dmq_calib::{CalibSet, QuantConfig};
 use dmq_models::noise::NoiseRng;
 use dmq_models::sampler::{Trajectory, labels};
-use dmq_models::scheduler::Scheduler;
+use dmq_models::scheduler::{DdimScheduler, Scheduler};
 use dmq_models::train::{Checkpoint, TrainState};
 use dmq_models::{Denoiser, ForwardCtx, PromptStates};
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,41 @@ use crate::error::{FinetuneError, Result};
 use crate::lr::{LayerLr, LrConfig, layer_lrs, lr_scheduler};
 use crate::run::refuse_foreign_checkpoint;
 use crate::student::{StudentOptions, StudentReport, build_student, set_trainable};
+
+/// What the student is distilled towards (docs/algorithms.md §3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DistillTarget {
+    /// The teacher's CFG-combined ε: `Σ (ε_q − ε_fp)²` (the reference code).
+    #[default]
+    Eps,
+    /// The mean of the teacher's DDIM step (the paper's Eq. 7),
+    /// `μ = √ᾱ_prev·x̂₀ + √(1 − ᾱ_prev − σ_t²)·ε`: at a shared x_t, `μ_q − μ_fp = k_t·(ε_q − ε_fp)`
+    /// with `k_t = √(1 − ᾱ_prev − σ_t²) − √(ᾱ_prev·(1 − ᾱ_t)/ᾱ_t)`, so the ε loss weighted by
+    /// `k_t²` per step ([`ddim_mean_weight`]).
+    DdimMean,
+}
+
+impl DistillTarget {
+    fn is_eps(&self) -> bool {
+        *self == Self::Eps
+    }
+}
+
+/// `k_t²` of DDIM step `step_index` ([`DistillTarget::DdimMean`]): the factor between the
+/// squared distance of two ε predictions and that of the step means they give at the same
+/// x_t (without `clip_sample`, which makes the mean non-affine in ε).
+pub fn ddim_mean_weight(scheduler: &DdimScheduler, step_index: usize) -> Result<f64> {
+    let (a_t, a_prev) = scheduler
+        .alphas(step_index)
+        .map_err(dmq_models::ModelError::from)?;
+    let sigma = scheduler
+        .sigma(step_index)
+        .map_err(dmq_models::ModelError::from)?;
+    let (a_t, a_prev, sigma) = (f64::from(a_t), f64::from(a_prev), f64::from(sigma));
+    let k = (1.0 - a_prev - sigma * sigma).max(0.0).sqrt() - (a_prev * (1.0 - a_t) / a_t).sqrt();
+    Ok(k * k)
+}
 
 /// EfficientDM settings (see the module docs for the scaling of the defaults).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +95,10 @@ pub struct EfficientDmConfig {
     /// `Some(n)`: cycle over `n` fixed x_T draws instead of a fresh draw every epoch (the
     /// reference). A small pool makes the objective deterministic, e.g. for tests.
     pub trajectory_pool: Option<usize>,
+    /// The distillation target (not written when it is the default ε, so runs from before
+    /// the option keep their checkpoint tags).
+    #[serde(default, skip_serializing_if = "DistillTarget::is_eps")]
+    pub target: DistillTarget,
 }
 
 impl Default for EfficientDmConfig {
@@ -74,6 +113,7 @@ impl Default for EfficientDmConfig {
             seed: 0xEFF1_C1E7,
             checkpoint_every: 1,
             trajectory_pool: None,
+            target: DistillTarget::Eps,
         }
     }
 }
@@ -145,11 +185,11 @@ fn scalar(t: &Tensor<1>) -> f64 {
 /// Returns the trained student (TALSQ still per fine-tuning step, z continuous: call
 /// [`crate::finalize`] before sampling with another schedule or exporting).
 #[allow(clippy::too_many_arguments)]
-pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
+pub fn efficientdm<M: Denoiser + Module + Clone>(
     fp: &M,
     preset: &QuantConfig,
     calib: &CalibSet,
-    scheduler: &S,
+    scheduler: &DdimScheduler,
     cfg: &EfficientDmConfig,
     prompts: Option<&PromptStates>,
     checkpoint: Option<&Path>,
@@ -256,7 +296,11 @@ pub fn efficientdm<M: Denoiser + Module + Clone, S: Scheduler>(
                 c,
             );
             let eps_q = traj.guide(student.forward(input.x, input.t, input.cond, &ctx)?, c);
-            let loss = distill_loss(eps_q, eps_fp.clone(), c);
+            let loss = match cfg.target {
+                DistillTarget::Eps => distill_loss(eps_q, eps_fp.clone(), c),
+                DistillTarget::DdimMean => distill_loss(eps_q, eps_fp.clone(), c)
+                    .mul_scalar(ddim_mean_weight(scheduler, input.step.step)?),
+            };
             let v = scalar(&loss);
             if !v.is_finite() {
                 return Err(FinetuneError::NonFinite {

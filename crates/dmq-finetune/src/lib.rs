@@ -56,7 +56,8 @@ pub use binarydm::{
     binary_plan, binarydm, collapse_ebb, ebb_loss, set_binary_trainable,
 };
 pub use efficientdm::{
-    EfficientDmConfig, FinetuneProgress, FinetuneReport, distill_loss, efficientdm,
+    DistillTarget, EfficientDmConfig, FinetuneProgress, FinetuneReport, ddim_mean_weight,
+    distill_loss, efficientdm,
 };
 pub use error::{FinetuneError, Result};
 pub use lr::{LayerLr, LrConfig, layer_lrs, lr_scheduler};

@@ -541,3 +541,43 @@ per_backend!(
 // End-to-end runs (minutes on lavapipe): CPU backends only; the backend-sensitive ops they
 // use are covered on wgpu by the tests above.
 per_cpu_backend!(distillation_checkpoint_and_export);
+
+/// The DDIM-mean target's weight `k_t²` is the factor between `‖ε₁ − ε₂‖²` and the squared
+/// distance of the DDIM step means the two give at the same x_t (η = 1 with zero noise: the
+/// step's mean), at every step of a 10-step schedule.
+#[test]
+fn ddim_mean_weight_matches_the_step() {
+    use dmq_models::scheduler::SolverState;
+    let device = Device::flex();
+    let cfg = DdimConfig {
+        clip_sample: false,
+        ..DdimConfig::new().with_eta(1.0)
+    };
+    let s = DdimScheduler::diffusers(&cfg, 10).unwrap();
+    let mut rng = NoiseRng::new(3);
+    let (x, e1, e2) = (
+        rng.tensor([2, 1, 4, 4], &device),
+        rng.tensor([2, 1, 4, 4], &device),
+        rng.tensor([2, 1, 4, 4], &device),
+    );
+    let sq = |t: Tensor<4>| t.powi_scalar(2).sum().into_scalar::<f64>();
+    for i in 0..s.num_steps() {
+        let mean = |e: Tensor<4>| {
+            s.step(
+                e,
+                i,
+                x.clone(),
+                Some(Tensor::zeros([2, 1, 4, 4], &device)),
+                &mut SolverState::default(),
+            )
+            .unwrap()
+            .prev_sample
+        };
+        let ratio = sq(mean(e1.clone()) - mean(e2.clone())) / sq(e1.clone() - e2.clone());
+        let w = dmq_finetune::ddim_mean_weight(&s, i).unwrap();
+        assert!(
+            (ratio - w).abs() <= 1e-4 * w.max(1e-3),
+            "step {i}: measured {ratio}, k_t² = {w}"
+        );
+    }
+}
