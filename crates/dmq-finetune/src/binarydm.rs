@@ -30,12 +30,12 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Tensor};
 use dmq_calib::config::{default_act_spec, default_weight_spec, softmax_spec};
 use dmq_models::Conditioning;
 use dmq_models::layers::{LayerKind, LayerMut, LayerRef};
 use dmq_models::noise::NoiseRng;
-use dmq_models::scheduler::{BetaSchedule, NoiseSchedule};
+use dmq_models::scheduler::NoiseSchedule;
 use dmq_models::train::{Checkpoint, Ema, TrainState, diffusion_batch};
 use dmq_models::{
     Denoiser, ForwardCtx, HostTensor, InputCapture, Operand, StageKind, StepContext, Taps,
@@ -303,7 +303,7 @@ pub fn binarize<M: Denoiser + Module + Clone>(
     fp: &M,
     plan: &BinaryPlan,
     cfg: &BinaryDmConfig,
-    first: (Tensor<4>, Tensor<1>, Option<Tensor<1, Int>>),
+    first: (Tensor<4>, Tensor<1>, Option<Conditioning>),
     device: &Device,
 ) -> Result<M> {
     let mut model = fp.clone().no_grad();
@@ -329,12 +329,12 @@ pub fn binarize<M: Denoiser + Module + Clone>(
     let Some(bits) = cfg.act_bits else {
         return Ok(model);
     };
-    let (x, t, class) = first;
+    let (x, t, cond) = first;
     let cap = InputCapture::all();
     model.forward(
         x,
         t,
-        class.map(Conditioning::Class),
+        cond,
         &ForwardCtx::new(StepContext::single(500.0)).with_inputs(&cap),
     )?;
     let captured = cap.take();
@@ -550,9 +550,10 @@ fn ebb_state<M: Denoiser + ?Sized>(
     (Some(s2 / n as f64), ratio)
 }
 
-/// A training batch: clean images `x0` `[B, C, H, W]` in [−1, 1] and labels for
-/// class-conditional models (the null class already applied for CFG dropout, if wanted).
-pub type Batch = (Tensor<4>, Option<Tensor<1, Int>>);
+/// A training batch: clean samples `x0` `[B, C, H, W]` (images in [−1, 1], or a latent
+/// model's scaled latents) and their conditioning (labels, or text states; the null class or
+/// empty prompt already applied for CFG dropout, if wanted).
+pub type Batch = (Tensor<4>, Option<Conditioning>);
 
 fn scalar(t: &Tensor<1>) -> f64 {
     HostTensor::from_tensor(t)
@@ -562,12 +563,14 @@ fn scalar(t: &Tensor<1>) -> f64 {
 }
 
 /// BinaryDM on `fp` (an autodiff device) with training batches from `data(step)` (asked for
-/// every iteration, also the first one twice: once for the initialisation). Returns the EMA
-/// model (frozen, EBB collapsed if the transition was reached) and the report.
+/// every iteration, also the first one twice: once for the initialisation), noised under
+/// `schedule` (the model's own training noise schedule). Returns the EMA model (frozen, EBB
+/// collapsed if the transition was reached) and the report.
 #[allow(clippy::too_many_arguments)]
 pub fn binarydm<M: Denoiser + Module + Clone>(
     fp: &M,
     cfg: &BinaryDmConfig,
+    schedule: &NoiseSchedule,
     data: &mut dyn FnMut(usize) -> Result<Batch>,
     checkpoint: Option<&Path>,
     device: &Device,
@@ -580,12 +583,10 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
     refuse_foreign_checkpoint(ck.as_ref(), &tag, "configs")?;
     let teacher = fp.clone().no_grad();
     let plan = binary_plan(&teacher, cfg, device)?;
-    let schedule = NoiseSchedule::new(BetaSchedule::Linear, 1000, 1e-4, 0.02)
-        .map_err(dmq_models::ModelError::from)?;
     let noised = |step: usize, x0: Tensor<4>| {
         let mut rng =
             NoiseRng::new(cfg.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        diffusion_batch(x0, &schedule, &mut rng)
+        diffusion_batch(x0, schedule, &mut rng)
     };
     let (x0, class) = data(0)?;
     let b0 = noised(0, x0)?;
@@ -603,7 +604,7 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
         teacher.forward(
             b0.x_t.clone(),
             b0.t.clone(),
-            class.clone().map(Conditioning::Class),
+            class.clone(),
             &ForwardCtx::new(StepContext::single(500.0)).with_taps(&taps),
         )?;
         let feats = taps.take();
@@ -677,7 +678,7 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
         let eps = student.predict_eps(
             b.x_t.clone(),
             b.t.clone(),
-            class.clone().map(Conditioning::Class),
+            class.clone(),
             &if cfg.lrm { ctx.with_taps(&taps_s) } else { ctx },
         )?;
         let eps_loss = (eps - b.noise.clone()).powi_scalar(2).mean();
@@ -690,7 +691,7 @@ pub fn binarydm<M: Denoiser + Module + Clone>(
             teacher.forward(
                 b.x_t.clone(),
                 b.t.clone(),
-                class.map(Conditioning::Class),
+                class,
                 &ForwardCtx::new(StepContext::single(0.0)).with_taps(&taps_t),
             )?;
             if let Some(l) = lrm_loss(

@@ -29,7 +29,18 @@ fn images(k: usize, b: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(data, [b, 1, 8, 8]), device)
 }
 
-fn first_input(device: &Device) -> (Tensor<4>, Tensor<1>, Option<Tensor<1, burn::tensor::Int>>) {
+/// The noise schedule of the test models (diffusers' DDPM defaults).
+fn linear_schedule() -> dmq_models::scheduler::NoiseSchedule {
+    dmq_models::scheduler::NoiseSchedule::new(
+        dmq_models::scheduler::BetaSchedule::Linear,
+        1000,
+        1e-4,
+        0.02,
+    )
+    .unwrap()
+}
+
+fn first_input(device: &Device) -> (Tensor<4>, Tensor<1>, Option<dmq_models::Conditioning>) {
     (
         images(0, 4, device),
         Tensor::from_floats([10.0f32, 300.0, 600.0, 900.0], device),
@@ -126,7 +137,7 @@ fn binary_plan_and_student(device: &Device) {
         .forward(
             x,
             t,
-            c.map(dmq_models::Conditioning::Class),
+            c,
             &ForwardCtx::new(StepContext::single(500.0)).with_inputs(&cap),
         )
         .unwrap();
@@ -301,8 +312,9 @@ fn binarydm_trains_resumes_and_exports(device: &Device) {
     let _ = std::fs::remove_dir_all(&dir);
     let mut data =
         |k: usize| -> dmq_finetune::Result<dmq_finetune::Batch> { Ok((images(k, 4, &ad), None)) };
+    let noise = linear_schedule();
     let mut eps = Vec::new();
-    let (model, rep) = binarydm(&fp, &cfg, &mut data, Some(&dir), &ad, &mut |p| {
+    let (model, rep) = binarydm(&fp, &cfg, &noise, &mut data, Some(&dir), &ad, &mut |p| {
         eps.push(p.eps_loss)
     })
     .unwrap();
@@ -341,7 +353,7 @@ fn binarydm_trains_resumes_and_exports(device: &Device) {
         }
     });
     // resume from the finished checkpoint: nothing recomputed, the same EMA model
-    let (again, rep2) = binarydm(&fp, &cfg, &mut data, Some(&dir), &ad, &mut |_| {
+    let (again, rep2) = binarydm(&fp, &cfg, &noise, &mut data, Some(&dir), &ad, &mut |_| {
         panic!("nothing left")
     })
     .unwrap();
@@ -364,7 +376,7 @@ fn binarydm_trains_resumes_and_exports(device: &Device) {
         ..cfg.clone()
     };
     assert!(matches!(
-        binarydm(&fp, &other, &mut data, Some(&dir), &ad, &mut |_| {}),
+        binarydm(&fp, &other, &noise, &mut data, Some(&dir), &ad, &mut |_| {}),
         Err(FinetuneError::Checkpoint { .. })
     ));
     // bitplane export: 1-bit codes + σ per output channel, loaded back exactly
@@ -415,9 +427,13 @@ fn binarydm_dit_plan_and_step(device: &Device) {
     assert_eq!(plan.head_tail, vec!["transformer_blocks.0".to_string()]);
     assert!(plan.edges.iter().any(|n| n.contains("timestep_embedder")));
     let mut data = |k: usize| -> dmq_finetune::Result<dmq_finetune::Batch> {
-        Ok((images(k, 2, &ad), Some(Tensor::from_ints([1, 3], &ad))))
+        Ok((
+            images(k, 2, &ad),
+            Some(Tensor::from_ints([1, 3], &ad).into()),
+        ))
     };
-    let (_, rep) = binarydm(&fp, &cfg, &mut data, None, &ad, &mut |_| {}).unwrap();
+    let noise = linear_schedule();
+    let (_, rep) = binarydm(&fp, &cfg, &noise, &mut data, None, &ad, &mut |_| {}).unwrap();
     assert_eq!(rep.resumed_steps, 0);
 }
 

@@ -491,11 +491,19 @@ fn run_binarydm(
     };
     let ck = ck_path(opts, "binarydm");
     let mut data = |step: usize| -> dmq_finetune::Result<dmq_finetune::Batch> {
-        Ok(images.batch(step, cfg.batch, &info, 0.1, device))
+        let (x0, class) = images.batch(step, cfg.batch, &info, 0.1, device);
+        Ok((x0, class.map(dmq_models::Conditioning::Class)))
     };
+    // the model's own training noise schedule (the schedule of its scheduler config)
+    let noise = dmq_models::scheduler::Scheduler::noise_schedule(&DdimScheduler::diffusers(
+        &opts.schedule,
+        1,
+    )?)
+    .clone();
     Ok(dmq_finetune::binarydm(
         fp,
         &cfg,
+        &noise,
         &mut data,
         ck.as_deref(),
         device,
