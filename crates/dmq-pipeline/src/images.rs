@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use dmq_eval::data::fashion_mnist::{Split, load_split};
-use dmq_models::DenoiserInfo;
 use dmq_models::noise::NoiseRng;
+use dmq_models::{Conditioning, DenoiserInfo, ForwardCtx, StepContext};
 
 use crate::error::{PipelineError, Result};
+use crate::text_to_image::TextToImage;
 
 /// `N` images of `C×H×W` 8-bit pixels (item-major, then channel, row, column), with optional
 /// class labels. Pixels map to the model's range as `x = p / 127.5 − 1`.
@@ -103,6 +104,99 @@ impl ImageSet {
         }
     }
 
+    /// The images of iteration `step` (drawn as [`ImageSet::batch`] draws them) in [−1, 1],
+    /// each padded by `pad` pixels of background (−1) on every side; their indices, and the
+    /// generator after the draw.
+    fn draw(
+        &self,
+        step: usize,
+        batch: usize,
+        pad: usize,
+        device: &Device,
+    ) -> (Tensor<4>, Vec<usize>, NoiseRng) {
+        let [n, c, h, w] = self.shape;
+        let per = c * h * w;
+        let mut rng = NoiseRng::new(0xB17D ^ (step as u64).wrapping_mul(0x9E37_79B9));
+        let idx: Vec<usize> = (0..batch).map(|_| rng.below(n)).collect();
+        let (ph, pw) = (h + 2 * pad, w + 2 * pad);
+        let mut x = vec![-1.0f32; batch * c * ph * pw];
+        for (b, &i) in idx.iter().enumerate() {
+            for ch in 0..c {
+                for r in 0..h {
+                    let src = &self.pixels[i * per + (ch * h + r) * w..][..w];
+                    let dst = ((b * c + ch) * ph + r + pad) * pw + pad;
+                    for (d, &p) in x[dst..dst + w].iter_mut().zip(src) {
+                        *d = f32::from(p) / 127.5 - 1.0;
+                    }
+                }
+            }
+        }
+        let x = Tensor::from_data(TensorData::new(x, [batch, c, ph, pw]), device);
+        (x, idx, rng)
+    }
+
+    /// The training batch of iteration `step` for a latent text-to-image model (`pipe`'s
+    /// UNet): the images of [`ImageSet::batch`]'s draw padded with background to the VAE's
+    /// input size, encoded by the VAE (a posterior draw, scaled as the diffusion model
+    /// sees latents), each prompted with `prompts[label]` and replaced by the empty prompt
+    /// with probability `null_prob` (CFG dropout).
+    ///
+    /// # Shapes
+    /// - output: latents `[B, C_lat, h, w]`, text states `[B, L, D]`
+    pub fn latent_text_batch(
+        &self,
+        step: usize,
+        batch: usize,
+        pipe: &TextToImage,
+        prompts: &[String],
+        null_prob: f64,
+        device: &Device,
+    ) -> Result<(Tensor<4>, Conditioning)> {
+        let bad = |reason: String| PipelineError::Option {
+            option: "training images".into(),
+            reason,
+        };
+        let labels = self.labels.as_ref().ok_or_else(|| {
+            bad("a text-to-image model trains on prompted images: labels are needed".into())
+        })?;
+        let [_, c, h, w] = self.shape;
+        let (vc, size) = crate::t2i_eval::image_shape(pipe, &pipe.unet);
+        if c != vc || h != w || h > size || (size - h) % 2 != 0 {
+            return Err(bad(format!(
+                "images are {c}×{h}×{w}; the VAE takes {vc}×{size}×{size} (square images of \
+                 its channels, padded evenly to its size)"
+            )));
+        }
+        let (x, idx, mut rng) = self.draw(step, batch, (size - h) / 2, device);
+        let text: Vec<&str> = idx
+            .iter()
+            .map(|&i| {
+                let label = labels[i] as usize;
+                if rng.uniform() < null_prob {
+                    Ok("")
+                } else {
+                    prompts.get(label).map(String::as_str).ok_or_else(|| {
+                        bad(format!(
+                            "label {label} has no prompt ({} given)",
+                            prompts.len()
+                        ))
+                    })
+                }
+            })
+            .collect::<Result<_>>()?;
+        let ctx = ForwardCtx::new(StepContext::single(0.0));
+        let noise = rng.tensor(
+            {
+                let f = pipe.vae.config().downsample_factor();
+                [batch, pipe.vae.config().latent_channels, size / f, size / f]
+            },
+            device,
+        );
+        let latents = pipe.vae.latents_from_image(x, Some(noise), &ctx)?.detach();
+        let states = pipe.encode(&text, device)?.detach();
+        Ok((latents, Conditioning::text(states)))
+    }
+
     /// The training batch of iteration `step`: `batch` images drawn with replacement from a
     /// generator seeded by `step` alone (a resumed run sees exactly the batches it would
     /// have seen), in [−1, 1]; for class-conditional models their labels, each replaced by
@@ -115,19 +209,7 @@ impl ImageSet {
         null_prob: f64,
         device: &Device,
     ) -> (Tensor<4>, Option<Tensor<1, Int>>) {
-        let [n, c, h, w] = self.shape;
-        let per = c * h * w;
-        let mut rng = NoiseRng::new(0xB17D ^ (step as u64).wrapping_mul(0x9E37_79B9));
-        let idx: Vec<usize> = (0..batch).map(|_| rng.below(n)).collect();
-        let mut x = Vec::with_capacity(batch * per);
-        for &i in &idx {
-            x.extend(
-                self.pixels[i * per..(i + 1) * per]
-                    .iter()
-                    .map(|&p| f32::from(p) / 127.5 - 1.0),
-            );
-        }
-        let x = Tensor::from_data(TensorData::new(x, [batch, c, h, w]), device);
+        let (x, idx, mut rng) = self.draw(step, batch, 0, device);
         let class = match (info.num_classes, &self.labels) {
             (Some(k), Some(labels)) => {
                 let ys: Vec<usize> = idx

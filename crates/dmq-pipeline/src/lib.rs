@@ -45,7 +45,9 @@ pub mod tokenizer;
 
 pub use error::{PipelineError, Result};
 pub use images::ImageSet;
-pub use method::{METHOD_NAMES, Method, MethodReport, Progress, Quantized, RunOptions, quantize};
+pub use method::{
+    METHOD_NAMES, Method, MethodReport, Progress, Quantized, RunOptions, TextTraining, quantize,
+};
 pub use model::AnyDenoiser;
 pub use scheduler::SchedulerSpec;
 pub use text_to_image::{GenerateOptions, TextToImage};

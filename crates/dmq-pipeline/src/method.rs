@@ -6,6 +6,7 @@
 //! the result, and the timesteps the model is finalised for.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -166,6 +167,19 @@ pub struct RunOptions {
     /// Prompts for the trajectories a method draws itself (EfficientDM on a text-conditional
     /// model: required there).
     pub prompts: Option<PromptStates>,
+    /// How a latent text-to-image model trains on [`RunOptions::images`] (BinaryDM): the
+    /// pipeline whose VAE encodes them and whose text encoder encodes their prompts.
+    pub text_training: Option<TextTraining>,
+}
+
+/// Real-image training of a latent text-to-image UNet: images are encoded by `pipe`'s VAE
+/// and prompted per label ([`ImageSet::latent_text_batch`]).
+#[derive(Clone, Debug)]
+pub struct TextTraining {
+    /// The pipeline (its UNet is the model being quantized).
+    pub pipe: Arc<crate::TextToImage>,
+    /// The prompt of each label (`prompts[label]`).
+    pub prompts: Vec<String>,
 }
 
 impl RunOptions {
@@ -177,7 +191,14 @@ impl RunOptions {
             images: None,
             schedule: DdimConfig::new(),
             prompts: None,
+            text_training: None,
         }
+    }
+
+    /// How a latent text-to-image model trains on the images (BinaryDM).
+    pub fn with_text_training(mut self, text: TextTraining) -> Self {
+        self.text_training = Some(text);
+        self
     }
 
     /// Prompts for the trajectories EfficientDM draws on a text-conditional model
@@ -484,15 +505,44 @@ fn run_binarydm(
         reason: "binarydm trains on real images: give a training set (RunOptions::with_images, dmq quantize --data DIR)".into(),
     })?;
     let info = fp.info();
-    images.check_fits(&info)?;
+    let text = info.cross_attention_dim.is_some() && info.num_classes.is_none();
+    let latent = match (&opts.text_training, text) {
+        (Some(t), true) => Some(t),
+        (None, true) => {
+            return Err(PipelineError::Option {
+                option: "text training".into(),
+                reason: "binarydm on a text-conditional model trains on prompted latents: give \
+                         the pipeline and the prompts per label (RunOptions::with_text_training)"
+                    .into(),
+            });
+        }
+        _ => {
+            images.check_fits(&info)?;
+            None
+        }
+    };
     let cfg = BinaryDmConfig {
         act_bits: config.act.and_then(|a| a.int_bits()),
         ..c.clone()
     };
     let ck = ck_path(opts, "binarydm");
+    if let Some(t) = latent {
+        // fail on the first batch here, with the pipeline's error, not inside the QAT loop
+        images.latent_text_batch(0, 1, &t.pipe, &t.prompts, 0.0, device)?;
+    }
     let mut data = |step: usize| -> dmq_finetune::Result<dmq_finetune::Batch> {
-        let (x0, class) = images.batch(step, cfg.batch, &info, 0.1, device);
-        Ok((x0, class.map(dmq_models::Conditioning::Class)))
+        match latent {
+            Some(t) => {
+                let (x0, cond) = images
+                    .latent_text_batch(step, cfg.batch, &t.pipe, &t.prompts, 0.1, device)
+                    .map_err(|e| dmq_finetune::FinetuneError::Option(e.to_string()))?;
+                Ok((x0, Some(cond)))
+            }
+            None => {
+                let (x0, class) = images.batch(step, cfg.batch, &info, 0.1, device);
+                Ok((x0, class.map(dmq_models::Conditioning::Class)))
+            }
+        }
     };
     // the model's own training noise schedule (the schedule of its scheduler config)
     let noise = dmq_models::scheduler::Scheduler::noise_schedule(&DdimScheduler::diffusers(

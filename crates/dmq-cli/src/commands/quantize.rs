@@ -38,7 +38,9 @@ pub struct Args {
     /// (per-layer bits and its searched timesteps, which then set the sampling steps).
     #[arg(long, value_parser = crate::existing)]
     pub config: Option<PathBuf>,
-    /// Training images for binarydm: a Fashion-MNIST-format directory (IDX files).
+    /// Training images for binarydm: a Fashion-MNIST-format directory (IDX files); a
+    /// text-to-image pipeline trains on them encoded by its VAE, prompted "a photo of a
+    /// {class}".
     #[arg(long, default_value = dmq_eval::data::fashion_mnist::DEFAULT_DIR)]
     pub data: PathBuf,
     /// Output file (.dmq.safetensors).
@@ -124,7 +126,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         .into());
     }
     let is_pipeline = dmq_pipeline::text_to_image::is_pipeline_dir(&a.model);
-    let prompts = calibration_prompts(&a, is_pipeline, &method)?;
+    let prompts = calibration_prompts(&a, is_pipeline)?;
     // a pipeline's trajectories (calibration and EfficientDM's) run at the --cfg guidance
     let method = match method {
         Method::Efficientdm {
@@ -143,7 +145,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     let device = device(backend, train)?;
     let t0 = Instant::now();
     let pipe = if is_pipeline {
-        Some(TextToImage::load(&a.model, &device)?)
+        Some(std::sync::Arc::new(TextToImage::load(&a.model, &device)?))
     } else {
         None
     };
@@ -185,6 +187,17 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         .with_work_dir(&work);
     if matches!(method, Method::Binarydm(_)) {
         opts = opts.with_images(ImageSet::fashion_mnist_train(&a.data)?);
+        if let Some(p) = &pipe {
+            // the latent model trains on the images encoded by its VAE, each prompted with
+            // its class ("a photo of a {class}", the evaluation prompts)
+            let prompts = (0..dmq_eval::data::fashion_mnist::NUM_CLASSES)
+                .map(dmq_pipeline::t2i_eval::class_prompt)
+                .collect::<Result<Vec<_>, _>>()?;
+            opts = opts.with_text_training(dmq_pipeline::TextTraining {
+                pipe: p.clone(),
+                prompts,
+            });
+        }
     }
     if let Some(p) = &pipe {
         // EfficientDM's own trajectories: prompts drawn from the calibration prompts
@@ -237,9 +250,8 @@ pub const DEFAULT_PROMPTS: &str = "calibration_prompts.txt";
 
 /// The calibration prompts of a text-to-image pipeline: `--prompt` flags, then the lines of
 /// `--prompts`, else the pipeline's own [`DEFAULT_PROMPTS`]. Required for a pipeline, refused
-/// for other models; BinaryDM, which trains on images and labels, does not take text models
-/// yet.
-fn calibration_prompts(a: &Args, is_pipeline: bool, method: &Method) -> Result<Vec<String>, Error> {
+/// for other models.
+fn calibration_prompts(a: &Args, is_pipeline: bool) -> Result<Vec<String>, Error> {
     let lines = |p: &std::path::Path| -> Result<Vec<String>, Error> {
         let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
         Ok(text
@@ -268,13 +280,6 @@ fn calibration_prompts(a: &Args, is_pipeline: bool, method: &Method) -> Result<V
         (false, false) => Err(format!(
             "--prompt/--prompts: {} is not a text-to-image pipeline directory (no model_index.json)",
             a.model.display()
-        )
-        .into()),
-        (true, false) if matches!(method, Method::Binarydm(_)) => Err(format!(
-            "--method {}: not yet available for text-to-image pipelines (it trains on images \
-             and their labels; naive, qdiffusion, smoothquant, svdquant, efficientdm and quest \
-             are)",
-            method.name()
         )
         .into()),
         _ => Ok(prompts),

@@ -337,8 +337,70 @@ fn efficientdm_on_prompted_trajectories(device: &Device) {
     assert!(last.is_finite() && last < first, "loss {first} → {last}");
 }
 
+/// BinaryDM trains a latent text-conditional UNet on real images: encoded by the pipeline's
+/// VAE (12×12 images padded to its 16×16), prompted per label, the empty prompt for CFG
+/// dropout; refused without the pipeline and prompts, and with a label that has no prompt.
+fn binarydm_on_prompted_latents(device: &Device) {
+    use dmq_calib::{CalibSet, QuantConfig, RecordOptions};
+    use dmq_pipeline::{
+        AnyDenoiser, ImageSet, Method, MethodReport, RunOptions, TextTraining, quantize,
+    };
+
+    let ad = device.clone().autodiff();
+    let pipe = std::sync::Arc::new(TextToImage::load(&fixture().join("pipeline"), &ad).unwrap());
+    let fp = AnyDenoiser::UNetCond(pipe.unet.clone());
+    let sampler = pipe.scheduler.ddim(2).unwrap();
+    let record = RecordOptions {
+        trajectories: 1,
+        steps_kept: 1,
+        guidance: 1.0,
+        batch: 1,
+        seed: 7,
+    };
+    let calib = CalibSet::record_with(&fp, &sampler, &record, &ad, &mut |_, n| {
+        Ok(Some(
+            pipe.conditioning(&vec!["a bag"; n], 1.0, &ad).unwrap(),
+        ))
+    })
+    .unwrap();
+    let pixels: Vec<u8> = (0..6 * 144).map(|i| ((i * 37) % 256) as u8).collect();
+    let images = ImageSet::new([6, 1, 12, 12], pixels, Some(vec![0, 1, 2, 0, 1, 2])).unwrap();
+    let method = Method::Binarydm(dmq_finetune::BinaryDmConfig {
+        steps: 3,
+        batch: 2,
+        ..Default::default()
+    });
+    let config = QuantConfig::preset("W1A4").unwrap();
+    let opts = RunOptions::new(sampler.clone()).with_images(images);
+    let err = quantize(&fp, &config, &calib, &method, &opts, &ad, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("with_text_training"), "{err}");
+    let text = |prompts: &[&str]| TextTraining {
+        pipe: pipe.clone(),
+        prompts: prompts.iter().map(|p| p.to_string()).collect(),
+    };
+    let short = opts.clone().with_text_training(text(&["a bag", "a coat"]));
+    let err = quantize(&fp, &config, &calib, &method, &short, &ad, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("label 2 has no prompt"), "{err}");
+    let opts = opts.with_text_training(text(&["a bag", "a coat", "a photo of a sneaker"]));
+    let q = quantize(&fp, &config, &calib, &method, &opts, &ad, &mut |_| {}).unwrap();
+    let MethodReport::Binarydm(rep) = &q.report else {
+        panic!("a BinaryDM report")
+    };
+    assert!(!rep.plan.vanilla.is_empty() || !rep.plan.ebb.is_empty());
+    let ones = dmq_calib::layer_bits(&q.model)
+        .values()
+        .filter(|(w, _)| *w == 1)
+        .count();
+    assert!(ones > 0, "binarized layers");
+}
+
 #[cfg(feature = "flex")]
 mod flex {
+    #[test]
+    fn binarydm_on_prompted_latents() {
+        super::binarydm_on_prompted_latents(&burn::tensor::Device::flex());
+    }
+
     #[test]
     fn efficientdm_on_prompted_trajectories() {
         super::efficientdm_on_prompted_trajectories(&burn::tensor::Device::flex());
