@@ -510,6 +510,52 @@ fn text_to_image_from_the_command_line() {
         &["quantize", "--model", pipe, "--out", f],
         "calibration prompts",
     );
+    // TMPQ on the pipeline's UNet (prompted fitness samples), applied by quantize
+    let searched = tmp.path().join("t2i-search.json");
+    let sc = searched.to_str().unwrap();
+    let out = ok(&[
+        "search",
+        "--model",
+        pipe,
+        "--prompt",
+        "a bag",
+        "--steps",
+        "2",
+        "--bits",
+        "8,4",
+        "--budget-bits",
+        "8",
+        "--population",
+        "2",
+        "--epochs",
+        "1",
+        "--fitness-samples",
+        "2",
+        "--reference-steps",
+        "4",
+        "--calib-n",
+        "2",
+        "--cfg",
+        "3",
+        "--out",
+        sc,
+    ]);
+    assert!(out.contains("tmpq: 2 timesteps"), "{out}");
+    ok(&[
+        "quantize",
+        "--model",
+        pipe,
+        "--config",
+        sc,
+        "--prompt",
+        "a bag",
+        "--calib-n",
+        "2",
+        "--calib-steps",
+        "1",
+        "--out",
+        f,
+    ]);
     // a pipeline's own calibration_prompts.txt is the default list
     let own = tmp.path().join("own-prompts");
     copy_dir(Path::new(pipe), &own);

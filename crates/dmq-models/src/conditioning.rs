@@ -140,6 +140,11 @@ impl PromptStates {
         self.states.dims()[0]
     }
 
+    /// Tokens per prompt `L`.
+    pub fn context_len(&self) -> usize {
+        self.states.dims()[1]
+    }
+
     /// Always false (a set holds at least one prompt).
     pub fn is_empty(&self) -> bool {
         self.len() == 0

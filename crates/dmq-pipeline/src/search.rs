@@ -11,11 +11,15 @@
 use std::path::Path;
 
 use burn::tensor::Device;
+use burn::tensor::Tensor;
 use dmq_calib::config::{default_act_spec, softmax_spec};
 use dmq_calib::{CalibSet, Choice, LayerRule, PtqOptions, QuantConfig};
 use dmq_eval::harness::{SampleSpec, generate};
+use dmq_models::noise::NoiseRng;
 use dmq_models::scheduler::DdimScheduler;
-use dmq_models::{Denoiser, HostTensor, layer_inventory};
+use dmq_models::{
+    Denoiser, HostTensor, PromptStates, layer_inventory, layer_inventory_with_context,
+};
 use dmq_quant::file::write_atomic;
 use dmq_search::{
     Budget, Candidate, CostModel, Evaluator, Evolution, EvolutionConfig, SearchSpace, SuperNet,
@@ -170,8 +174,52 @@ struct ProxyFitness<'a> {
     space: &'a SearchSpace,
     schedule: &'a SchedulerSpec,
     spec: SampleSpec,
+    prompts: Option<&'a PromptStates>,
     reference: HostTensor,
     device: &'a Device,
+}
+
+/// The fitness samples of `model`: [`generate`]'s (labels `i mod K` for a class-conditional
+/// model), or for a text-conditional one prompts drawn from `prompts` by a generator seeded
+/// with the spec's seed (the same prompts for the reference and every candidate), from the
+/// same noise (`seed + i` for sample `i`).
+fn fitness_samples<M: Denoiser + ?Sized>(
+    model: &M,
+    sched: &DdimScheduler,
+    spec: &SampleSpec,
+    prompts: Option<&PromptStates>,
+    device: &Device,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<HostTensor> {
+    let Some(prompts) = prompts else {
+        return Ok(generate(model, sched, spec, device, on_batch)?);
+    };
+    let info = model.info();
+    let (c, s) = (info.in_channels, info.sample_size);
+    let mut rng = NoiseRng::new(spec.seed ^ 0x7E47);
+    let mut data = Vec::with_capacity(spec.n * c * s * s);
+    for start in (0..spec.n).step_by(spec.batch.max(1)) {
+        let b = spec.batch.max(1).min(spec.n - start);
+        let x: Vec<Tensor<4>> = (start..start + b)
+            .map(|i| NoiseRng::new(spec.seed.wrapping_add(i as u64)).tensor([1, c, s, s], device))
+            .collect();
+        let cond = prompts.draw(&mut rng, b);
+        let out = dmq_models::sampler::sample(
+            model,
+            sched,
+            Tensor::cat(x, 0),
+            Some(cond),
+            spec.guidance,
+            spec.seed.wrapping_add(start as u64),
+            &mut |_, _| {},
+        )?;
+        data.extend(HostTensor::from_tensor(&out).data);
+        on_batch(start + b, spec.n);
+    }
+    Ok(HostTensor {
+        data,
+        shape: vec![spec.n, c, s, s],
+    })
 }
 
 impl Evaluator for ProxyFitness<'_> {
@@ -183,7 +231,14 @@ impl Evaluator for ProxyFitness<'_> {
                     let mut m = self.fp.clone();
                     self.net.apply(&mut m, self.space, c, 0)?;
                     let sched = DdimScheduler::with_timesteps(&self.schedule.ddim, &c.timesteps)?;
-                    let x = generate(&m, &sched, &self.spec, self.device, &mut |_, _| {})?;
+                    let x = fitness_samples(
+                        &m,
+                        &sched,
+                        &self.spec,
+                        self.prompts,
+                        self.device,
+                        &mut |_, _| {},
+                    )?;
                     Ok(mse(&x, &self.reference))
                 })()
                 .map_err(|e| dmq_search::SearchError::Fitness(e.to_string()))
@@ -230,11 +285,13 @@ fn candidate_config(
 
 /// Runs TMPQ-DM on `fp` (module docs) and returns the best candidate as a config.
 /// `checkpoint`: a JSON file the search saves after every epoch and resumes from.
+#[allow(clippy::too_many_arguments)]
 pub fn tmpq(
     fp: &AnyDenoiser,
     schedule: &SchedulerSpec,
     calib: &CalibSet,
     opts: &SearchOptions,
+    prompts: Option<&PromptStates>,
     checkpoint: Option<&Path>,
     device: &Device,
     progress: &mut dyn FnMut(&Progress),
@@ -260,7 +317,15 @@ pub fn tmpq(
     }
     let num_train = schedule.ddim.num_train_timesteps;
     let info = fp.info();
-    let guidance = if info.num_classes.is_some() {
+    let text = info.cross_attention_dim.is_some() && info.num_classes.is_none();
+    if text && prompts.is_none() {
+        return Err(bad(
+            "a text-conditional model's fitness samples are prompted: give the prompt states"
+                .into(),
+        ));
+    }
+    let prompts = prompts.filter(|_| text);
+    let guidance = if info.num_classes.is_some() || text {
         opts.guidance
     } else {
         1.0
@@ -273,7 +338,7 @@ pub fn tmpq(
     };
     // the FP reference from the same noise
     let reference_sched = schedule.ddim(opts.reference_steps)?;
-    let reference = generate(fp, &reference_sched, &spec, device, &mut |d, n| {
+    let reference = fitness_samples(fp, &reference_sched, &spec, prompts, device, &mut |d, n| {
         progress(&Progress {
             stage: "reference".into(),
             done: d as u64,
@@ -308,7 +373,11 @@ pub fn tmpq(
         opts.bit_options.clone(),
         false,
     )?;
-    let calls = layer_inventory(fp, device)?;
+    // a text model's cross-attention over its prompts' token count
+    let calls = match prompts {
+        Some(p) => layer_inventory_with_context(fp, p.context_len(), device)?,
+        None => layer_inventory(fp, device)?,
+    };
     let cost = CostModel::new(&calls, &space, guidance != 1.0)?;
     let budget = Budget {
         max_bitops: cost.bitops(&space, &space.uniform(budget_index as u8)?),
@@ -319,6 +388,7 @@ pub fn tmpq(
         space: &space,
         schedule,
         spec,
+        prompts,
         reference,
         device,
     };

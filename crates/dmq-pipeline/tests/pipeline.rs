@@ -745,6 +745,7 @@ fn tmpq_search_applies_through_quantize(device: &Device) {
         &sched,
         &search_calib,
         &opts,
+        None,
         Some(&ck),
         device,
         &mut |p| {

@@ -168,3 +168,92 @@ impl StageBars {
         self.0.finish();
     }
 }
+
+/// Calibration prompts of a text-to-image pipeline (`dmq quantize`, `dmq search`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PromptArgs {
+    /// A calibration prompt (text-to-image pipelines; repeat the flag for several).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// A file of calibration prompts, one per line (text-to-image pipelines; default: the
+    /// pipeline's own `calibration_prompts.txt` when it has one).
+    #[arg(long, value_parser = crate::existing)]
+    pub prompts: Option<std::path::PathBuf>,
+}
+
+/// The calibration prompts of a pipeline directory's own list (one per line), used when no
+/// prompt is given.
+pub const DEFAULT_PROMPTS: &str = "calibration_prompts.txt";
+
+/// The calibration prompts of a text-to-image pipeline: `--prompt` flags, then the lines of
+/// `--prompts`, else the pipeline's own [`DEFAULT_PROMPTS`]. Required for a pipeline, refused
+/// for other models.
+pub fn calibration_prompts(
+    model: &Path,
+    a: &PromptArgs,
+    is_pipeline: bool,
+) -> Result<Vec<String>, Error> {
+    let lines = |p: &std::path::Path| -> Result<Vec<String>, Error> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect())
+    };
+    let mut prompts = a.prompt.clone();
+    if let Some(p) = &a.prompts {
+        prompts.extend(lines(p)?);
+    }
+    // a pipeline may ship its own list (the embedded t2i-fmnist: its training prompts)
+    let shipped = model.join(DEFAULT_PROMPTS);
+    if is_pipeline && prompts.is_empty() && shipped.is_file() {
+        prompts = lines(&shipped)?;
+    }
+    match (is_pipeline, prompts.is_empty()) {
+        (true, true) => Err(format!(
+            "{} is a text-to-image pipeline: give calibration prompts (--prompt or --prompts \
+             FILE; or a {DEFAULT_PROMPTS} in the pipeline directory)",
+            model.display()
+        )
+        .into()),
+        (false, false) => Err(format!(
+            "--prompt/--prompts: {} is not a text-to-image pipeline directory (no model_index.json)",
+            model.display()
+        )
+        .into()),
+        _ => Ok(prompts),
+    }
+}
+
+/// The calibration set of a text-to-image pipeline's UNet: trajectories under prompts drawn
+/// from `prompts` (the set's seeded stream picks them), with the empty prompt's states as
+/// the unconditional embedding when the guidance is not 1.
+pub fn text_calibration_set(
+    fp: &AnyDenoiser,
+    pipe: &dmq_pipeline::TextToImage,
+    prompts: &[String],
+    sampler: &dmq_models::scheduler::DdimScheduler,
+    opts: &dmq_calib::RecordOptions,
+    device: &burn::tensor::Device,
+) -> Result<dmq_calib::CalibSet, Error> {
+    let mut b = bar("calibration set", opts.trajectories);
+    let calib = dmq_calib::CalibSet::record_with(
+        &burn::module::Module::no_grad(fp.clone()),
+        sampler,
+        opts,
+        device,
+        &mut |rng, n| {
+            let drawn: Vec<&str> = (0..n)
+                .map(|_| prompts[rng.below(prompts.len())].as_str())
+                .collect();
+            pipe.conditioning(&drawn, opts.guidance, device)
+                .map(Some)
+                .map_err(|e| dmq_calib::CalibError::Option(e.to_string()))
+        },
+    )?;
+    b.set(opts.trajectories as u64, "");
+    b.finish();
+    Ok(calib)
+}

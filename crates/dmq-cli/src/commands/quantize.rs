@@ -10,7 +10,10 @@ use dmq_pipeline::{
     AnyDenoiser, ImageSet, Method, RunOptions, SchedulerSpec, TextToImage, quantize,
 };
 
-use super::{Error, StageBars, calibration_set, device, positive};
+use super::{
+    Error, PromptArgs, StageBars, calibration_prompts, calibration_set, device, positive,
+    text_calibration_set,
+};
 
 /// Flags of `dmq quantize`.
 #[derive(clap::Args, Debug)]
@@ -20,13 +23,9 @@ pub struct Args {
     /// UNet is quantized, and the file carries the FP text encoder, tokenizer and VAE.
     #[arg(long, value_parser = crate::existing)]
     pub model: PathBuf,
-    /// A calibration prompt (text-to-image pipelines; repeat the flag for several).
-    #[arg(long)]
-    pub prompt: Vec<String>,
-    /// A file of calibration prompts, one per line (text-to-image pipelines; default: the
-    /// pipeline's own `calibration_prompts.txt` when it has one).
-    #[arg(long, value_parser = crate::existing)]
-    pub prompts: Option<PathBuf>,
+    /// Calibration prompts (text-to-image pipelines).
+    #[command(flatten)]
+    pub text: PromptArgs,
     /// Method.
     #[arg(long, default_value = "naive", value_parser = ["naive", "qdiffusion", "smoothquant", "svdquant", "efficientdm", "quest", "binarydm"])]
     pub method: String,
@@ -126,7 +125,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         .into());
     }
     let is_pipeline = dmq_pipeline::text_to_image::is_pipeline_dir(&a.model);
-    let prompts = calibration_prompts(&a, is_pipeline)?;
+    let prompts = calibration_prompts(&a.model, &a.text, is_pipeline)?;
     // a pipeline's trajectories (calibration and EfficientDM's) run at the --cfg guidance
     let method = match method {
         Method::Efficientdm {
@@ -242,77 +241,4 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// The calibration prompts of a pipeline directory's own list (one per line), used when no
-/// prompt is given.
-pub const DEFAULT_PROMPTS: &str = "calibration_prompts.txt";
-
-/// The calibration prompts of a text-to-image pipeline: `--prompt` flags, then the lines of
-/// `--prompts`, else the pipeline's own [`DEFAULT_PROMPTS`]. Required for a pipeline, refused
-/// for other models.
-fn calibration_prompts(a: &Args, is_pipeline: bool) -> Result<Vec<String>, Error> {
-    let lines = |p: &std::path::Path| -> Result<Vec<String>, Error> {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        Ok(text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect())
-    };
-    let mut prompts = a.prompt.clone();
-    if let Some(p) = &a.prompts {
-        prompts.extend(lines(p)?);
-    }
-    // a pipeline may ship its own list (the embedded t2i-fmnist: its training prompts)
-    let shipped = a.model.join(DEFAULT_PROMPTS);
-    if is_pipeline && prompts.is_empty() && shipped.is_file() {
-        prompts = lines(&shipped)?;
-    }
-    match (is_pipeline, prompts.is_empty()) {
-        (true, true) => Err(format!(
-            "{} is a text-to-image pipeline: give calibration prompts (--prompt or --prompts \
-             FILE; or a {DEFAULT_PROMPTS} in the pipeline directory)",
-            a.model.display()
-        )
-        .into()),
-        (false, false) => Err(format!(
-            "--prompt/--prompts: {} is not a text-to-image pipeline directory (no model_index.json)",
-            a.model.display()
-        )
-        .into()),
-        _ => Ok(prompts),
-    }
-}
-
-/// The calibration set of a text-to-image pipeline's UNet: trajectories under prompts drawn
-/// from `prompts` (the set's seeded stream picks them), with the empty prompt's states as
-/// the unconditional embedding when the guidance is not 1.
-fn text_calibration_set(
-    fp: &AnyDenoiser,
-    pipe: &TextToImage,
-    prompts: &[String],
-    sampler: &dmq_models::scheduler::DdimScheduler,
-    opts: &RecordOptions,
-    device: &burn::tensor::Device,
-) -> Result<dmq_calib::CalibSet, Error> {
-    let mut b = super::bar("calibration set", opts.trajectories);
-    let calib = dmq_calib::CalibSet::record_with(
-        &burn::module::Module::no_grad(fp.clone()),
-        sampler,
-        opts,
-        device,
-        &mut |rng, n| {
-            let drawn: Vec<&str> = (0..n)
-                .map(|_| prompts[rng.below(prompts.len())].as_str())
-                .collect();
-            pipe.conditioning(&drawn, opts.guidance, device)
-                .map(Some)
-                .map_err(|e| dmq_calib::CalibError::Option(e.to_string()))
-        },
-    )?;
-    b.set(opts.trajectories as u64, "");
-    b.finish();
-    Ok(calib)
 }

@@ -9,14 +9,21 @@ use dmq_pipeline::search::{SearchOptions, tmpq};
 use dmq_pipeline::{AnyDenoiser, SchedulerSpec};
 use dmq_search::EvolutionConfig;
 
-use super::{Error, StageBars, calibration_set, device, positive};
+use super::{
+    Error, PromptArgs, StageBars, calibration_prompts, calibration_set, device, positive,
+    text_calibration_set,
+};
 
 /// Flags of `dmq search`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// diffusers model directory.
+    /// diffusers model directory, or a text-to-image pipeline directory (its UNet is searched;
+    /// fitness samples and calibration are prompted from the calibration prompts).
     #[arg(long, value_parser = crate::existing)]
     pub model: PathBuf,
+    /// Calibration prompts (text-to-image pipelines).
+    #[command(flatten)]
+    pub text: PromptArgs,
     /// Sampling steps to select (one timestep per group of the training range).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
@@ -95,27 +102,45 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         guidance: a.cfg,
         ..SearchOptions::default()
     };
+    let is_pipeline = dmq_pipeline::text_to_image::is_pipeline_dir(&a.model);
+    let prompts = calibration_prompts(&a.model, &a.text, is_pipeline)?;
     let device = device(backend, false)?;
     let t0 = Instant::now();
-    let fp = AnyDenoiser::from_pretrained(&a.model, &device)?;
-    let sched = SchedulerSpec::from_dir(&a.model)?;
-    let guidance = if dmq_models::Denoiser::info(&fp).num_classes.is_some() {
+    let pipe = if is_pipeline {
+        Some(dmq_pipeline::TextToImage::load(&a.model, &device)?)
+    } else {
+        None
+    };
+    let (fp, sched) = match &pipe {
+        Some(p) => (AnyDenoiser::UNetCond(p.unet.clone()), p.scheduler.clone()),
+        None => (
+            AnyDenoiser::from_pretrained(&a.model, &device)?,
+            SchedulerSpec::from_dir(&a.model)?,
+        ),
+    };
+    let guidance = if dmq_models::Denoiser::info(&fp).num_classes.is_some() || pipe.is_some() {
         a.cfg
     } else {
         1.0
     };
-    let calib = calibration_set(
-        &fp,
-        &sched.ddim(a.reference_steps)?,
-        &RecordOptions {
-            trajectories: a.calib_n,
-            steps_kept: a.reference_steps.min(20),
-            guidance,
-            batch: a.calib_n.min(64),
-            seed: 1,
-        },
-        &device,
-    )?;
+    let record = RecordOptions {
+        trajectories: a.calib_n,
+        steps_kept: a.reference_steps.min(20),
+        guidance,
+        batch: a.calib_n.min(64),
+        seed: 1,
+    };
+    let reference = sched.ddim(a.reference_steps)?;
+    let (calib, states) = match &pipe {
+        Some(p) => {
+            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+            (
+                text_calibration_set(&fp, p, &prompts, &reference, &record, &device)?,
+                Some(p.prompt_states(&refs, &device)?),
+            )
+        }
+        None => (calibration_set(&fp, &reference, &record, &device)?, None),
+    };
     let checkpoint = a.checkpoint.clone().unwrap_or_else(|| {
         let mut p = a.out.clone().into_os_string();
         p.push(".state.json");
@@ -127,6 +152,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         &sched,
         &calib,
         &opts,
+        states.as_ref(),
         Some(&checkpoint),
         &device,
         &mut |p| bars.update(p),

@@ -394,8 +394,92 @@ fn binarydm_on_prompted_latents(device: &Device) {
     assert!(ones > 0, "binarized layers");
 }
 
+/// TMPQ searches a text-conditional UNet on prompted fitness samples (refused without
+/// prompts): the searched config meets the budget and `quantize` applies it.
+fn tmpq_on_prompted_samples(device: &Device) {
+    use dmq_calib::{CalibSet, RecordOptions};
+    use dmq_pipeline::search::{SearchOptions, tmpq};
+    use dmq_pipeline::{AnyDenoiser, Method, RunOptions, quantize};
+
+    let pipe = TextToImage::load(&fixture().join("pipeline"), device).unwrap();
+    let fp = AnyDenoiser::UNetCond(pipe.unet.clone());
+    let record = RecordOptions {
+        trajectories: 2,
+        steps_kept: 2,
+        guidance: 3.0,
+        batch: 2,
+        seed: 7,
+    };
+    let calib = CalibSet::record_with(
+        &fp,
+        &pipe.scheduler.ddim(4).unwrap(),
+        &record,
+        device,
+        &mut |_, n| {
+            Ok(Some(
+                pipe.conditioning(&vec!["a bag"; n], 3.0, device).unwrap(),
+            ))
+        },
+    )
+    .unwrap();
+    let opts = SearchOptions {
+        steps: 2,
+        bit_options: vec![8, 4],
+        budget_bits: 8,
+        evolution: dmq_search::EvolutionConfig {
+            population: 2,
+            top_k: 1,
+            mutations: 1,
+            crossovers: 0,
+            epochs: 1,
+            seed: 1,
+            ..Default::default()
+        },
+        fitness_samples: 2,
+        reference_steps: 4,
+        act_samples: 4,
+        guidance: 3.0,
+        ..SearchOptions::default()
+    };
+    let run = |prompts| {
+        tmpq(
+            &fp,
+            &pipe.scheduler,
+            &calib,
+            &opts,
+            prompts,
+            None,
+            device,
+            &mut |_| {},
+        )
+    };
+    let err = run(None).unwrap_err();
+    assert!(err.to_string().contains("prompt"), "{err}");
+    let states = pipe.prompt_states(&["a bag", "a coat"], device).unwrap();
+    let found = run(Some(&states)).unwrap();
+    assert_eq!(found.timesteps.len(), 2);
+    assert!(found.bitops <= found.budget_bitops * (1.0 + 1e-9));
+    let sampler = found.sampler(&pipe.scheduler).unwrap();
+    let q = quantize(
+        &fp,
+        &found.config,
+        &calib,
+        &Method::from_name("naive").unwrap(),
+        &RunOptions::new(sampler),
+        device,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(!dmq_calib::layer_bits(&q.model).is_empty());
+}
+
 #[cfg(feature = "flex")]
 mod flex {
+    #[test]
+    fn tmpq_on_prompted_samples() {
+        super::tmpq_on_prompted_samples(&burn::tensor::Device::flex());
+    }
+
     #[test]
     fn binarydm_on_prompted_latents() {
         super::binarydm_on_prompted_latents(&burn::tensor::Device::flex());
