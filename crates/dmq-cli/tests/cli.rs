@@ -506,6 +506,31 @@ fn text_to_image_from_the_command_line() {
     assert!(row["fd_test"].is_null(), "{row}");
     assert!(row["gbitops_per_image"].as_f64().unwrap() > 0.0, "{row}");
     assert_eq!(row["steps"], 3);
+    // with prompts of its own, cycled over the samples
+    let e = ok(&[
+        "eval",
+        "--model",
+        f,
+        "--fp",
+        pipe,
+        "--samples",
+        "2",
+        "--prompt",
+        "a coat",
+    ]);
+    let own: serde_json::Value = serde_json::from_str(e.lines().last().unwrap()).unwrap();
+    assert_eq!(own["prompts"], serde_json::json!(["a coat"]));
+    assert!(own["psnr_fp"].as_f64().unwrap() > 10.0, "{own}");
+    fails(
+        &[
+            "eval",
+            "--model",
+            "assets/models/unet-fmnist",
+            "--prompt",
+            "x",
+        ],
+        "not a text-to-image pipeline",
+    );
     fails(
         &["quantize", "--model", pipe, "--out", f],
         "calibration prompts",
