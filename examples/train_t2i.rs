@@ -290,14 +290,6 @@ fn train_vae(args: &Args, data: &FashionMnist, plain: &Device) -> Result<(), Mod
     )
 }
 
-/// FNV-1a of `bytes`, as hex (identifies the VAE weights a latent cache was made with).
-fn fingerprint(bytes: &[u8]) -> String {
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{h:016x}")
-}
-
 /// Posterior means and standard deviations of the VAE over the whole training split,
 /// `[N, 4·8·8]` each, row-major: 60000 images through the encoder, cached in `cache` under
 /// the fingerprint of the VAE's weights (a resumed run reads them back; another VAE
@@ -311,7 +303,10 @@ fn training_latents(
 ) -> Result<(Vec<f32>, Vec<f32>, usize), ModelError> {
     use dmq::quant::QuantizedFile;
     let weights = vae_dir.join("diffusion_pytorch_model.safetensors");
-    let fp = fingerprint(&std::fs::read(&weights).map_err(config_err)?);
+    let fp = format!(
+        "{:016x}",
+        dmq::quant::fingerprint::fnv1a64(&std::fs::read(&weights).map_err(config_err)?)
+    );
     let n = data.train.len();
     if let Ok(f) = QuantizedFile::load(cache)
         && f.metadata.get("vae") == Some(&fp)

@@ -181,31 +181,45 @@ fn malformed_pipelines_are_typed_errors(device: &Device) {
     assert!(TextToImage::load(wide.path(), device).is_err());
 }
 
+/// A calibration set of `pipe`'s UNet (`fp`): `n` trajectories under `sampler`, `n` steps
+/// kept of each, every one prompted "a bag" at guidance `guidance`.
+fn prompted_calib(
+    fp: &dmq_pipeline::AnyDenoiser,
+    pipe: &TextToImage,
+    sampler: &dmq_models::scheduler::DdimScheduler,
+    n: usize,
+    guidance: f64,
+    device: &Device,
+) -> dmq_calib::CalibSet {
+    let record = dmq_calib::RecordOptions {
+        trajectories: n,
+        steps_kept: n,
+        guidance,
+        batch: n,
+        seed: 7,
+    };
+    dmq_calib::CalibSet::record_with(fp, sampler, &record, device, &mut |_, b| {
+        Ok(Some(
+            pipe.conditioning(&vec!["a bag"; b], guidance, device)
+                .unwrap(),
+        ))
+    })
+    .unwrap()
+}
+
 /// The pipeline's UNet quantized (naive W8A8, calibrated on prompts) and written with
 /// `save_pipeline` is one file that generates on its own: read back, its tokenizer, text
 /// encoder, VAE and quantized UNet generate what the in-memory pipeline with the quantized
 /// UNet generates; a damaged file is refused, naming the entry.
 fn quantized_pipeline_file_generates_alone(device: &Device) {
-    use dmq_calib::{CalibSet, QuantConfig, RecordOptions};
+    use dmq_calib::QuantConfig;
     use dmq_pipeline::dmq_file::{self, PIPELINE_FORMAT_VERSION, Provenance};
     use dmq_pipeline::{AnyDenoiser, Method, RunOptions, quantize};
 
     let pipe = TextToImage::load(&fixture().join("pipeline"), device).unwrap();
     let fp = AnyDenoiser::UNetCond(pipe.unet.clone());
     let sampler = pipe.scheduler.ddim(3).unwrap();
-    let record = RecordOptions {
-        trajectories: 2,
-        steps_kept: 2,
-        guidance: 3.0,
-        batch: 2,
-        seed: 7,
-    };
-    let calib = CalibSet::record_with(&fp, &sampler, &record, device, &mut |_, n| {
-        Ok(Some(
-            pipe.conditioning(&vec!["a bag"; n], 3.0, device).unwrap(),
-        ))
-    })
-    .unwrap();
+    let calib = prompted_calib(&fp, &pipe, &sampler, 2, 3.0, device);
     let (config, method) = (
         QuantConfig::preset("W8A8").unwrap(),
         Method::from_name("naive").unwrap(),
@@ -291,26 +305,14 @@ fn quantized_pipeline_file_generates_alone(device: &Device) {
 /// `RunOptions::with_prompts` (refused without prompts): the loss falls over the epochs on a
 /// fixed trajectory pool, and the student differs from the FP UNet.
 fn efficientdm_on_prompted_trajectories(device: &Device) {
-    use dmq_calib::{CalibSet, QuantConfig, RecordOptions};
+    use dmq_calib::QuantConfig;
     use dmq_pipeline::{AnyDenoiser, Method, MethodReport, RunOptions, quantize};
 
     let ad = device.clone().autodiff();
     let pipe = TextToImage::load(&fixture().join("pipeline"), &ad).unwrap();
     let fp = AnyDenoiser::UNetCond(pipe.unet.clone());
     let sampler = pipe.scheduler.ddim(3).unwrap();
-    let record = RecordOptions {
-        trajectories: 2,
-        steps_kept: 2,
-        guidance: 3.0,
-        batch: 2,
-        seed: 7,
-    };
-    let calib = CalibSet::record_with(&fp, &sampler, &record, &ad, &mut |_, n| {
-        Ok(Some(
-            pipe.conditioning(&vec!["a bag"; n], 3.0, &ad).unwrap(),
-        ))
-    })
-    .unwrap();
+    let calib = prompted_calib(&fp, &pipe, &sampler, 2, 3.0, &ad);
     let method = Method::Efficientdm {
         config: dmq_finetune::EfficientDmConfig {
             epochs: 6,
@@ -341,7 +343,7 @@ fn efficientdm_on_prompted_trajectories(device: &Device) {
 /// VAE (12×12 images padded to its 16×16), prompted per label, the empty prompt for CFG
 /// dropout; refused without the pipeline and prompts, and with a label that has no prompt.
 fn binarydm_on_prompted_latents(device: &Device) {
-    use dmq_calib::{CalibSet, QuantConfig, RecordOptions};
+    use dmq_calib::QuantConfig;
     use dmq_pipeline::{
         AnyDenoiser, ImageSet, Method, MethodReport, RunOptions, TextTraining, quantize,
     };
@@ -350,19 +352,7 @@ fn binarydm_on_prompted_latents(device: &Device) {
     let pipe = std::sync::Arc::new(TextToImage::load(&fixture().join("pipeline"), &ad).unwrap());
     let fp = AnyDenoiser::UNetCond(pipe.unet.clone());
     let sampler = pipe.scheduler.ddim(2).unwrap();
-    let record = RecordOptions {
-        trajectories: 1,
-        steps_kept: 1,
-        guidance: 1.0,
-        batch: 1,
-        seed: 7,
-    };
-    let calib = CalibSet::record_with(&fp, &sampler, &record, &ad, &mut |_, n| {
-        Ok(Some(
-            pipe.conditioning(&vec!["a bag"; n], 1.0, &ad).unwrap(),
-        ))
-    })
-    .unwrap();
+    let calib = prompted_calib(&fp, &pipe, &sampler, 1, 1.0, &ad);
     let pixels: Vec<u8> = (0..6 * 144).map(|i| ((i * 37) % 256) as u8).collect();
     let images = ImageSet::new([6, 1, 12, 12], pixels, Some(vec![0, 1, 2, 0, 1, 2])).unwrap();
     let method = Method::Binarydm(dmq_finetune::BinaryDmConfig {
@@ -397,31 +387,12 @@ fn binarydm_on_prompted_latents(device: &Device) {
 /// TMPQ searches a text-conditional UNet on prompted fitness samples (refused without
 /// prompts): the searched config meets the budget and `quantize` applies it.
 fn tmpq_on_prompted_samples(device: &Device) {
-    use dmq_calib::{CalibSet, RecordOptions};
     use dmq_pipeline::search::{SearchOptions, tmpq};
     use dmq_pipeline::{AnyDenoiser, Method, RunOptions, quantize};
 
     let pipe = TextToImage::load(&fixture().join("pipeline"), device).unwrap();
     let fp = AnyDenoiser::UNetCond(pipe.unet.clone());
-    let record = RecordOptions {
-        trajectories: 2,
-        steps_kept: 2,
-        guidance: 3.0,
-        batch: 2,
-        seed: 7,
-    };
-    let calib = CalibSet::record_with(
-        &fp,
-        &pipe.scheduler.ddim(4).unwrap(),
-        &record,
-        device,
-        &mut |_, n| {
-            Ok(Some(
-                pipe.conditioning(&vec!["a bag"; n], 3.0, device).unwrap(),
-            ))
-        },
-    )
-    .unwrap();
+    let calib = prompted_calib(&fp, &pipe, &pipe.scheduler.ddim(4).unwrap(), 2, 3.0, device);
     let opts = SearchOptions {
         steps: 2,
         bit_options: vec![8, 4],
