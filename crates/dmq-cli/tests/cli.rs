@@ -453,6 +453,8 @@ fn text_to_image_from_the_command_line() {
         "1",
         "--cfg",
         "3",
+        "--text-encoder-bits",
+        "8",
         "--out",
         f,
     ]);
@@ -460,6 +462,10 @@ fn text_to_image_from_the_command_line() {
     let ins = ok(&["inspect", f, "--json"]);
     let info: serde_json::Value = serde_json::from_str(&ins).unwrap();
     assert_eq!(info["info"]["class_name"], "UNet2DConditionModel");
+    assert_eq!(
+        info["component_bits"],
+        serde_json::json!({"text_encoder": 8, "vae": null})
+    );
     let te = info["component_params"]["text_encoder"].as_u64().unwrap();
     assert!(te > 0 && info["component_params"]["vae"].as_u64().unwrap() > 0);
     // the file alone generates from prompts, fake-quant and on the integer path
@@ -490,6 +496,7 @@ fn text_to_image_from_the_command_line() {
     );
     // scored against the FP pipeline from the same noise and prompts (images too small
     // for the Fashion-MNIST classifier: fidelity, BitOPs and bytes)
+    let grid = tmp.path().join("t2i-grid.png");
     let e = ok(&[
         "eval",
         "--model",
@@ -500,7 +507,10 @@ fn text_to_image_from_the_command_line() {
         "2",
         "--cfg",
         "3",
+        "--grid",
+        grid.to_str().unwrap(),
     ]);
+    assert!(std::fs::metadata(&grid).unwrap().len() > 100);
     let row: serde_json::Value = serde_json::from_str(e.lines().last().unwrap()).unwrap();
     assert!(row["psnr_fp"].as_f64().unwrap() > 10.0, "{row}");
     assert!(row["fd_test"].is_null(), "{row}");
@@ -534,6 +544,20 @@ fn text_to_image_from_the_command_line() {
     fails(
         &["quantize", "--model", pipe, "--out", f],
         "calibration prompts",
+    );
+    fails(
+        &[
+            "quantize",
+            "--model",
+            pipe,
+            "--prompt",
+            "a bag",
+            "--vae-bits",
+            "9",
+            "--out",
+            f,
+        ],
+        "9-bit",
     );
     // TMPQ on the pipeline's UNet (prompted fitness samples), applied by quantize
     let searched = tmp.path().join("t2i-search.json");

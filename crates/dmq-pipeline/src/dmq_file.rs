@@ -93,7 +93,9 @@ pub struct LoadedFile {
     pub scheduler: SchedulerSpec,
     /// The file's metadata.
     pub info: FileInfo,
-    /// The raw file (for the integer path: `dmq_infer::IntegerModel::from_export`).
+    /// The raw file (for the integer path: `dmq_infer::IntegerModel::from_export`): the
+    /// denoiser's entries; a text-to-image file's component tensors, read into
+    /// [`Self::pipeline`], are left out.
     pub file: QuantizedFile,
     /// Where it was read from.
     pub path: PathBuf,
@@ -304,8 +306,14 @@ pub fn info(f: &QuantizedFile, path: &Path) -> Result<FileInfo> {
 
 /// Reads a `.dmq.safetensors` file (see the module docs for what is refused).
 pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
-    let file = QuantizedFile::load(path)?;
+    let mut file = QuantizedFile::load(path)?;
     let info = info(&file, path)?;
+    // a text-to-image file's components first; the rest of the file is the denoiser's
+    let components = crate::pipeline_file::read_components(&file, path, device)?;
+    file.float
+        .retain(|k, _| !crate::pipeline_file::is_component_key(k));
+    file.quantized
+        .retain(|k, _| !crate::pipeline_file::is_component_key(k));
     let config = meta_json(&file, path, keys::CONFIG)?;
     if config.get("_class_name").and_then(Value::as_str) != Some(info.class_name.as_str()) {
         return Err(file_err(
@@ -409,10 +417,8 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
             && parts[0].parse::<usize>().is_ok()
             && layer_names.contains(parts[3])
     };
-    let components = crate::pipeline_file::read_components(&file, path, device)?;
     for key in file.float.keys().chain(file.quantized.keys()) {
-        let component = components.is_some() && crate::pipeline_file::is_component_key(key);
-        if !used.contains(key) && !owner(key) && !component {
+        if !used.contains(key) && !owner(key) {
             return Err(file_err(
                 path,
                 key,
@@ -485,6 +491,7 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedFile> {
                 unet: unet.clone(),
                 vae: c.vae,
                 scheduler: scheduler.clone(),
+                component_bits: c.bits,
             })
         }
         (Some(_), other) => {

@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod component_quant;
 pub mod dmq_file;
 pub mod error;
 pub mod eval;
@@ -43,6 +44,7 @@ pub mod t2i_eval;
 pub mod text_to_image;
 pub mod tokenizer;
 
+pub use component_quant::ComponentBits;
 pub use error::{PipelineError, Result};
 pub use images::ImageSet;
 pub use method::{

@@ -3,10 +3,14 @@
 //! (`docs/format.md` §11):
 //!
 //! - `text_encoder.<key>` and `vae.<key>`: every parameter of the CLIP text encoder
-//!   (transformers keys, `text_model.` prefixed) and of the VAE (diffusers keys), f32;
+//!   (transformers keys, `text_model.` prefixed) and of the VAE (diffusers keys), f32, or
+//!   for a component quantized weight-only ([`crate::component_quant`]) its rank-≥2 weights
+//!   as integer entries (codes, one Δ per output row) and the rest f32;
 //! - metadata `dmq.pipeline.model_index` (the pipeline's `model_index.json`),
 //!   `dmq.pipeline.text_encoder` and `dmq.pipeline.vae` (their `config.json`), and
-//!   `dmq.pipeline.tokenizer` (a JSON object: tokenizer file name → its text).
+//!   `dmq.pipeline.tokenizer` (a JSON object: tokenizer file name → its text), and
+//!   `dmq.pipeline.component_bits` (`{"text_encoder": b | null, "vae": b | null}`; absent
+//!   means both f32).
 //!
 //! The quantized UNet is the file's model, as for any denoiser; the scheduler is the file's
 //! `dmq.scheduler`. Reading is as strict as the rest of the file: a missing or extra
@@ -23,6 +27,7 @@ use dmq_quant::QuantizedFile;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde_json::Value;
 
+use crate::component_quant::{self, ComponentBits};
 use crate::error::{Result, file_err};
 use crate::text_to_image::TextToImage;
 use crate::tokenizer::{ClipTokenizer, TOKENIZER_FILES};
@@ -37,6 +42,8 @@ pub mod keys {
     pub const VAE: &str = "dmq.pipeline.vae";
     /// The tokenizer's files: a JSON object, file name → text.
     pub const TOKENIZER: &str = "dmq.pipeline.tokenizer";
+    /// Weight bits of the components (JSON `ComponentBits`; absent: both f32).
+    pub const COMPONENT_BITS: &str = "dmq.pipeline.component_bits";
 }
 
 /// Tensor-name prefix of the text encoder's parameters.
@@ -96,14 +103,30 @@ pub(crate) fn float_bytes(entries: &[FloatEntry], origin: &Path) -> Result<Vec<u
         .map_err(|e| file_err(origin, "model weights", e.to_string()))
 }
 
-/// Adds `pipe`'s tokenizer, text encoder and VAE (FP) to `f`.
+/// Adds `pipe`'s tokenizer, text encoder and VAE to `f`: f32, or at `pipe.component_bits`
+/// (whose weights the pipeline already holds rounded: quantizing them again gives the same
+/// codes).
 pub fn add_components(f: &mut QuantizedFile, pipe: &TextToImage) -> Result<()> {
     let origin = pipe.dir.as_path();
+    let bits = pipe.component_bits;
+    bits.validate(origin)?;
     let te = dmq_models::io::weights_to_bytes(&pipe.text_encoder, HashMap::new())?;
     let vae = dmq_models::io::weights_to_bytes(&pipe.vae, HashMap::new())?;
-    for (prefix, bytes) in [(TEXT_ENCODER_PREFIX, te), (VAE_PREFIX, vae)] {
+    for (prefix, bytes, b) in [
+        (TEXT_ENCODER_PREFIX, te, bits.text_encoder),
+        (VAE_PREFIX, vae, bits.vae),
+    ] {
         for (key, shape, data) in float_entries(&bytes, origin)? {
-            f.float.insert(format!("{prefix}{key}"), (shape, data));
+            let name = format!("{prefix}{key}");
+            match b {
+                Some(b) if component_quant::is_quantized_weight(&shape) => {
+                    let q = component_quant::quantize_weight(&data, &shape, b, origin, &name)?;
+                    f.quantized.insert(name, q);
+                }
+                _ => {
+                    f.float.insert(name, (shape, data));
+                }
+            }
         }
     }
     let mut tokenizer = serde_json::Map::new();
@@ -125,6 +148,11 @@ pub fn add_components(f: &mut QuantizedFile, pipe: &TextToImage) -> Result<()> {
     );
     m.insert(keys::VAE.into(), vae_config.to_string());
     m.insert(keys::TOKENIZER.into(), Value::Object(tokenizer).to_string());
+    if !bits.is_fp() {
+        let json = serde_json::to_string(&bits)
+            .map_err(|e| file_err(origin, keys::COMPONENT_BITS, e.to_string()))?;
+        m.insert(keys::COMPONENT_BITS.into(), json);
+    }
     Ok(())
 }
 
@@ -140,6 +168,8 @@ pub struct Components {
     pub text_encoder: ClipTextModel,
     /// The VAE.
     pub vae: AutoencoderKL,
+    /// The components' weight bits.
+    pub bits: ComponentBits,
 }
 
 fn meta_json(f: &QuantizedFile, path: &Path, key: &str) -> Result<Value> {
@@ -150,9 +180,17 @@ fn meta_json(f: &QuantizedFile, path: &Path, key: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|e| file_err(path, key, format!("invalid JSON: {e}")))
 }
 
-/// The parameters of `f` under `prefix`, prefix stripped, as safetensors bytes.
-fn component_bytes(f: &QuantizedFile, path: &Path, prefix: &str) -> Result<Vec<u8>> {
-    let entries: Vec<FloatEntry> = f
+/// The parameters of `f` under `prefix`, prefix stripped, as f32 safetensors bytes: f32
+/// entries as they are, integer entries dequantized. An integer entry is accepted only for a
+/// component the file declares at `bits` bits, with that width, per output row, and of rank
+/// ≥ 2.
+fn component_bytes(
+    f: &QuantizedFile,
+    path: &Path,
+    prefix: &str,
+    bits: Option<u32>,
+) -> Result<Vec<u8>> {
+    let mut entries: Vec<FloatEntry> = f
         .float
         .iter()
         .filter_map(|(k, (s, d))| {
@@ -160,13 +198,41 @@ fn component_bytes(f: &QuantizedFile, path: &Path, prefix: &str) -> Result<Vec<u
                 .map(|rest| (rest.to_string(), s.clone(), d.clone()))
         })
         .collect();
-    if let Some(k) = f
-        .quantized
-        .keys()
-        .chain(f.half.keys())
-        .find(|k| k.starts_with(prefix))
-    {
-        return Err(file_err(path, k, "components are stored in f32 only"));
+    if let Some(k) = f.half.keys().find(|k| k.starts_with(prefix)) {
+        return Err(file_err(
+            path,
+            k,
+            "components are stored in f32 or integer codes",
+        ));
+    }
+    for (k, q) in f.quantized.iter().filter(|(k, _)| k.starts_with(prefix)) {
+        let want = bits.ok_or_else(|| {
+            file_err(
+                path,
+                k,
+                format!(
+                    "integer codes, but {} declares this component f32",
+                    keys::COMPONENT_BITS
+                ),
+            )
+        })?;
+        let per_row =
+            q.params.spec.granularity() == dmq_quant::spec::Granularity::PerChannel { axis: 0 };
+        if q.bits() != want || !per_row || !component_quant::is_quantized_weight(&q.shape) {
+            return Err(file_err(
+                path,
+                k,
+                format!(
+                    "{}-bit codes of shape {:?}: the component's weights are {want}-bit, one step per output row, rank ≥ 2",
+                    q.bits(),
+                    q.shape
+                ),
+            ));
+        }
+        let data = q
+            .dequantize()
+            .map_err(|e| file_err(path, k, e.to_string()))?;
+        entries.push((k[prefix.len()..].to_string(), q.shape.clone(), data));
     }
     float_bytes(&entries, path)
 }
@@ -184,11 +250,17 @@ pub fn read_components(
     crate::text_to_image::check_model_index(&model_index, path)?;
     let at =
         |key: &'static str| move |e: dmq_models::ModelError| file_err(path, key, e.to_string());
+    let bits: ComponentBits = match f.metadata.get(keys::COMPONENT_BITS) {
+        None => ComponentBits::default(),
+        Some(_) => serde_json::from_value(meta_json(f, path, keys::COMPONENT_BITS)?)
+            .map_err(|e| file_err(path, keys::COMPONENT_BITS, e.to_string()))?,
+    };
+    bits.validate(path)?;
     let te_config = ClipTextConfig::from_json_value(&meta_json(f, path, keys::TEXT_ENCODER)?)
         .map_err(at(keys::TEXT_ENCODER))?;
     let text_encoder = dmq_models::io::load_weights_from_bytes(
         te_config.init(device).map_err(at(keys::TEXT_ENCODER))?,
-        &component_bytes(f, path, TEXT_ENCODER_PREFIX)?,
+        &component_bytes(f, path, TEXT_ENCODER_PREFIX, bits.text_encoder)?,
         path,
         device,
     )
@@ -197,7 +269,7 @@ pub fn read_components(
         AutoencoderKlConfig::from_json(&meta_json(f, path, keys::VAE)?).map_err(at(keys::VAE))?;
     let vae = dmq_models::io::load_weights_from_bytes(
         vae_config.init(device).map_err(at(keys::VAE))?,
-        &component_bytes(f, path, VAE_PREFIX)?,
+        &component_bytes(f, path, VAE_PREFIX, bits.vae)?,
         path,
         device,
     )
@@ -237,5 +309,6 @@ pub fn read_components(
         tokenizer_files,
         text_encoder,
         vae,
+        bits,
     }))
 }

@@ -124,9 +124,11 @@ pub fn generate_images<M: Denoiser + ?Sized, S: Scheduler>(
 /// over `steps` steps (`cfg`: guidance doubles every UNet call):
 /// - the UNet as [`crate::eval::cost`] counts it, its cross-attention on the tokenizer's
 ///   context length;
-/// - the text encoder (one prompt) and the VAE decoder (one latent) once per image, in FP:
-///   their MACs × 32 · 32;
-/// - bytes: the UNet's deployed bytes plus the f32 text encoder and VAE.
+/// - the text encoder (one prompt) and the VAE decoder (one latent) once per image, with FP
+///   activations: their MACs × w · 32, w = the component's weight bits
+///   (`pipe.component_bits`, 32 for f32);
+/// - bytes: the UNet's deployed bytes plus the text encoder's and the VAE's stored bytes
+///   ([`crate::component_quant::storage_bytes`]).
 pub fn pipeline_cost<M: Denoiser + burn::module::Module>(
     pipe: &TextToImage,
     unet: &M,
@@ -152,10 +154,15 @@ pub fn pipeline_cost<M: Denoiser + burn::module::Module>(
     let ctx = ForwardCtx::new(StepContext::single(0.0)).with_recorder(&rec);
     pipe.vae.decode(z, &ctx)?;
     let vae_macs = macs(&rec);
-    let fp_bytes = 4 * (pipe.text_encoder.config().param_count() + pipe.vae.config().param_count());
+    // the components: FP activations, their weights at `component_bits` (32: f32)
+    let bits = pipe.component_bits;
+    let w = |b: Option<u32>| f64::from(b.unwrap_or(32));
+    let component_bytes =
+        crate::component_quant::storage_bytes(&pipe.text_encoder, bits.text_encoder)?
+            + crate::component_quant::storage_bytes(&pipe.vae, bits.vae)?;
     Ok(Cost {
-        bitops: c.bitops + (text_macs + vae_macs) * 32.0 * 32.0,
-        model_bytes: c.model_bytes + fp_bytes as usize,
+        bitops: c.bitops + (text_macs * w(bits.text_encoder) + vae_macs * w(bits.vae)) * 32.0,
+        model_bytes: c.model_bytes + component_bytes,
     })
 }
 

@@ -22,6 +22,7 @@ use dmq_models::vae::AutoencoderKL;
 use dmq_models::{Conditioning, Denoiser, ForwardCtx, PromptStates, StepContext};
 use serde_json::Value;
 
+use crate::component_quant::{ComponentBits, quantize_in_place};
 use crate::error::{Result, file_err};
 use crate::scheduler::{SamplerKind, SchedulerSpec};
 use crate::tokenizer::ClipTokenizer;
@@ -61,7 +62,7 @@ pub struct GenerateOptions {
 }
 
 /// A loaded text-to-image pipeline (module docs).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct TextToImage {
     /// The pipeline directory, or the `.dmq.safetensors` file it was read from.
     pub dir: PathBuf,
@@ -80,6 +81,9 @@ pub struct TextToImage {
     pub vae: AutoencoderKL,
     /// The pipeline's scheduler config.
     pub scheduler: SchedulerSpec,
+    /// Weight bits of the text encoder and the VAE (`None`: f32, the default); see
+    /// [`Self::quantize_components`].
+    pub component_bits: ComponentBits,
 }
 
 /// Whether `dir` is a diffusers pipeline directory (it has a `model_index.json`).
@@ -158,7 +162,40 @@ impl TextToImage {
             unet,
             vae: AutoencoderKL::load(&dir.join("vae"), device)?,
             scheduler: SchedulerSpec::from_dir(&dir.join("scheduler"))?,
+            component_bits: ComponentBits::default(),
         })
+    }
+
+    /// Rounds the text encoder's and the VAE's weights to `bits`
+    /// ([`crate::component_quant`]: per output row, symmetric, weight-only), so that
+    /// calibration, sampling and [`crate::dmq_file::save_pipeline`] all see the components a
+    /// file stores. A component already at some bits is refused (round once, from FP).
+    pub fn quantize_components(&mut self, bits: ComponentBits, device: &Device) -> Result<()> {
+        bits.validate(&self.dir)?;
+        for (name, now, want) in [
+            (
+                "text_encoder",
+                self.component_bits.text_encoder,
+                bits.text_encoder,
+            ),
+            ("vae", self.component_bits.vae, bits.vae),
+        ] {
+            if let (Some(n), Some(_)) = (now, want) {
+                return Err(file_err(
+                    &self.dir,
+                    name,
+                    format!("already at {n} bits: quantize from the FP component"),
+                ));
+            }
+        }
+        self.text_encoder =
+            quantize_in_place(self.text_encoder.clone(), bits.text_encoder, device)?;
+        self.vae = quantize_in_place(self.vae.clone(), bits.vae, device)?;
+        self.component_bits = ComponentBits {
+            text_encoder: self.component_bits.text_encoder.or(bits.text_encoder),
+            vae: self.component_bits.vae.or(bits.vae),
+        };
+        Ok(())
     }
 
     /// The text encoder's `last_hidden_state` of `prompts`, padded to the tokenizer's

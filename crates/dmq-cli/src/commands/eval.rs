@@ -57,6 +57,11 @@ pub struct Args {
     /// prompts the row has fidelity to FP, BitOPs and bytes only.
     #[arg(long)]
     pub prompt: Vec<String>,
+    /// Also write the first 40 samples as a PNG grid, ten per row, beside the FP samples from
+    /// the same noise when `--fp` is given (FP left). Text-to-image: one column per class
+    /// prompt.
+    #[arg(long)]
+    pub grid: Option<PathBuf>,
 }
 
 /// Runs `dmq eval`.
@@ -64,6 +69,11 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     positive("samples", a.samples, 100_000)?;
     if !(a.cfg.is_finite() && a.cfg >= 1.0) {
         return Err(format!("--cfg {}: must be ≥ 1", a.cfg).into());
+    }
+    if let Some(g) = &a.grid
+        && g.extension().and_then(|e| e.to_str()) != Some("png")
+    {
+        return Err(format!("--grid {}: must end in .png", g.display()).into());
     }
     let device = device(backend, false)?;
     if dmq_pipeline::text_to_image::is_pipeline_dir(&a.model) {
@@ -169,6 +179,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         );
         (None, None, None)
     };
+    write_grid(&a, &images, fp_images.as_ref(), &device)?;
     let fidelity = fidelity_to(&images, fp_images.as_ref())?;
     let c = cost(model, steps, spec.guidance != 1.0, &device)?;
     let fd_fp = fd_fp.filter(|_| fp_images.is_some());
@@ -299,6 +310,7 @@ fn text_to_image<M: Denoiser + ?Sized>(
         fd_fp = fp_images.as_ref().map(|_| s.fd_fp);
         class_acc = s.class_acc;
     }
+    write_grid(a, &images, fp_images.as_ref(), device)?;
     let fidelity = fidelity_to(&images, fp_images.as_ref())?;
     let c = t2i_eval::pipeline_cost(pipe, model, steps, a.cfg != 1.0, device)?;
     let row = serde_json::json!({
@@ -319,6 +331,21 @@ fn text_to_image<M: Denoiser + ?Sized>(
         "sample_s": sample_s,
     });
     print_row(a, &row)
+}
+
+/// `--grid`: the first 40 samples, beside the FP samples from the same noise when there are
+/// some.
+fn write_grid(
+    a: &Args,
+    images: &dmq_models::HostTensor,
+    fp: Option<&dmq_models::HostTensor>,
+    device: &burn::tensor::Device,
+) -> Result<(), Error> {
+    let Some(path) = &a.grid else { return Ok(()) };
+    let sets: Vec<&dmq_models::HostTensor> = fp.into_iter().chain([images]).collect();
+    dmq_pipeline::eval::grid_png(path, &sets, device)?;
+    eprintln!("grid: {}", path.display());
+    Ok(())
 }
 
 /// PSNR/SSIM of `images` against the FP samples from the same noise, when there are some.

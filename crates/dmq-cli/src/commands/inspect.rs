@@ -33,17 +33,32 @@ pub fn run(a: Args) -> Result<(), Error> {
     let fp32_bytes = 4 * (float_params + q_params);
     // a text-to-image file's FP components (text encoder, VAE): parameters per component
     let mut components = std::collections::BTreeMap::<&str, usize>::new();
-    for (k, (s, _)) in &f.float {
+    let shapes = f.float.iter().map(|(k, (s, _))| (k, s));
+    for (k, s) in shapes.chain(f.quantized.iter().map(|(k, q)| (k, &q.shape))) {
         if dmq_pipeline::pipeline_file::is_component_key(k) {
             let name = k.split('.').next().unwrap_or("");
             *components.entry(name).or_default() += s.iter().product::<usize>();
         }
     }
+    // their weight bits (`dmq quantize --text-encoder-bits / --vae-bits`; absent: f32)
+    let component_bits: dmq_pipeline::ComponentBits = f
+        .metadata
+        .get(dmq_pipeline::pipeline_file::keys::COMPONENT_BITS)
+        .map(|j| serde_json::from_str(j))
+        .transpose()
+        .map_err(|e| {
+            format!(
+                "{}: {}: {e}",
+                a.file.display(),
+                dmq_pipeline::pipeline_file::keys::COMPONENT_BITS
+            )
+        })?
+        .unwrap_or_default();
     if a.json {
         let v = serde_json::json!({
             "file": a.file, "info": info, "layers": rows, "file_bytes": file_bytes,
             "fp32_bytes": fp32_bytes, "quantized_params": q_params, "float_params": float_params,
-            "component_params": components,
+            "component_params": components, "component_bits": component_bits,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -73,7 +88,16 @@ pub fn run(a: Args) -> Result<(), Error> {
         );
     }
     for (name, n) in &components {
-        println!("component {name}: {n} parameters at f32 (text-to-image pipeline, not quantized)");
+        let bits = match *name {
+            "text_encoder" => component_bits.text_encoder,
+            _ => component_bits.vae,
+        };
+        match bits {
+            Some(b) => println!(
+                "component {name}: {n} parameters, weights at {b} bits (weight-only, per output row)"
+            ),
+            None => println!("component {name}: {n} parameters at f32 (text-to-image pipeline)"),
+        }
     }
     println!(
         "total: {q_params} quantized weights in {q_bytes} bytes, {float_params} other parameters at f32; \

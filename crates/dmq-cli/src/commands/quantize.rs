@@ -65,6 +65,14 @@ pub struct Args {
     /// Multiplies the method's iteration counts (e.g. 0.1 for a quick run).
     #[arg(long, default_value_t = 1.0)]
     pub iters_scale: f64,
+    /// Text-to-image pipelines: the text encoder's weights at this many bits (2–8; per
+    /// output row, weight-only; the default keeps it f32).
+    #[arg(long)]
+    pub text_encoder_bits: Option<u32>,
+    /// Text-to-image pipelines: the VAE's weights at this many bits (2–8; per output row,
+    /// weight-only; the default keeps it f32).
+    #[arg(long)]
+    pub vae_bits: Option<u32>,
     /// Run directory for checkpoints (a killed run resumes from it); default: `<out>.work`,
     /// removed after success.
     #[arg(long)]
@@ -126,6 +134,18 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     }
     let is_pipeline = dmq_pipeline::text_to_image::is_pipeline_dir(&a.model);
     let prompts = calibration_prompts(&a.model, &a.text, is_pipeline)?;
+    let component_bits = dmq_pipeline::ComponentBits {
+        text_encoder: a.text_encoder_bits,
+        vae: a.vae_bits,
+    };
+    if !component_bits.is_fp() && !is_pipeline {
+        return Err(format!(
+            "--text-encoder-bits / --vae-bits: {} is not a text-to-image pipeline",
+            a.model.display()
+        )
+        .into());
+    }
+    component_bits.validate(std::path::Path::new("--text-encoder-bits/--vae-bits"))?;
     // a pipeline's trajectories (calibration and EfficientDM's) run at the --cfg guidance
     let method = match method {
         Method::Efficientdm {
@@ -144,7 +164,10 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     let device = device(backend, train)?;
     let t0 = Instant::now();
     let pipe = if is_pipeline {
-        Some(std::sync::Arc::new(TextToImage::load(&a.model, &device)?))
+        // the components as the file will hold them: calibration sees the deployed prompts
+        let mut p = TextToImage::load(&a.model, &device)?;
+        p.quantize_components(component_bits, &device)?;
+        Some(std::sync::Arc::new(p))
     } else {
         None
     };

@@ -207,33 +207,45 @@ fn prompted_calib(
     .unwrap()
 }
 
+/// The pipeline's UNet quantized with naive W8A8 on two prompted trajectories.
+fn naive_w8a8(
+    pipe: &TextToImage,
+    sampler: &dmq_models::scheduler::DdimScheduler,
+    device: &Device,
+) -> (
+    dmq_pipeline::method::Quantized,
+    dmq_calib::QuantConfig,
+    dmq_pipeline::Method,
+) {
+    let fp = dmq_pipeline::AnyDenoiser::UNetCond(pipe.unet.clone());
+    let calib = prompted_calib(&fp, pipe, sampler, 2, 3.0, device);
+    let (config, method) = (
+        dmq_calib::QuantConfig::preset("W8A8").unwrap(),
+        dmq_pipeline::Method::from_name("naive").unwrap(),
+    );
+    let q = dmq_pipeline::quantize(
+        &fp,
+        &config,
+        &calib,
+        &method,
+        &dmq_pipeline::RunOptions::new(sampler.clone()),
+        device,
+        &mut |_| {},
+    )
+    .unwrap();
+    (q, config, method)
+}
+
 /// The pipeline's UNet quantized (naive W8A8, calibrated on prompts) and written with
 /// `save_pipeline` is one file that generates on its own: read back, its tokenizer, text
 /// encoder, VAE and quantized UNet generate what the in-memory pipeline with the quantized
 /// UNet generates; a damaged file is refused, naming the entry.
 fn quantized_pipeline_file_generates_alone(device: &Device) {
-    use dmq_calib::QuantConfig;
     use dmq_pipeline::dmq_file::{self, PIPELINE_FORMAT_VERSION, Provenance};
-    use dmq_pipeline::{AnyDenoiser, Method, RunOptions, quantize};
 
     let pipe = TextToImage::load(&fixture().join("pipeline"), device).unwrap();
-    let fp = AnyDenoiser::UNetCond(pipe.unet.clone());
     let sampler = pipe.scheduler.ddim(3).unwrap();
-    let calib = prompted_calib(&fp, &pipe, &sampler, 2, 3.0, device);
-    let (config, method) = (
-        QuantConfig::preset("W8A8").unwrap(),
-        Method::from_name("naive").unwrap(),
-    );
-    let q = quantize(
-        &fp,
-        &config,
-        &calib,
-        &method,
-        &RunOptions::new(sampler.clone()),
-        device,
-        &mut |_| {},
-    )
-    .unwrap();
+    let (q, config, method) = naive_w8a8(&pipe, &sampler, device);
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("pipe.dmq.safetensors");
     let ts = dmq_pipeline::scheduler::timesteps(&sampler);
@@ -299,6 +311,184 @@ fn quantized_pipeline_file_generates_alone(device: &Device) {
         f.float.insert("vae.extra".into(), (vec![1], vec![0.0]));
     });
     assert!(msg.contains("vae") && msg.contains("extra"), "{msg}");
+}
+
+/// `--text-encoder-bits` / `--vae-bits`: the components' weights rounded per output row
+/// (checked against the closed form on one weight), stored as integer codes that read back
+/// to the same pipeline, counted in the bytes and BitOPs; bad widths and inconsistent files
+/// are typed errors.
+fn components_quantized_weight_only(device: &Device) {
+    use dmq_pipeline::ComponentBits;
+    use dmq_pipeline::dmq_file::{self, Provenance};
+    use std::collections::HashMap;
+
+    let fp_pipe = TextToImage::load(&fixture().join("pipeline"), device).unwrap();
+    let mut pipe = fp_pipe.clone();
+    let bits = ComponentBits {
+        text_encoder: Some(8),
+        vae: Some(6),
+    };
+    pipe.quantize_components(bits, device).unwrap();
+    assert_eq!(pipe.component_bits, bits);
+
+    // closed form on one weight: Δ_o = max|W_o| / 127, Ŵ = round(W / Δ_o)·Δ_o
+    let weights = |m: &dmq_models::clip::ClipTextModel| {
+        let bytes = dmq_models::io::weights_to_bytes(m, HashMap::new()).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let v = st
+            .tensor("text_model.encoder.layers.0.mlp.fc1.weight")
+            .unwrap();
+        let data: Vec<f32> = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        (v.shape().to_vec(), data)
+    };
+    let (shape, w) = weights(&fp_pipe.text_encoder);
+    let (_, got) = weights(&pipe.text_encoder);
+    let cols = shape[1];
+    let mut worst = 0f32;
+    for (row, (w, g)) in w.chunks(cols).zip(got.chunks(cols)).enumerate() {
+        let d = w.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        for (x, y) in w.iter().zip(g) {
+            let want = (x / d).round() * d;
+            assert!(
+                (want - y).abs() <= 1e-6 * d.max(1.0),
+                "row {row}: {y} vs {want}"
+            );
+            worst = worst.max((x - y).abs() / d);
+        }
+    }
+    assert!(
+        worst > 0.1 && worst <= 0.5 + 1e-4,
+        "rounding error {worst} Δ"
+    );
+
+    // the file holds codes and reads back to the same pipeline
+    let sampler = pipe.scheduler.ddim(3).unwrap();
+    let (q, config, method) = naive_w8a8(&pipe, &sampler, device);
+    let tmp = tempfile::tempdir().unwrap();
+    let ts = dmq_pipeline::scheduler::timesteps(&sampler);
+    let save = |p: &TextToImage, name: &str| {
+        let path = tmp.path().join(name);
+        let bytes =
+            dmq_file::save_pipeline(&path, &q.model, p, &ts, &Provenance::new(&method, &config))
+                .unwrap();
+        (path, bytes)
+    };
+    let (fp_path, fp_bytes) = save(&fp_pipe, "fp.dmq.safetensors");
+    let (path, bytes) = save(&pipe, "q.dmq.safetensors");
+    let f = dmq_quant::QuantizedFile::load(&path).unwrap();
+    let key = "text_encoder.text_model.encoder.layers.0.mlp.fc1.weight";
+    assert_eq!(f.quantized[key].bits(), 8);
+    assert_eq!(f.quantized["vae.decoder.conv_out.weight"].bits(), 6);
+    assert!(f.float.contains_key("vae.decoder.conv_out.bias"));
+    // the codes and their (Δ, z) replace 4 bytes per weight
+    let te =
+        (fp_pipe.text_encoder.config().param_count() + fp_pipe.vae.config().param_count()) as usize;
+    let coded: usize = f
+        .quantized
+        .iter()
+        .filter(|(k, _)| dmq_pipeline::pipeline_file::is_component_key(k))
+        .map(|(_, q)| q.numel())
+        .sum();
+    assert!(coded > te / 2, "{coded} of {te} component parameters coded");
+    assert!(bytes < fp_bytes, "{bytes} vs {fp_bytes}");
+    let cost = |p: &TextToImage| {
+        dmq_pipeline::t2i_eval::pipeline_cost(p, &q.model, 3, true, device).unwrap()
+    };
+    let (c_fp, c_q) = (cost(&fp_pipe), cost(&pipe));
+    let stored: usize = f
+        .quantized
+        .iter()
+        .filter(|(k, _)| dmq_pipeline::pipeline_file::is_component_key(k))
+        .map(|(_, q)| q.storage_bytes())
+        .sum::<usize>()
+        + f.float
+            .iter()
+            .filter(|(k, _)| dmq_pipeline::pipeline_file::is_component_key(k))
+            .map(|(_, (s, _))| 4 * s.iter().product::<usize>())
+            .sum::<usize>();
+    let f_fp = dmq_quant::QuantizedFile::load(&fp_path).unwrap();
+    let fp_stored: usize = f_fp
+        .float
+        .iter()
+        .filter(|(k, _)| dmq_pipeline::pipeline_file::is_component_key(k))
+        .map(|(_, (s, _))| 4 * s.iter().product::<usize>())
+        .sum();
+    assert_eq!(fp_stored, 4 * te);
+    assert_eq!(c_fp.model_bytes - c_q.model_bytes, fp_stored - stored);
+    assert!(c_q.bitops < c_fp.bitops);
+
+    let loaded = dmq_file::load(&path, device).unwrap();
+    let alone = loaded.pipeline.as_ref().unwrap();
+    assert_eq!(alone.component_bits, bits);
+    assert!(
+        loaded
+            .file
+            .quantized
+            .keys()
+            .all(|k| !k.starts_with("text_encoder."))
+    );
+    let text = ["a photo of a sneaker", "a bag"];
+    let opts = GenerateOptions {
+        steps: 3,
+        guidance: 3.0,
+        seed: 5,
+        sampler: SamplerKind::Ddim,
+    };
+    let generate = |p: &TextToImage| {
+        HostTensor::from_tensor(
+            &p.generate_with_sampler(&q.model, &text, &sampler, &opts, device)
+                .unwrap(),
+        )
+    };
+    let (from_file, in_memory, fp_components) =
+        (generate(alone), generate(&pipe), generate(&fp_pipe));
+    let err = max_abs(&from_file.data, &in_memory.data);
+    assert!(err < 1e-5, "file vs in-memory: {err}");
+    assert!(max_abs(&from_file.data, &fp_components.data) > 1e-5);
+    let fp_loaded = dmq_file::load(&fp_path, device).unwrap();
+    assert!(fp_loaded.pipeline.as_ref().unwrap().component_bits.is_fp());
+
+    // refused: a width out of range, rounding twice, codes the metadata does not declare
+    let mut twice = pipe.clone();
+    let msg = twice
+        .quantize_components(
+            ComponentBits {
+                text_encoder: Some(4),
+                vae: None,
+            },
+            device,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("text_encoder") && msg.contains("already"),
+        "{msg}"
+    );
+    let mut wide = fp_pipe.clone();
+    let msg = wide
+        .quantize_components(
+            ComponentBits {
+                text_encoder: None,
+                vae: Some(9),
+            },
+            device,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("vae") && msg.contains("9"), "{msg}");
+    let mut f = dmq_quant::QuantizedFile::load(&path).unwrap();
+    f.metadata.remove("dmq.pipeline.component_bits").unwrap();
+    let p = tmp.path().join("broken.dmq.safetensors");
+    f.save(&p).unwrap();
+    let msg = dmq_file::load(&p, device).unwrap_err().to_string();
+    assert!(
+        msg.contains("dmq.pipeline.component_bits") && msg.contains("text_encoder."),
+        "{msg}"
+    );
 }
 
 /// EfficientDM distils a text-conditional UNet on trajectories prompted from
@@ -459,6 +649,11 @@ mod flex {
     #[test]
     fn efficientdm_on_prompted_trajectories() {
         super::efficientdm_on_prompted_trajectories(&burn::tensor::Device::flex());
+    }
+
+    #[test]
+    fn components_quantized_weight_only() {
+        super::components_quantized_weight_only(&burn::tensor::Device::flex());
     }
 
     #[test]

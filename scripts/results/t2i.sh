@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Every method on the embedded text-to-image model `t2i-fmnist`, through the `dmq` binary:
+# one quantized file and one `dmq eval` row per (method, preset), then the merged rows in
+# docs/results/t2i.json. Resumable: a finished file or row is not recomputed, so re-running
+# after an interruption picks up where it stopped. Work files go to $WORK (not in git).
+#
+#   cargo build --release -p dmq-cli && scripts/results/t2i.sh
+#
+# Protocol: 20 DDIM steps, CFG 4 (calibration and sampling), $N samples with seed 2024, image i
+# prompted "a photo of a {class i mod 10}"; FD, prompt accuracy (the metric classifier's share
+# of the prompted class), PSNR/SSIM against the FP pipeline from the same noise and prompts.
+set -euo pipefail
+DMQ=${DMQ:-./target/release/dmq}
+MODEL=${MODEL:-assets/models/t2i-fmnist}
+WORK=${WORK:-runs/t2i-results}
+N=${N:-500}
+CFG=4
+STEPS=20
+mkdir -p "$WORK" docs/results/t2i
+
+# quantize NAME METHOD PRESET [extra quantize flags...]: the file, its wall time
+quantize() {
+    local name=$1 method=$2 preset=$3
+    shift 3
+    [ -f "$WORK/$name.dmq.safetensors" ] && return 0
+    local t0=$SECONDS
+    # a searched config carries its own timesteps
+    local steps=(--steps $STEPS)
+    case " $* " in *" --config "*) steps=() ;; esac
+    "$DMQ" quantize --model "$MODEL" --method "$method" --preset "$preset" "${steps[@]}" \
+        --cfg $CFG --out "$WORK/$name.dmq.safetensors" "$@"
+    echo $((SECONDS - t0)) > "$WORK/$name.quantize_s"
+}
+
+# evaluate NAME [SEED]: the row (and an FP | quantized grid, columns = the ten class prompts)
+evaluate() {
+    local name=$1 seed=${2:-2024}
+    local row="$WORK/$name.seed$seed.row.json"
+    [ -f "$row" ] && return 0
+    local model="$WORK/$name.dmq.safetensors" fp=(--fp "$MODEL")
+    if [ "$name" = fp ]; then model=$MODEL; fp=(); fi
+    local steps=(--steps $STEPS)
+    [ "$name" = tmpq ] && steps=()
+    "$DMQ" eval --model "$model" "${fp[@]}" --samples "$N" "${steps[@]}" --cfg $CFG \
+        --seed "$seed" --json "$row.tmp" \
+        $( [ "$seed" = 2024 ] && [ "$name" != fp ] && echo --grid "docs/results/t2i/$name.png" )
+    mv "$row.tmp" "$row"
+}
+
+# the noise: FP against the test set over three noise seeds
+for seed in 2024 2025 2026; do evaluate fp $seed; done
+
+for preset in W8A8 W4A8 W4A4; do
+    for method in naive qdiffusion; do
+        quantize "$method-$preset" $method $preset
+        evaluate "$method-$preset"
+    done
+done
+for preset in W4A8 W4A4; do
+    for method in efficientdm quest; do
+        quantize "$method-$preset" $method $preset
+        evaluate "$method-$preset"
+    done
+done
+quantize binarydm-W1A4 binarydm W1A4
+evaluate binarydm-W1A4
+
+# TMPQ-DM: the mixed-precision search at the BitOPs of uniform W6A6, then its file
+if [ ! -f "$WORK/tmpq.config.json" ]; then
+    t0=$SECONDS
+    "$DMQ" search --model "$MODEL" --steps $STEPS --cfg $CFG --out "$WORK/tmpq.config.json"
+    echo $((SECONDS - t0)) > "$WORK/tmpq.search_s"
+fi
+quantize tmpq qdiffusion W8A8 --config "$WORK/tmpq.config.json"
+evaluate tmpq
+
+# the spread of one quantized row over noise seeds
+for seed in 2025 2026; do evaluate qdiffusion-W4A8 $seed; done
+
+python3 - "$WORK" <<'PY'
+import json, os, subprocess, sys
+work = sys.argv[1]
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                        text=True).stdout.strip()
+rows = []
+for f in sorted(os.listdir(work)):
+    if not f.endswith(".row.json"):
+        continue
+    name, seed = f[: -len(".row.json")].rsplit(".seed", 1)
+    r = json.load(open(os.path.join(work, f)))
+    q = os.path.join(work, name + ".quantize_s")
+    r["name"], r["seed"] = name, int(seed)
+    r["quantize_s"] = float(open(q).read()) if os.path.exists(q) else None
+    r["commit"] = commit
+    rows.append(r)
+json.dump(rows, open("docs/results/t2i.json", "w"), indent=1)
+print(f"{len(rows)} rows -> docs/results/t2i.json")
+PY
