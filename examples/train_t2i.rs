@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example train_t2i -- --stage vae [--steps 3000] [--batch 32]
 //!     [--lr 1e-3] [--kl 1e-4] [--ckpt runs/t2i-vae/ckpt] [--out assets/models/t2i-fmnist] [--every 250]
-//! cargo run --release --example train_t2i -- --stage unet [--steps 20000] [--batch 64]
+//! cargo run --release --example train_t2i -- --stage unet [--steps 7000] [--batch 64]
 //!     [--lr 5e-4] [--ckpt runs/t2i-unet/ckpt] [--out assets/models/t2i-fmnist]
 //!     [--tokenizer crates/dmq-models/tests/fixtures/clip/tokenizer] [--cfg 4] [--eval-n 500]
 //! ```
@@ -80,7 +80,7 @@ fn parse_args(f: &Flags) -> Result<Args, FlagError> {
     let stage: String = f.get("stage", "vae".into())?;
     let unet = stage == "unet";
     Ok(Args {
-        steps: f.get("steps", if unet { 20_000 } else { 3_000 })?,
+        steps: f.get("steps", if unet { 7_000 } else { 3_000 })?,
         batch: f.get("batch", if unet { 64 } else { 32 })?,
         lr: f.get("lr", if unet { 5e-4 } else { 1e-3 })?,
         kl: f.get("kl", 1e-4)?,
@@ -443,7 +443,10 @@ fn write_pipeline(model: &TextUNet, args: &Args) -> Result<(), ModelError> {
             "_class_name": "PNDMScheduler", "num_train_timesteps": 1000,
             "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
             "prediction_type": "epsilon", "set_alpha_to_one": false, "skip_prk_steps": true,
-            "steps_offset": 1, "timestep_spacing": "leading", "trained_betas": null
+            "steps_offset": 1, "timestep_spacing": "leading", "trained_betas": null,
+            // as Stable Diffusion's: a DDIM built from this config must not clamp x̂₀ to
+            // [-1, 1] (latents are not images; DDIMScheduler's default clips)
+            "clip_sample": false
         }),
     )?;
     // every training prompt, for `dmq quantize --prompts` (calibration on the prompts the
