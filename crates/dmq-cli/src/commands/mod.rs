@@ -111,6 +111,32 @@ impl ModelArg {
     }
 }
 
+/// The error of `--prompt` given for a model that is not a text-to-image pipeline.
+pub fn not_a_pipeline(model: &Path) -> Error {
+    format!(
+        "--prompt: {} is not a text-to-image pipeline (a directory with model_index.json, \
+         or a file quantized from one)",
+        model.display()
+    )
+    .into()
+}
+
+/// The denoiser to quantize or search and its schedule: a pipeline's UNet and scheduler, or
+/// the diffusers model directory `model`.
+pub fn denoiser_and_schedule(
+    model: &Path,
+    pipe: Option<&dmq_pipeline::TextToImage>,
+    device: &Device,
+) -> Result<(AnyDenoiser, SchedulerSpec), Error> {
+    Ok(match pipe {
+        Some(p) => (AnyDenoiser::UNetCond(p.unet.clone()), p.scheduler.clone()),
+        None => (
+            AnyDenoiser::from_pretrained(model, device)?,
+            SchedulerSpec::from_dir(model)?,
+        ),
+    })
+}
+
 /// Checks a count flag.
 pub fn positive(name: &str, v: usize, max: usize) -> Result<(), Error> {
     if v == 0 || v > max {

@@ -6,9 +6,7 @@ use std::time::Instant;
 use dmq_calib::{QuantConfig, RecordOptions};
 use dmq_pipeline::dmq_file::{self, Provenance};
 use dmq_pipeline::search::SearchedConfig;
-use dmq_pipeline::{
-    AnyDenoiser, ImageSet, Method, RunOptions, SchedulerSpec, TextToImage, quantize,
-};
+use dmq_pipeline::{ImageSet, Method, RunOptions, TextToImage, quantize};
 
 use super::{
     Error, PromptArgs, StageBars, calibration_prompts, calibration_set, device, positive,
@@ -171,13 +169,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     } else {
         None
     };
-    let (fp, sched) = match &pipe {
-        Some(p) => (AnyDenoiser::UNetCond(p.unet.clone()), p.scheduler.clone()),
-        None => (
-            AnyDenoiser::from_pretrained(&a.model, &device)?,
-            SchedulerSpec::from_dir(&a.model)?,
-        ),
-    };
+    let (fp, sched) = super::denoiser_and_schedule(&a.model, pipe.as_deref(), &device)?;
     let sampler = match &searched {
         Some(s) => s.sampler(&sched)?,
         None => sched.ddim(steps)?,

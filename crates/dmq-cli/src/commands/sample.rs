@@ -89,12 +89,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
         };
     }
     if !a.prompt.is_empty() {
-        return Err(format!(
-            "--prompt: {} is not a text-to-image pipeline (a directory with model_index.json, \
-             or a file quantized from one)",
-            a.model.display()
-        )
-        .into());
+        return Err(super::not_a_pipeline(&a.model));
     }
     let info = arg.model().info();
     if let (Some(k), Some(nc)) = (a.class, info.num_classes)

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use dmq_calib::RecordOptions;
 use dmq_pipeline::search::{SearchOptions, tmpq};
-use dmq_pipeline::{AnyDenoiser, SchedulerSpec};
 use dmq_search::EvolutionConfig;
 
 use super::{
@@ -111,13 +110,7 @@ pub fn run(a: Args, backend: &str) -> Result<(), Error> {
     } else {
         None
     };
-    let (fp, sched) = match &pipe {
-        Some(p) => (AnyDenoiser::UNetCond(p.unet.clone()), p.scheduler.clone()),
-        None => (
-            AnyDenoiser::from_pretrained(&a.model, &device)?,
-            SchedulerSpec::from_dir(&a.model)?,
-        ),
-    };
+    let (fp, sched) = super::denoiser_and_schedule(&a.model, pipe.as_ref(), &device)?;
     let guidance = if dmq_models::Denoiser::info(&fp).num_classes.is_some() || pipe.is_some() {
         a.cfg
     } else {
